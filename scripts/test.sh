@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: installs dependencies, fetches the default model, builds Release and
+# runs every test, then builds the parser tests with ASan+UBSan and runs them.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+scripts/install_deps.sh
+scripts/fetch_model.sh
+jobs=$(nproc)
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j "$jobs"
+ctest --test-dir build --output-on-failure -j "$jobs"
+# Sanitizer pass over everything that parses untrusted input (GGUF, tokenizer, templates).
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQILIN_SANITIZE=ON \
+  -DQILIN_BUILD_BENCH=OFF >/dev/null
+cmake --build build-asan -j "$jobs" --target qilin_tests
+ASAN_OPTIONS=detect_leaks=1 build-asan/tests/qilin_tests --gtest_filter='Gguf*:Tokenizer*:ChatTemplate*:Quant*'
