@@ -1,3 +1,395 @@
-// qilin: the command-line program (placeholder until the subcommands land).
+// qilin: the command-line program. Subcommands: run (one prompt, streamed), chat (multi-turn
+// with the model's chat template), bench (prompt and generation speed, llama-bench style).
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cstdio>
-int main() { std::puts("qilin"); return 0; }
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include "core/thread_pool.h"
+#include "cpu/quants.h"
+#include "engine/generator.h"
+#include "engine/sampler.h"
+#include "model/chat_template.h"
+#include "model/llama.h"
+#include "model/tokenizer.h"
+
+using namespace qilin;
+
+namespace {
+
+constexpr const char* kDefaultModel = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+double now_ms() {
+  using namespace std::chrono;
+  return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+std::string default_model_path() {
+  const char* dir = std::getenv("QILIN_MODELS");
+  return std::string(dir && *dir ? dir : QILIN_MODEL_DIR) + "/" + kDefaultModel;
+}
+
+int fail(const std::string& msg) {
+  std::fprintf(stderr, "qilin: error: %s\n", msg.c_str());
+  return 1;
+}
+
+struct Common {
+  std::string model;
+  int threads = ThreadPool::physical_cores();
+  int32_t ctx = 4096;
+  int32_t batch = 512;
+};
+
+void add_common(CLI::App* app, Common& c) {
+  app->add_option("-m,--model", c.model,
+                  "GGUF model file (default: the fetched SmolLM2-135M-Instruct Q4_1)");
+  app->add_option("-t,--threads", c.threads, "worker threads (default: physical cores)")
+      ->check(CLI::Range(1, 1024));
+  app->add_option("-c,--ctx-size", c.ctx, "context size in tokens")->check(CLI::Range(16, 1 << 20));
+  app->add_option("-b,--batch-size", c.batch, "prompt tokens per forward pass")
+      ->check(CLI::Range(1, 1 << 16));
+}
+
+void add_sampling(CLI::App* app, SamplingParams& s) {
+  app->add_option("--temp", s.temperature, "temperature (0 = greedy)");
+  app->add_option("--top-k", s.top_k, "top-k (0 = off)");
+  app->add_option("--top-p", s.top_p, "top-p (1 = off)");
+  app->add_option("--min-p", s.min_p, "min-p (0 = off)");
+  app->add_option("--repeat-penalty", s.repeat_penalty, "repetition penalty (1 = off)");
+  app->add_option("--repeat-last-n", s.repeat_last_n, "tokens the penalties look back over");
+  app->add_option("--frequency-penalty", s.frequency_penalty, "frequency penalty");
+  app->add_option("--presence-penalty", s.presence_penalty, "presence penalty");
+  app->add_option("-s,--seed", s.seed, "random seed");
+}
+
+struct Loaded {
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<Tokenizer> tok;
+  double load_ms = 0;
+};
+
+Result<Loaded> load(std::string path) {
+  if (path.empty()) {
+    path = default_model_path();
+    if (access(path.c_str(), R_OK) != 0) {
+      return errorf("the default model %s is not there; fetch it with scripts/fetch_model.sh "
+                    "(or pass -m MODEL.gguf)", path.c_str());
+    }
+  } else if (access(path.c_str(), R_OK) != 0) {
+    return errorf("cannot read model file '%s'", path.c_str());
+  }
+  Loaded l;
+  const double t0 = now_ms();
+  auto m = LlamaModel::load(path);
+  QILIN_TRY(m);
+  l.model = std::move(*m);
+  auto t = Tokenizer::from_gguf(l.model->gguf());
+  QILIN_TRY(t);
+  l.tok = std::move(*t);
+  l.load_ms = now_ms() - t0;
+  return l;
+}
+
+void print_stats(double load_ms, const GenerateStats& st) {
+  std::fprintf(stderr, "\n\nload time: %.1f ms\n", load_ms);
+  std::fprintf(stderr, "prompt:    %d tokens in %.1f ms (%.1f tokens/s)\n", st.n_prompt,
+               st.prompt_ms, st.n_prompt ? 1000.0 * st.n_prompt / st.prompt_ms : 0.0);
+  std::fprintf(stderr, "generate:  %d tokens in %.1f ms (%.1f tokens/s), stop: %s\n",
+               st.n_generated, st.gen_ms,
+               st.n_generated ? 1000.0 * st.n_generated / st.gen_ms : 0.0,
+               st.stop_reason.c_str());
+}
+
+bool print_text(std::string_view s) {
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fflush(stdout);
+  return true;
+}
+
+Result<ChatTemplate> model_template(const Loaded& l) {
+  const GgufFile& f = l.model->gguf();
+  if (!f.find("tokenizer.chat_template")) {
+    return errorf("%s has no tokenizer.chat_template", f.path().c_str());
+  }
+  auto src = f.get_string("tokenizer.chat_template");
+  QILIN_TRY(src);
+  // The tokenizer adds BOS itself when the file asks for it; the template must not repeat it.
+  const std::string eos = l.tok->eos() >= 0 ? l.tok->token_text(l.tok->eos()) : "";
+  return ChatTemplate::from_string(*src, "", eos);
+}
+
+// ---- run ----------------------------------------------------------------------------------
+
+struct RunOpts {
+  Common c;
+  SamplingParams s;
+  std::string prompt, prompt_file;
+  int32_t n_predict = 128;
+  std::vector<std::string> stop;
+  bool chat = false;
+  bool ignore_eos = false;
+};
+
+int cmd_run(RunOpts& o) {
+  if (!o.prompt_file.empty()) {
+    std::ifstream in(o.prompt_file, std::ios::binary);
+    if (!in) return fail("cannot read prompt file '" + o.prompt_file + "'");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    o.prompt = ss.str();
+  }
+  if (Status st = o.s.validate(); !st) return fail(st.message());
+  auto l = load(o.c.model);
+  if (!l) return fail(l.status().message());
+  std::string text = o.prompt;
+  if (o.chat) {
+    auto tmpl = model_template(*l);
+    if (!tmpl) return fail(tmpl.status().message());
+    auto r = tmpl->render({{"user", o.prompt}}, true);
+    if (!r) return fail(r.status().message());
+    text = *r;
+  }
+  std::vector<int32_t> prompt = l->tok->encode(text, true, true);
+  if (prompt.empty()) return fail("the prompt is empty");
+  GeneratorConfig gc;
+  gc.n_ctx = o.c.ctx;
+  gc.n_batch = o.c.batch;
+  gc.n_threads = o.c.threads;
+  auto gen = Generator::create(*l->model, gc);
+  if (!gen) return fail(gen.status().message());
+  Sampler sampler(o.s, l->model->hparams().n_vocab);
+  GenerateOptions go;
+  go.max_tokens = o.n_predict;
+  go.stop = o.stop;
+  go.ignore_eos = o.ignore_eos;
+  auto st = generate(**gen, *l->tok, sampler, prompt, go, print_text);
+  if (!st) return fail(st.status().message());
+  print_stats(l->load_ms, *st);
+  return 0;
+}
+
+// ---- chat ---------------------------------------------------------------------------------
+
+struct ChatOpts {
+  Common c;
+  SamplingParams s;
+  std::string system;
+  int32_t n_predict = 512;
+};
+
+int cmd_chat(ChatOpts& o) {
+  if (Status st = o.s.validate(); !st) return fail(st.message());
+  auto l = load(o.c.model);
+  if (!l) return fail(l.status().message());
+  auto tmpl = model_template(*l);
+  if (!tmpl) return fail(tmpl.status().message());
+  GeneratorConfig gc;
+  gc.n_ctx = o.c.ctx;
+  gc.n_batch = o.c.batch;
+  gc.n_threads = o.c.threads;
+  auto gen = Generator::create(*l->model, gc);
+  if (!gen) return fail(gen.status().message());
+  Generator& g = **gen;
+  Sampler sampler(o.s, l->model->hparams().n_vocab);
+  std::vector<ChatMessage> msgs;
+  if (!o.system.empty()) msgs.push_back({"system", o.system});
+  const bool tty = isatty(STDIN_FILENO);
+  std::fprintf(stderr, "qilin chat: model loaded in %.0f ms. Type a message; an empty line or "
+                       "end of input quits.\n", l->load_ms);
+  std::string line;
+  for (;;) {
+    if (tty) std::fprintf(stderr, "\n> ");
+    if (!std::getline(std::cin, line) || line.empty()) break;
+    msgs.push_back({"user", line});
+    auto rendered = tmpl->render(msgs, true);
+    if (!rendered) return fail(rendered.status().message());
+    std::vector<int32_t> all = l->tok->encode(*rendered, true, true);
+    // Reuse the cached prefix: only the tokens after what the cache already holds are run.
+    const std::vector<int32_t>& have = g.tokens();
+    size_t common = 0;
+    while (common < have.size() && common < all.size() && have[common] == all[common]) ++common;
+    if (common == all.size()) --common;  // always feed at least one token to get logits
+    g.truncate(static_cast<int32_t>(common));
+    std::vector<int32_t> fresh(all.begin() + common, all.end());
+    std::string reply;
+    GenerateOptions go;
+    go.max_tokens = o.n_predict;
+    auto st = generate(g, *l->tok, sampler, fresh, go, [&](std::string_view s) {
+      reply.append(s);
+      return print_text(s);
+    });
+    if (!st) return fail(st.status().message());
+    std::printf("\n");
+    std::fprintf(stderr, "[prompt %d tokens %.1f t/s, generated %d tokens %.1f t/s]\n",
+                 st->n_prompt, st->n_prompt ? 1000.0 * st->n_prompt / st->prompt_ms : 0.0,
+                 st->n_generated, st->n_generated ? 1000.0 * st->n_generated / st->gen_ms : 0.0);
+    msgs.push_back({"assistant", reply});
+  }
+  return 0;
+}
+
+// ---- bench --------------------------------------------------------------------------------
+
+struct BenchOpts {
+  Common c;
+  int32_t n_prompt = 512;
+  int32_t n_gen = 128;
+  int reps = 5;
+  std::string output = "md";
+};
+
+struct Summary {
+  double median = 0, mean = 0, stddev = 0, min = 0, max = 0;
+};
+Summary summarize(std::vector<double> v) {
+  Summary s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  s.mean = std::accumulate(v.begin(), v.end(), 0.0) / n;
+  double ss = 0;
+  for (double x : v) ss += (x - s.mean) * (x - s.mean);
+  s.stddev = n > 1 ? std::sqrt(ss / (n - 1)) : 0.0;
+  s.min = v.front();
+  s.max = v.back();
+  return s;
+}
+
+int cmd_bench(BenchOpts& o) {
+  auto l = load(o.c.model);
+  if (!l) return fail(l.status().message());
+  GeneratorConfig gc;
+  gc.n_ctx = std::max(o.c.ctx, o.n_prompt + o.n_gen + 1);
+  gc.n_batch = std::max(o.c.batch, 1);
+  gc.n_threads = o.c.threads;
+  auto gen = Generator::create(*l->model, gc);
+  if (!gen) return fail(gen.status().message());
+  Generator& g = **gen;
+  std::mt19937 rng(42);
+  std::uniform_int_distribution<int32_t> dist(0, l->model->hparams().n_vocab - 1);
+  std::vector<int32_t> prompt(o.n_prompt);
+  for (int32_t& t : prompt) t = dist(rng);
+
+  auto run_pp = [&]() -> Result<double> {
+    g.reset();
+    const double t0 = now_ms();
+    QILIN_TRY(g.feed(prompt));
+    return now_ms() - t0;
+  };
+  auto run_tg = [&]() -> Result<double> {
+    g.reset();
+    int32_t tok = l->tok->bos() >= 0 ? l->tok->bos() : 0;
+    const double t0 = now_ms();
+    for (int32_t i = 0; i < o.n_gen; ++i) {
+      QILIN_TRY(g.feed(&tok, 1));
+      tok = dist(rng);
+    }
+    return now_ms() - t0;
+  };
+  // Warm-up: page in the weights, spin up the threads.
+  if (o.n_prompt > 0) { auto w = run_pp(); if (!w) return fail(w.status().message()); }
+  if (o.n_gen > 0) { auto w = run_tg(); if (!w) return fail(w.status().message()); }
+  std::vector<double> pp, tg;
+  for (int r = 0; r < o.reps; ++r) {
+    if (o.n_prompt > 0) {
+      auto ms = run_pp();
+      if (!ms) return fail(ms.status().message());
+      pp.push_back(1000.0 * o.n_prompt / *ms);
+    }
+    if (o.n_gen > 0) {
+      auto ms = run_tg();
+      if (!ms) return fail(ms.status().message());
+      tg.push_back(1000.0 * o.n_gen / *ms);
+    }
+  }
+  const LlamaHparams& hp = l->model->hparams();
+  const std::string model_name = l->model->gguf().path().substr(l->model->gguf().path().rfind('/') + 1);
+  struct Row { std::string test; Summary s; std::vector<double> runs; };
+  std::vector<Row> rows;
+  if (!pp.empty()) rows.push_back({"pp" + std::to_string(o.n_prompt), summarize(pp), pp});
+  if (!tg.empty()) rows.push_back({"tg" + std::to_string(o.n_gen), summarize(tg), tg});
+  if (o.output == "json") {
+    nlohmann::json j;
+    j["model"] = model_name;
+    j["weights_bytes"] = l->model->weight_bytes();
+    j["n_params_layers"] = hp.n_layer;
+    j["threads"] = o.c.threads;
+    j["isa"] = isa_name(cpu_best_isa());
+    j["repetitions"] = o.reps;
+    for (const Row& r : rows) {
+      j["results"].push_back({{"test", r.test}, {"t_s_median", r.s.median}, {"t_s_mean", r.s.mean},
+                              {"t_s_stddev", r.s.stddev}, {"t_s_min", r.s.min},
+                              {"t_s_max", r.s.max}, {"runs", r.runs}});
+    }
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    std::printf("| model | size | threads | isa | test | t/s (median) | ± stddev | min | max |\n");
+    std::printf("| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |\n");
+    for (const Row& r : rows) {
+      std::printf("| %s | %.1f MiB | %d | %s | %s | %.2f | %.2f | %.2f | %.2f |\n",
+                  model_name.c_str(), l->model->weight_bytes() / 1048576.0, o.c.threads,
+                  isa_name(cpu_best_isa()), r.test.c_str(), r.s.median, r.s.stddev, r.s.min,
+                  r.s.max);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"qilin: run, serve, compress and fine-tune LLMs"};
+  app.require_subcommand(1);
+
+  RunOpts run;
+  CLI::App* r = app.add_subcommand("run", "generate text from a prompt, streamed");
+  add_common(r, run.c);
+  add_sampling(r, run.s);
+  r->add_option("-p,--prompt", run.prompt, "prompt text");
+  r->add_option("-f,--file", run.prompt_file, "read the prompt from a file");
+  r->add_option("-n,--n-predict", run.n_predict, "tokens to generate (-1 = until EOS)")
+      ->check(CLI::Range(-1, 1 << 24));
+  r->add_option("--stop", run.stop, "stop string (repeatable)");
+  r->add_flag("--chat", run.chat, "wrap the prompt in the model's chat template as a user turn");
+  r->add_flag("--ignore-eos", run.ignore_eos, "keep generating past end-of-generation tokens");
+
+  ChatOpts chat;
+  CLI::App* c = app.add_subcommand("chat", "multi-turn conversation using the model's chat template");
+  add_common(c, chat.c);
+  add_sampling(c, chat.s);
+  c->add_option("--system", chat.system, "system message");
+  c->add_option("-n,--n-predict", chat.n_predict, "maximum tokens per reply")
+      ->check(CLI::Range(1, 1 << 24));
+
+  BenchOpts bench;
+  CLI::App* b = app.add_subcommand("bench", "measure prompt processing and generation speed");
+  add_common(b, bench.c);
+  b->add_option("-p,--n-prompt", bench.n_prompt, "prompt tokens (pp test)")->check(CLI::Range(0, 1 << 20));
+  b->add_option("-n,--n-gen", bench.n_gen, "generated tokens (tg test)")->check(CLI::Range(0, 1 << 20));
+  b->add_option("-r,--repetitions", bench.reps, "repetitions")->check(CLI::Range(1, 1000));
+  b->add_option("-o,--output", bench.output, "output format")->check(CLI::IsMember({"md", "json"}));
+
+  CLI11_PARSE(app, argc, argv);
+  if (r->parsed()) {
+    if (run.prompt.empty() && run.prompt_file.empty()) return fail("run: give a prompt with -p or -f");
+    return cmd_run(run);
+  }
+  if (c->parsed()) return cmd_chat(chat);
+  if (b->parsed()) return cmd_bench(bench);
+  return 1;
+}

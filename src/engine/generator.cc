@@ -1,0 +1,182 @@
+// Generator and generate(): see generator.h.
+#include "engine/generator.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/assert.h"
+
+namespace qilin {
+namespace {
+
+double now_ms() {
+  using namespace std::chrono;
+  return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+// Length of the longest prefix of `text` that is complete UTF-8 (an unfinished multi-byte
+// sequence at the end is held back until its remaining bytes arrive).
+size_t complete_utf8_prefix(std::string_view text) {
+  const size_t n = text.size();
+  for (size_t back = 1; back <= 4 && back <= n; ++back) {
+    const unsigned char c = static_cast<unsigned char>(text[n - back]);
+    if ((c & 0xC0) == 0x80) continue;  // continuation byte: look further back
+    size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
+    return len > back ? n - back : n;
+  }
+  return n;
+}
+
+}  // namespace
+
+Generator::Generator(const LlamaModel& model, const GeneratorConfig& config)
+    : model_(model), cfg_(config) {}
+
+Result<std::unique_ptr<Generator>> Generator::create(const LlamaModel& model,
+                                                     const GeneratorConfig& config) {
+  if (config.n_ctx < 1) return errorf("context size must be at least 1, got %d", config.n_ctx);
+  if (config.n_batch < 1) return errorf("batch size must be at least 1, got %d", config.n_batch);
+  if (config.n_threads < 1 || config.n_threads > 1024) {
+    return errorf("thread count must be in [1, 1024], got %d", config.n_threads);
+  }
+  std::unique_ptr<Generator> g(new Generator(model, config));
+  g->pool_ = std::make_unique<ThreadPool>(config.n_threads);
+  auto kv = KvCache::create(model.kv_config(config.n_ctx, config.block_size));
+  QILIN_TRY(kv);
+  g->kv_ = std::move(*kv);
+  g->alloc_ = std::make_unique<BlockAllocator>(g->kv_->config().n_blocks, config.block_size);
+  g->block_table_.reserve(g->kv_->config().n_blocks);
+  g->tokens_.reserve(config.n_ctx);
+  const int32_t n_batch = std::min(config.n_batch, config.n_ctx);
+  g->ws_ = model.make_workspace(n_batch, 1, config.n_ctx, config.n_threads);
+  g->batch_.token.reserve(n_batch);
+  g->batch_.pos.reserve(n_batch);
+  g->batch_.seq.reserve(n_batch);
+  g->batch_.want_logits.reserve(n_batch);
+  g->batch_.seqs.reserve(1);
+  return g;
+}
+
+Status Generator::feed(const int32_t* tokens, int32_t n) {
+  if (n <= 0) return Status::ok();
+  if (static_cast<int64_t>(n_past_) + n > cfg_.n_ctx) {
+    return errorf("%d tokens do not fit: the context holds %d and %d are used", n, cfg_.n_ctx,
+                  n_past_);
+  }
+  for (int32_t i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= model_.hparams().n_vocab) {
+      return errorf("token id %d is outside the vocabulary [0, %d)", tokens[i],
+                    model_.hparams().n_vocab);
+    }
+  }
+  // NOTE: with one sequence and a pool sized for n_ctx this cannot fail; with shared pools the
+  // caller (the scheduler) decides what to do when it does.
+  if (!alloc_->reserve(block_table_, n_past_ + n)) return errorf("KV cache is full");
+  for (int32_t done = 0; done < n;) {
+    const int32_t chunk = std::min(n - done, ws_.max_tokens);
+    batch_.clear();
+    batch_.seqs.push_back({block_table_.data(), static_cast<int32_t>(block_table_.size())});
+    for (int32_t i = 0; i < chunk; ++i) {
+      batch_.add(tokens[done + i], n_past_ + i, 0, done + i == n - 1);
+    }
+    auto logits = model_.forward(batch_, *kv_, ws_, *pool_);
+    QILIN_TRY(logits);
+    last_logits_ = *logits;
+    tokens_.insert(tokens_.end(), tokens + done, tokens + done + chunk);
+    n_past_ += chunk;
+    done += chunk;
+  }
+  return Status::ok();
+}
+
+void Generator::truncate(int32_t n) {
+  QILIN_ASSERT(n >= 0 && n <= n_past_);
+  n_past_ = n;
+  tokens_.resize(n);
+  last_logits_ = nullptr;
+}
+
+void Generator::reset() {
+  alloc_->release(block_table_);
+  n_past_ = 0;
+  tokens_.clear();
+  last_logits_ = nullptr;
+}
+
+Result<GenerateStats> generate(Generator& gen, const Tokenizer& tok, Sampler& sampler,
+                               const std::vector<int32_t>& prompt, const GenerateOptions& opt,
+                               const std::function<bool(std::string_view)>& on_text) {
+  GenerateStats st;
+  st.n_prompt = static_cast<int32_t>(prompt.size());
+  if (prompt.empty() && gen.logits() == nullptr) return errorf("the prompt is empty");
+  if (gen.n_past() + static_cast<int64_t>(prompt.size()) >= gen.n_ctx()) {
+    return errorf("the prompt has %zu tokens but the context holds %d (%d already used); "
+                  "raise -c or shorten the prompt", prompt.size(), gen.n_ctx(), gen.n_past());
+  }
+  const double t0 = now_ms();
+  QILIN_TRY(gen.feed(prompt));
+  st.prompt_ms = now_ms() - t0;
+  for (int32_t t : prompt) sampler.accept(t);
+
+  std::string text;     // generated text not yet handed to on_text
+  size_t max_stop = 0;
+  for (const std::string& s : opt.stop) max_stop = std::max(max_stop, s.size());
+  text.reserve(256 + max_stop);
+  const double t1 = now_ms();
+  st.stop_reason = "length";
+  const int32_t limit = opt.max_tokens < 0 ? gen.n_ctx() : opt.max_tokens;
+  bool stopped = false;
+  for (int32_t i = 0; i < limit && !stopped; ++i) {
+    const int32_t id = sampler.sample(gen.logits());
+    if (id == Sampler::kNoToken) return errorf("the model produced only NaN logits");
+    sampler.accept(id);
+    if (!opt.ignore_eos && tok.is_eog(id)) {
+      st.stop_reason = "eos";
+      break;
+    }
+    ++st.n_generated;
+    text += tok.token_to_piece(id);
+    // Stop strings: cut at the first match; otherwise hold back a tail that could start one.
+    size_t emit = text.size();
+    for (const std::string& s : opt.stop) {
+      if (s.empty()) continue;
+      const size_t at = text.find(s);
+      if (at != std::string::npos) {
+        emit = std::min(emit, at);
+        stopped = true;
+        st.stop_reason = "stop";
+      }
+    }
+    if (!stopped) {
+      for (const std::string& s : opt.stop) {
+        for (size_t k = std::min(s.size() - 1, text.size()); k > 0; --k) {
+          if (text.compare(text.size() - k, k, s, 0, k) == 0) {
+            emit = std::min(emit, text.size() - k);
+            break;
+          }
+        }
+      }
+      emit = std::min(emit, complete_utf8_prefix(text));
+    }
+    if (emit > 0) {
+      if (!on_text(std::string_view(text.data(), emit))) {
+        st.stop_reason = "cancelled";
+        stopped = true;
+      }
+      text.erase(0, emit);
+    }
+    if (stopped) break;
+    if (i + 1 < limit) {
+      if (gen.n_past() + 1 >= gen.n_ctx()) {
+        st.stop_reason = "context";
+        break;
+      }
+      QILIN_TRY(gen.feed(&id, 1));
+    }
+  }
+  if (st.stop_reason != "stop" && st.stop_reason != "cancelled" && !text.empty()) on_text(text);
+  st.gen_ms = now_ms() - t1;
+  return st;
+}
+
+}  // namespace qilin

@@ -1,0 +1,100 @@
+// The Llama-family decoder: hyperparameters and weights read from a GGUF file (weights stay
+// quantized in the file's mapping), and forward(): one flat Batch of rows from any number of
+// sequences in, logits rows out, with K/V written to the block-addressed cache.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "engine/batch.h"
+#include "formats/gguf.h"
+#include "kv/kv_cache.h"
+#include "ops/ops.h"
+#include "qilin/status.h"
+
+namespace qilin {
+
+struct LlamaHparams {
+  std::string arch;        // general.architecture
+  int32_t n_vocab = 0;
+  int32_t n_ctx_train = 0;
+  int32_t n_embd = 0;
+  int32_t n_layer = 0;
+  int32_t n_head = 0;
+  int32_t n_head_kv = 0;
+  int32_t head_dim = 0;
+  int32_t n_ff = 0;
+  float rms_eps = 1e-5f;
+  RopeParams rope;         // freq_factors filled from rope_freqs.weight when present
+};
+
+struct LlamaLayer {
+  const float* attn_norm = nullptr;  // [n_embd]
+  WeightView wq;                     // [n_embd] -> [n_head * head_dim]
+  WeightView wk;                     // [n_embd] -> [n_head_kv * head_dim]
+  WeightView wv;                     // [n_embd] -> [n_head_kv * head_dim]
+  WeightView wo;                     // [n_head * head_dim] -> [n_embd]
+  const float* ffn_norm = nullptr;   // [n_embd]
+  WeightView w_gate;                 // [n_embd] -> [n_ff]
+  WeightView w_up;                   // [n_embd] -> [n_ff]
+  WeightView w_down;                 // [n_ff] -> [n_embd]
+};
+
+// Scratch for one forward call, sized once; forward() allocates nothing.
+struct Workspace {
+  int32_t max_tokens = 0;      // rows per forward call
+  int32_t max_logit_rows = 0;  // rows that may ask for logits
+  int32_t max_ctx = 0;         // longest sequence attended over
+  std::vector<float> x;        // [max_tokens, n_embd] residual stream
+  std::vector<float> cur;      // [max_tokens, n_embd]
+  std::vector<float> q;        // [max_tokens, n_head * head_dim]
+  std::vector<float> k;        // [max_tokens, n_head_kv * head_dim]
+  std::vector<float> v;        // [max_tokens, n_head_kv * head_dim]
+  std::vector<float> attn;     // [max_tokens, n_head * head_dim]
+  std::vector<float> gate;     // [max_tokens, n_ff]
+  std::vector<float> up;       // [max_tokens, n_ff]
+  std::vector<float> scores;   // [n_threads, max_ctx]
+  std::vector<float> logits;   // [max_logit_rows, n_vocab]
+  std::vector<int32_t> out_rows;  // [max_logit_rows] batch rows that want logits
+  std::vector<uint8_t> act;    // converted activations for the matmul kernels
+};
+
+class LlamaModel {
+ public:
+  // Opens and validates a GGUF file. Errors name the file, tensor or key at fault.
+  static Result<std::unique_ptr<LlamaModel>> load(const std::string& path);
+
+  const LlamaHparams& hparams() const { return hp_; }
+  const GgufFile& gguf() const { return *file_; }
+  // Bytes of weights (as stored).
+  size_t weight_bytes() const { return weight_bytes_; }
+
+  Workspace make_workspace(int32_t max_tokens, int32_t max_logit_rows, int32_t max_ctx,
+                           int n_threads) const;
+  KvCacheConfig kv_config(int32_t n_ctx_tokens, int32_t block_size = 16) const;
+
+  // Runs the batch. Returns logits [n_logit_rows, n_vocab] for the rows that want them, in
+  // batch order, pointing into ws. Bad batches (token ids, positions outside the block tables,
+  // more rows than the workspace holds) return an error without touching the cache.
+  Result<const float*> forward(const Batch& batch, KvCache& kv, Workspace& ws,
+                               ThreadPool& pool) const;
+
+ private:
+  LlamaModel() = default;
+  Status validate(const Batch& batch, const KvCache& kv, const Workspace& ws) const;
+
+  std::unique_ptr<GgufFile> file_;
+  LlamaHparams hp_;
+  const uint8_t* tok_embd_ = nullptr;  // [n_vocab, row bytes of tok_embd_type_]
+  DType tok_embd_type_ = DType::F32;
+  size_t tok_embd_row_bytes_ = 0;
+  std::vector<LlamaLayer> layers_;
+  const float* output_norm_ = nullptr;  // [n_embd]
+  WeightView output_;                   // [n_embd] -> [n_vocab], token_embd when tied
+  size_t weight_bytes_ = 0;
+};
+
+}  // namespace qilin

@@ -1,0 +1,46 @@
+// RMSNorm, SwiGLU and RoPE: per-row operators, cheap next to the matmuls.
+#include <cmath>
+
+#include "ops/ops.h"
+
+namespace qilin {
+
+void rms_norm(const float* x, const float* w, float* out, int64_t n, float eps) {
+  double sum = 0.0;  // double, as llama.cpp: keeps the mean exact enough for long rows
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
+  const float scale = 1.0f / std::sqrt(static_cast<float>(sum / n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale * w[i];
+}
+
+void swiglu(const float* g, const float* u, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+void rope(float* x, int32_t n_head, int32_t head_dim, int32_t pos, const RopeParams& p) {
+  // NOTE: angles come from repeated multiplication by theta_scale, as llama.cpp builds them,
+  // rather than pow() per pair: the two differ in the last bits and we want its logits.
+  const float theta_scale = std::pow(p.freq_base, -2.0f / p.n_rot);
+  float theta = static_cast<float>(pos);
+  constexpr int kMaxPairs = 512;
+  float cs[kMaxPairs], sn[kMaxPairs];
+  const int32_t n_pairs = p.n_rot / 2;
+  for (int32_t i = 0; i < n_pairs && i < kMaxPairs; ++i) {
+    const float ff = p.freq_factors ? p.freq_factors[i] : 1.0f;
+    const float t = p.freq_scale * (theta / ff);
+    cs[i] = std::cos(t);
+    sn[i] = std::sin(t);
+    theta *= theta_scale;
+  }
+  for (int32_t h = 0; h < n_head; ++h) {
+    float* xh = x + static_cast<int64_t>(h) * head_dim;
+    for (int32_t i = 0; i < n_pairs; ++i) {
+      const int32_t a = p.neox ? i : 2 * i;
+      const int32_t b = p.neox ? i + n_pairs : 2 * i + 1;
+      const float x0 = xh[a], x1 = xh[b];
+      xh[a] = x0 * cs[i] - x1 * sn[i];
+      xh[b] = x0 * sn[i] + x1 * cs[i];
+    }
+  }
+}
+
+}  // namespace qilin
