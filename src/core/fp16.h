@@ -29,7 +29,10 @@ inline uint16_t fp32_to_fp16(float f) {
   const uint32_t x = f32_to_bits(f);
   const uint32_t sign = (x >> 16) & 0x8000;
   const uint32_t ax = x & 0x7fffffff;
-  if (ax >= 0x7f800000) return static_cast<uint16_t>(sign | 0x7c00 | (ax > 0x7f800000 ? 0x200 : 0));
+  // NaN keeps its top payload bits and becomes quiet, bit for bit as F16C's VCVTPS2PH does, so
+  // scalar and SIMD conversions agree even on NaN.
+  if (ax > 0x7f800000) return static_cast<uint16_t>(sign | 0x7e00 | (ax >> 13 & 0x3ff));
+  if (ax == 0x7f800000) return static_cast<uint16_t>(sign | 0x7c00);
   if (ax >= 0x477ff000) return static_cast<uint16_t>(sign | 0x7c00);  // rounds to inf
   if (ax < 0x38800000) {  // result is subnormal or zero
     if (ax < 0x33000000) return static_cast<uint16_t>(sign);  // below half the smallest subnormal

@@ -1,0 +1,404 @@
+// Scalar reference (de)quantization and dot products for llama.cpp's 32-element block formats,
+// CPU feature detection, and the one run-time dispatch point that hands out per-ISA kernels.
+// NOTE: this file is compiled without -mfma, so `a * b + c` is rounded twice, exactly as
+// llama.cpp's C reference (and gguf-py's numpy) computes it; the quantizers are bit-exact.
+#include "cpu/quants.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
+
+#include "core/assert.h"
+#include "core/fp16.h"
+#include "cpu/quants_impl.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#define QILIN_X86 1
+#endif
+
+namespace qilin {
+namespace {
+
+void check_blocks(DType type, int64_t n) {
+  const DTypeInfo& info = dtype_info(type);
+  QILIN_ASSERT(n >= 0 && n % info.block_size == 0);
+}
+
+// ---- reference quantizers, one block at a time ----
+
+// 1/d as llama.cpp computes it, except that a scale so small that 1/d overflows (a block of
+// values below ~1e-36) gives 0 rather than infinity: llama.cpp then converts inf or NaN to an
+// integer, which is undefined. Its f16 scale is 0 anyway, so the block still dequantizes to 0.
+float inverse_scale(float d) {
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  return std::isinf(id) ? 0.0f : id;
+}
+
+// Q4_0: the scale carries the sign of the element with the largest magnitude so that element
+// maps to exactly -8 (the code that has no positive twin); others round by +8.5 and truncation.
+void quantize_block_q4_0(const float* x, BlockQ4_0* y) {
+  float amax = 0.0f;
+  float max = 0.0f;
+  for (int j = 0; j < kQK; ++j) {
+    if (amax < std::fabs(x[j])) {  // strict: the first of equal magnitudes wins
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
+  }
+  const float d = max / -8.0f;
+  const float id = inverse_scale(d);
+  y->d = fp32_to_fp16(d);
+  for (int j = 0; j < kQK / 2; ++j) {
+    const int q0 = std::min(15, static_cast<int>(x[j] * id + 8.5f));  // truncation, as C's cast
+    const int q1 = std::min(15, static_cast<int>(x[j + kQK / 2] * id + 8.5f));
+    y->qs[j] = static_cast<uint8_t>(q0 | q1 << 4);
+  }
+}
+
+void quantize_block_q4_1(const float* x, BlockQ4_1* y) {
+  float min = FLT_MAX;
+  float max = -FLT_MAX;
+  for (int j = 0; j < kQK; ++j) {
+    min = x[j] < min ? x[j] : min;
+    max = x[j] > max ? x[j] : max;
+  }
+  const float d = (max - min) / 15.0f;
+  const float id = inverse_scale(d);
+  y->d = fp32_to_fp16(d);
+  y->m = fp32_to_fp16(min);
+  for (int j = 0; j < kQK / 2; ++j) {
+    const int q0 = std::min(15, static_cast<int>((x[j] - min) * id + 0.5f));
+    const int q1 = std::min(15, static_cast<int>((x[j + kQK / 2] - min) * id + 0.5f));
+    y->qs[j] = static_cast<uint8_t>(q0 | q1 << 4);
+  }
+}
+
+// Shared by Q8_0 and Q8_1: returns the sum of the codes and the f32 scale in *d_f32.
+// roundf rounds halves away from zero (not to even), as llama.cpp's reference does.
+int quantize_block_q8(const float* x, int8_t* qs, uint16_t* d_out, float* d_f32) {
+  float amax = 0.0f;
+  for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float d = amax / 127.0f;
+  const float id = inverse_scale(d);
+  *d_out = fp32_to_fp16(d);
+  *d_f32 = d;
+  int sum = 0;
+  for (int j = 0; j < kQK; ++j) {
+    qs[j] = static_cast<int8_t>(std::roundf(x[j] * id));
+    sum += qs[j];
+  }
+  return sum;
+}
+
+// Q8_1's s uses the f32 scale d (not its f16 rounding), as llama.cpp does.
+void quantize_block_q8_1(const float* x, BlockQ8_1* y) {
+  float d = 0.0f;
+  const int sum = quantize_block_q8(x, y->qs, &y->d, &d);
+  y->s = fp32_to_fp16(static_cast<float>(sum) * d);
+}
+
+}  // namespace
+
+void dequantize_row_ref(DType type, const void* src, float* dst, int64_t n) {
+  check_blocks(type, n);
+  const int64_t nb = n / kQK;
+  switch (type) {
+    case DType::F32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+      return;
+    case DType::F16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_fp32(s[i]);
+      return;
+    }
+    case DType::BF16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_fp32(s[i]);
+      return;
+    }
+    case DType::Q4_0: {
+      const BlockQ4_0* b = static_cast<const BlockQ4_0*>(src);
+      for (int64_t i = 0; i < nb; ++i, dst += kQK) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < kQK / 2; ++j) {
+          dst[j] = static_cast<float>((b[i].qs[j] & 0x0f) - 8) * d;
+          dst[j + kQK / 2] = static_cast<float>((b[i].qs[j] >> 4) - 8) * d;
+        }
+      }
+      return;
+    }
+    case DType::Q4_1: {
+      const BlockQ4_1* b = static_cast<const BlockQ4_1*>(src);
+      for (int64_t i = 0; i < nb; ++i, dst += kQK) {
+        const float d = fp16_to_fp32(b[i].d);
+        const float m = fp16_to_fp32(b[i].m);
+        for (int j = 0; j < kQK / 2; ++j) {
+          dst[j] = static_cast<float>(b[i].qs[j] & 0x0f) * d + m;
+          dst[j + kQK / 2] = static_cast<float>(b[i].qs[j] >> 4) * d + m;
+        }
+      }
+      return;
+    }
+    case DType::Q8_0: {
+      const BlockQ8_0* b = static_cast<const BlockQ8_0*>(src);
+      for (int64_t i = 0; i < nb; ++i, dst += kQK) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < kQK; ++j) dst[j] = static_cast<float>(b[i].qs[j]) * d;
+      }
+      return;
+    }
+    case DType::Q8_1: {
+      const BlockQ8_1* b = static_cast<const BlockQ8_1*>(src);
+      for (int64_t i = 0; i < nb; ++i, dst += kQK) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < kQK; ++j) dst[j] = static_cast<float>(b[i].qs[j]) * d;
+      }
+      return;
+    }
+    default:
+      QILIN_ASSERT(!"dequantize_row_ref: unsupported type");
+  }
+}
+
+void quantize_row_ref(DType type, const float* src, void* dst, int64_t n) {
+  check_blocks(type, n);
+  const int64_t nb = n / kQK;
+  switch (type) {
+    case DType::F32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+      return;
+    case DType::F16: {
+      uint16_t* d = static_cast<uint16_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) d[i] = fp32_to_fp16(src[i]);
+      return;
+    }
+    case DType::BF16: {
+      uint16_t* d = static_cast<uint16_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) d[i] = fp32_to_bf16(src[i]);
+      return;
+    }
+    case DType::Q4_0:
+      for (int64_t i = 0; i < nb; ++i) quantize_block_q4_0(src + i * kQK, static_cast<BlockQ4_0*>(dst) + i);
+      return;
+    case DType::Q4_1:
+      for (int64_t i = 0; i < nb; ++i) quantize_block_q4_1(src + i * kQK, static_cast<BlockQ4_1*>(dst) + i);
+      return;
+    case DType::Q8_0:
+      for (int64_t i = 0; i < nb; ++i) {
+        BlockQ8_0* y = static_cast<BlockQ8_0*>(dst) + i;
+        float d = 0.0f;
+        quantize_block_q8(src + i * kQK, y->qs, &y->d, &d);
+      }
+      return;
+    case DType::Q8_1:
+      for (int64_t i = 0; i < nb; ++i) quantize_block_q8_1(src + i * kQK, static_cast<BlockQ8_1*>(dst) + i);
+      return;
+    default:
+      QILIN_ASSERT(!"quantize_row_ref: unsupported type");
+  }
+}
+
+// ---- scalar kernels: the reference every SIMD path is tested against ----
+// Block sums are exact integers; each block adds (d_w * d_a) * sum in f32, the same scale
+// product the SIMD kernels use, so the two differ only in the order of f32 additions.
+namespace scalar {
+
+float vec_dot_q4_0_q8_0(int64_t n, const void* w, const void* a) {
+  const BlockQ4_0* x = static_cast<const BlockQ4_0*>(w);
+  const BlockQ8_0* y = static_cast<const BlockQ8_0*>(a);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    int sumi = 0;
+    for (int j = 0; j < kQK / 2; ++j) {
+      sumi += ((x[i].qs[j] & 0x0f) - 8) * y[i].qs[j];
+      sumi += ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + kQK / 2];
+    }
+    sum += (fp16_to_fp32(x[i].d) * fp16_to_fp32(y[i].d)) * static_cast<float>(sumi);
+  }
+  return sum;
+}
+
+// Q8_1's s = d_a * sum(q_a) folds the minimum's contribution: sum_j m * a_j = m * s.
+float vec_dot_q4_1_q8_1(int64_t n, const void* w, const void* a) {
+  const BlockQ4_1* x = static_cast<const BlockQ4_1*>(w);
+  const BlockQ8_1* y = static_cast<const BlockQ8_1*>(a);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    int sumi = 0;
+    for (int j = 0; j < kQK / 2; ++j) {
+      sumi += (x[i].qs[j] & 0x0f) * y[i].qs[j];
+      sumi += (x[i].qs[j] >> 4) * y[i].qs[j + kQK / 2];
+    }
+    sum += (fp16_to_fp32(x[i].d) * fp16_to_fp32(y[i].d)) * static_cast<float>(sumi);
+    sum += fp16_to_fp32(x[i].m) * fp16_to_fp32(y[i].s);
+  }
+  return sum;
+}
+
+float vec_dot_q8_0_q8_0(int64_t n, const void* w, const void* a) {
+  const BlockQ8_0* x = static_cast<const BlockQ8_0*>(w);
+  const BlockQ8_0* y = static_cast<const BlockQ8_0*>(a);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    int sumi = 0;
+    for (int j = 0; j < kQK; ++j) sumi += x[i].qs[j] * y[i].qs[j];
+    sum += (fp16_to_fp32(x[i].d) * fp16_to_fp32(y[i].d)) * static_cast<float>(sumi);
+  }
+  return sum;
+}
+
+float vec_dot_f16_f16(int64_t n, const void* w, const void* a) {
+  const uint16_t* x = static_cast<const uint16_t*>(w);
+  const uint16_t* y = static_cast<const uint16_t*>(a);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) sum += fp16_to_fp32(x[i]) * fp16_to_fp32(y[i]);
+  return sum;
+}
+
+float vec_dot_bf16_bf16(int64_t n, const void* w, const void* a) {
+  const uint16_t* x = static_cast<const uint16_t*>(w);
+  const uint16_t* y = static_cast<const uint16_t*>(a);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) sum += bf16_to_fp32(x[i]) * bf16_to_fp32(y[i]);
+  return sum;
+}
+
+float vec_dot_f32_f32(int64_t n, const void* w, const void* a) {
+  const float* x = static_cast<const float*>(w);
+  const float* y = static_cast<const float*>(a);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) sum += x[i] * y[i];
+  return sum;
+}
+
+void quantize_row_q8_0(const float* src, void* dst, int64_t n) { quantize_row_ref(DType::Q8_0, src, dst, n); }
+void quantize_row_q8_1(const float* src, void* dst, int64_t n) { quantize_row_ref(DType::Q8_1, src, dst, n); }
+void quantize_row_f16(const float* src, void* dst, int64_t n) { quantize_row_ref(DType::F16, src, dst, n); }
+void quantize_row_bf16(const float* src, void* dst, int64_t n) { quantize_row_ref(DType::BF16, src, dst, n); }
+
+}  // namespace scalar
+
+// ---- CPU features ----
+
+namespace {
+
+void copy_row_f32(const float* src, void* dst, int64_t n) {
+  std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+}
+
+struct CpuFeatures {
+  bool avx2 = false;    // AVX2 + FMA + F16C, and the OS saves YMM state
+  bool avx512 = false;  // F/BW/VL/DQ + VNNI, and the OS saves ZMM and opmask state
+};
+
+CpuFeatures detect_cpu() {
+  CpuFeatures f;
+#ifdef QILIN_X86
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28),
+             f16c = c & (1u << 29);
+  if (!osxsave || !avx) return f;
+  // XGETBV(0): which register states the OS saves on context switch. Without this check a
+  // kernel that lacks AVX-512 support would corrupt ZMM registers across task switches.
+  unsigned xcr0_lo = 0, xcr0_hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  const bool os_ymm = (xcr0_lo & 0x6) == 0x6;
+  const bool os_zmm = (xcr0_lo & 0xe6) == 0xe6;  // + opmask, ZMM_Hi256, Hi16_ZMM
+  if (__get_cpuid_max(0, nullptr) < 7) return f;
+  __cpuid_count(7, 0, a, b, c, d);
+  const bool avx2 = b & (1u << 5);
+  const bool avx512 = (b & (1u << 16)) && (b & (1u << 17)) && (b & (1u << 30)) &&
+                      (b & (1u << 31)) && (c & (1u << 11));  // F, DQ, BW, VL; ECX: VNNI
+  f.avx2 = os_ymm && avx2 && fma && f16c;
+  // The AVX-512 file is also compiled with -mavx2 -mfma -mf16c, so it needs all of those too.
+  f.avx512 = f.avx2 && os_zmm && avx512;
+#endif
+  return f;
+}
+
+Isa detect_best_isa() {
+  const CpuFeatures f = detect_cpu();
+  Isa best = f.avx512 ? Isa::Avx512 : f.avx2 ? Isa::Avx2 : Isa::Scalar;
+  // QILIN_ISA may only lower the choice: asking for an ISA the CPU lacks must not SIGILL.
+  if (const char* env = std::getenv("QILIN_ISA")) {
+    const std::string_view v(env);
+    Isa want = best;
+    if (v == "scalar") want = Isa::Scalar;
+    else if (v == "avx2") want = Isa::Avx2;
+    else if (v == "avx512") want = Isa::Avx512;
+    best = std::min(best, want);
+  }
+  return best;
+}
+
+// Tables indexed by weight type; the order of entries does not matter.
+#define QILIN_KERNEL_TABLE(ns)                                                         \
+  {                                                                                    \
+    {DType::Q4_0, DType::Q8_0, ns::vec_dot_q4_0_q8_0, ns::quantize_row_q8_0},          \
+        {DType::Q4_1, DType::Q8_1, ns::vec_dot_q4_1_q8_1, ns::quantize_row_q8_1},      \
+        {DType::Q8_0, DType::Q8_0, ns::vec_dot_q8_0_q8_0, ns::quantize_row_q8_0},      \
+        {DType::F16, DType::F16, ns::vec_dot_f16_f16, ns::quantize_row_f16},           \
+        {DType::BF16, DType::BF16, ns::vec_dot_bf16_bf16, ns::quantize_row_bf16},      \
+        {DType::F32, DType::F32, ns::vec_dot_f32_f32, copy_row_f32},                   \
+  }
+
+const MatmulKernels kScalarKernels[] = QILIN_KERNEL_TABLE(scalar);
+#ifdef QILIN_X86
+const MatmulKernels kAvx2Kernels[] = QILIN_KERNEL_TABLE(avx2);
+const MatmulKernels kAvx512Kernels[] = QILIN_KERNEL_TABLE(avx512);
+#endif
+#undef QILIN_KERNEL_TABLE
+
+template <size_t N>
+const MatmulKernels* find_kernels(const MatmulKernels (&table)[N], DType weight) {
+  for (const MatmulKernels& k : table) {
+    if (k.weight == weight) return &k;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return "scalar";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+  }
+  return "unknown";
+}
+
+bool cpu_supports(Isa isa) {
+  static const CpuFeatures f = detect_cpu();
+  switch (isa) {
+    case Isa::Scalar: return true;
+    case Isa::Avx2: return f.avx2;
+    case Isa::Avx512: return f.avx512;
+  }
+  return false;
+}
+
+Isa cpu_best_isa() {
+  static const Isa best = detect_best_isa();
+  return best;
+}
+
+const MatmulKernels* matmul_kernels(DType weight, Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return find_kernels(kScalarKernels, weight);
+#ifdef QILIN_X86
+    case Isa::Avx2: return find_kernels(kAvx2Kernels, weight);
+    case Isa::Avx512: return find_kernels(kAvx512Kernels, weight);
+#else
+    default: return nullptr;
+#endif
+  }
+  return nullptr;
+}
+
+}  // namespace qilin
