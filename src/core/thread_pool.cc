@@ -51,7 +51,10 @@ void ThreadPool::run_raw(Thunk thunk, void* ctx) {
     cv_.notify_all();
   }
   thunk(ctx, 0, n_threads_);
-  while (pending_.load(std::memory_order_acquire) != 0) QILIN_PAUSE();
+  // Yield now and then: with more threads than free cores the stragglers need our core.
+  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins % 1024 == 1023) std::this_thread::yield(); else QILIN_PAUSE();
+  }
 }
 
 void ThreadPool::worker(int ith) {

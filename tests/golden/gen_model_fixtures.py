@@ -39,10 +39,13 @@ def main():
         llm.eval(toks)
         logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
         top = np.argsort(-logits, kind="stable")[:TOP]
-        gen = []
+        gen, gaps = [], []
         for _ in range(N_GEN):
-            nxt = int(np.argmax(np.array(llm.scores[llm.n_tokens - 1])))
+            row = np.array(llm.scores[llm.n_tokens - 1])
+            nxt = int(np.argmax(row))
+            top2 = np.sort(row)[-2:]
             gen.append(nxt)
+            gaps.append(float(top2[1] - top2[0]))  # how decisive llama.cpp's choice was
             llm.eval([nxt])
         cases.append({
             "prompt": prompt,
@@ -50,6 +53,7 @@ def main():
             "top_ids": [int(i) for i in top],
             "top_logits": [float(logits[i]) for i in top],
             "greedy": gen,
+            "greedy_gap": gaps,
         })
     doc = {
         "generator": "tests/golden/gen_model_fixtures.py",

@@ -1,0 +1,162 @@
+// The Llama forward pass against llama.cpp: last-position logits (top-100) and 64 greedy tokens
+// for five prompts. Fixtures: tests/golden/model/*.json, made by gen_model_fixtures.py.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/generator.h"
+#include "model/llama.h"
+#include "test_util.h"
+
+namespace qilin {
+namespace {
+
+nlohmann::json load_fixture() {
+  std::ifstream in(std::string(QILIN_TEST_DATA_DIR) + "/golden/model/smollm2_q4_1.json");
+  EXPECT_TRUE(in.good()) << "missing fixture tests/golden/model/smollm2_q4_1.json";
+  return nlohmann::json::parse(in);
+}
+
+int32_t argmax(const float* v, int32_t n) {
+  return static_cast<int32_t>(std::max_element(v, v + n) - v);
+}
+
+class ModelGolden : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(test::model_present());
+    auto m = LlamaModel::load(test::default_model_path());
+    ASSERT_TRUE(m.is_ok()) << m.status().message();
+    model_ = std::move(*m);
+    fixture_ = load_fixture();
+  }
+  std::unique_ptr<LlamaModel> model_;
+  nlohmann::json fixture_;
+};
+
+// Tolerance: llama.cpp and Qilin run the same quantized arithmetic (Q4_1 weights against Q8_1
+// activations, Q8_0 output head against Q8_0 activations) but sum in different orders and use
+// different exp/sin/cos. Re-quantizing activations to 8 bits in every matmul of 30 layers
+// amplifies 1e-7-sized differences into visible ones: llama.cpp itself moves by up to 0.66 on
+// these prompts when only its KV cache goes from F32 to F16, and by 0.34 between batched and
+// token-by-token prompts (check_reference_spread.py). We allow 1.0 per logit (1.5x that spread),
+// a mean error of 0.25 over the top 100, and require the same top-1 token.
+TEST_F(ModelGolden, LastPositionLogitsMatchLlamaCpp) {
+  GeneratorConfig gc;
+  gc.n_ctx = 512;
+  gc.n_threads = 2;
+  auto g = Generator::create(*model_, gc);
+  ASSERT_TRUE(g.is_ok()) << g.status().message();
+  const int32_t n_vocab = model_->hparams().n_vocab;
+  for (const auto& c : fixture_["cases"]) {
+    SCOPED_TRACE(c["prompt"].get<std::string>());
+    (*g)->reset();
+    std::vector<int32_t> toks = c["tokens"].get<std::vector<int32_t>>();
+    ASSERT_TRUE((*g)->feed(toks).is_ok());
+    const float* logits = (*g)->logits();
+    const auto ids = c["top_ids"].get<std::vector<int32_t>>();
+    const auto ref = c["top_logits"].get<std::vector<float>>();
+    for (int32_t i = 0; i < n_vocab; ++i) ASSERT_TRUE(std::isfinite(logits[i])) << "logit " << i;
+    EXPECT_EQ(argmax(logits, n_vocab), ids[0]);
+    const float tol = 1.0f;
+    float max_err = 0, sum_err = 0;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const float err = std::fabs(logits[ids[i]] - ref[i]);
+      max_err = std::max(max_err, err);
+      sum_err += err;
+      EXPECT_NEAR(logits[ids[i]], ref[i], tol) << "token " << ids[i] << " (rank " << i << ")";
+    }
+    const float mean_err = sum_err / ids.size();
+    EXPECT_LE(mean_err, 0.25f);
+    std::printf("  |logit - llama.cpp| over top-100: max %.4f, mean %.4f\n", max_err, mean_err);
+  }
+}
+
+// Greedy decoding, two ways.
+// Teacher-forced: we feed llama.cpp's 64 greedy tokens one by one and at every step compare our
+// argmax with llama.cpp's. Where llama.cpp's own top-2 gap exceeds kDecisive (above the 0.66 its
+// logits move under benign changes, see check_reference_spread.py) the choice is not a numerical
+// coin flip and we must make the same one; 320 decisions across the five prompts.
+// Free-running: our own greedy continuation must equal llama.cpp's up to the first step where
+// llama.cpp's gap is below kDecisive; past a near-tie the two texts may part (the SmolLM2
+// prompts here hit 8-14 near-ties of gap < 0.3 in 64 tokens, and 0.005-0.22 at the points where
+// we part), and we report how long they stay identical.
+constexpr float kDecisive = 0.7f;
+
+TEST_F(ModelGolden, GreedyDecisionsMatchLlamaCppTeacherForced) {
+  GeneratorConfig gc;
+  gc.n_ctx = 512;
+  gc.n_threads = 2;
+  auto g = Generator::create(*model_, gc);
+  ASSERT_TRUE(g.is_ok()) << g.status().message();
+  const int32_t n_vocab = model_->hparams().n_vocab;
+  int decisive = 0, agreed_all = 0, total = 0;
+  for (const auto& c : fixture_["cases"]) {
+    SCOPED_TRACE(c["prompt"].get<std::string>());
+    (*g)->reset();
+    ASSERT_TRUE((*g)->feed(c["tokens"].get<std::vector<int32_t>>()).is_ok());
+    const auto want = c["greedy"].get<std::vector<int32_t>>();
+    const auto gap = c["greedy_gap"].get<std::vector<float>>();
+    for (size_t i = 0; i < want.size(); ++i) {
+      const int32_t t = argmax((*g)->logits(), n_vocab);
+      ++total;
+      agreed_all += t == want[i];
+      if (gap[i] > kDecisive) {
+        ++decisive;
+        EXPECT_EQ(t, want[i]) << "step " << i << ", llama.cpp's top-2 gap " << gap[i];
+      }
+      ASSERT_TRUE((*g)->feed(&want[i], 1).is_ok());
+    }
+  }
+  std::printf("  agreed on %d/%d greedy steps (%d decisive steps, all must agree)\n", agreed_all,
+              total, decisive);
+  EXPECT_GE(decisive, 200);  // the fixture must keep testing something
+}
+
+TEST_F(ModelGolden, FreeRunningGreedyPartsOnlyAtNearTies) {
+  GeneratorConfig gc;
+  gc.n_ctx = 512;
+  gc.n_threads = 2;
+  auto g = Generator::create(*model_, gc);
+  ASSERT_TRUE(g.is_ok()) << g.status().message();
+  const int32_t n_vocab = model_->hparams().n_vocab;
+  int identical = 0, index = 0;
+  for (const auto& c : fixture_["cases"]) {
+    SCOPED_TRACE(c["prompt"].get<std::string>());
+    (*g)->reset();
+    ASSERT_TRUE((*g)->feed(c["tokens"].get<std::vector<int32_t>>()).is_ok());
+    const auto want = c["greedy"].get<std::vector<int32_t>>();
+    const auto gap = c["greedy_gap"].get<std::vector<float>>();
+    size_t first_diff = want.size();
+    for (size_t i = 0; i < want.size(); ++i) {
+      int32_t t = argmax((*g)->logits(), n_vocab);
+      if (t != want[i]) {
+        first_diff = i;
+        break;
+      }
+      ASSERT_TRUE((*g)->feed(&t, 1).is_ok());
+    }
+    size_t first_near_tie = want.size();
+    for (size_t i = 0; i < want.size(); ++i) {
+      if (gap[i] <= kDecisive) {
+        first_near_tie = i;
+        break;
+      }
+    }
+    std::printf("  prompt %d: identical for %zu/%zu tokens (llama.cpp's first near-tie: %zu)\n",
+                index++, first_diff, want.size(), first_near_tie);
+    EXPECT_GE(first_diff, first_near_tie) << "parted from llama.cpp on a decisive step";
+    if (first_diff < want.size()) {
+      EXPECT_LE(gap[first_diff], kDecisive) << "parted at step " << first_diff;
+    }
+    identical += first_diff == want.size();
+  }
+  std::printf("  %d/5 prompts identical for all 64 tokens\n", identical);
+}
+
+}  // namespace
+}  // namespace qilin
