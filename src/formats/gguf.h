@@ -98,6 +98,8 @@ class GgufFile {
 
  private:
   GgufFile() = default;
+  // Reads and validates the whole header from [data, data + size); fills this object.
+  Status parse_into(const uint8_t* data, size_t size);
   std::string path_;
   void* map_ = nullptr;  // owned mapping (null when parsing a caller's buffer)
   size_t map_size_ = 0;
@@ -112,6 +114,9 @@ class GgufFile {
 // Writes GGUF v3. Tensor data is copied at write() time from the pointers given to
 // add_tensor, which must stay valid until then. write() goes to a temp file and renames it,
 // so a failed write never leaves a half-written file at `path`.
+// NOTE: `general.alignment` is written (as UINT32, after the caller's keys) only when the
+// alignment is not the default 32, as readers assume 32 when it is absent. A caller may set
+// the key itself; it must then be a UINT32 equal to the writer's alignment.
 class GgufWriter {
  public:
   explicit GgufWriter(uint64_t alignment = 32) : alignment_(alignment) {}
@@ -120,8 +125,13 @@ class GgufWriter {
   void add_tensor(const std::string& name, DType type, const std::vector<int64_t>& ne,
                   const void* data, size_t size);
   Status write(const std::string& path) const;
+  // The same bytes as write() would produce, in memory (tests, small files).
+  Result<std::vector<uint8_t>> serialize() const;
 
  private:
+  struct Sink;
+  Status validate() const;
+  Status emit(Sink& sink) const;
   struct Tensor {
     std::string name;
     DType type;
