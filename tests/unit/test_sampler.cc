@@ -16,22 +16,10 @@
 
 #include "engine/sampler.h"
 
-// Counts operator new calls while armed, to prove sample()/accept() do not allocate.
-// NOTE: a replacement of the global operator new is program-wide; it only counts and
-// forwards to malloc, so the rest of the test binary is unaffected.
-// GCC cannot see that this delete pairs with the malloc in the new below, hence the pragma.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-static bool g_count_new = false;
-static long g_new_calls = 0;
-void* operator new(std::size_t n) {
-  if (g_count_new) ++g_new_calls;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-#pragma GCC diagnostic pop
+#include "alloc_counter.h"
+
+using qilin::test::g_count_new;
+using qilin::test::g_new_calls;
 
 namespace qilin {
 namespace {

@@ -1,0 +1,91 @@
+// The qilin program as a user meets it: real processes, real model, exit codes and messages.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
+
+#include "test_util.h"
+
+namespace qilin {
+namespace {
+
+struct CliResult {
+  int code;
+  std::string out;  // stdout and stderr together
+};
+
+CliResult run_cli(const std::string& args, const std::string& env = "") {
+  const std::string cmd = env + " " + QILIN_CLI_PATH + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  EXPECT_NE(p, nullptr);
+  CliResult r{-1, ""};
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+TEST(Cli, HelpOnEverySubcommand) {
+  for (const char* sub : {"run", "chat", "bench"}) {
+    CliResult r = run_cli(std::string(sub) + " --help");
+    EXPECT_EQ(r.code, 0) << sub;
+    EXPECT_NE(r.out.find("--model"), std::string::npos) << sub << ": " << r.out;
+  }
+}
+
+TEST(Cli, MissingDefaultModelSaysHowToFetch) {
+  CliResult r = run_cli("run -p hi", "QILIN_MODELS=/nonexistent");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("scripts/fetch_model.sh"), std::string::npos) << r.out;
+}
+
+TEST(Cli, UnreadableModelFileIsNamed) {
+  CliResult r = run_cli("run -m /nonexistent/x.gguf -p hi");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("/nonexistent/x.gguf"), std::string::npos) << r.out;
+}
+
+TEST(Cli, InvalidFlagValuesAreRejected) {
+  CliResult r = run_cli("run -p hi -t 0");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--threads"), std::string::npos) << r.out;
+  r = run_cli("run -p hi --top-p 1.5");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("top_p must be in (0, 1], got 1.5"), std::string::npos) << r.out;
+  r = run_cli("bench -o xml");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("xml"), std::string::npos) << r.out;
+}
+
+TEST(Cli, PromptLongerThanContextIsReported) {
+  ASSERT_TRUE(test::model_present());
+  std::string words;
+  for (int i = 0; i < 40; ++i) words += "word ";
+  CliResult r = run_cli("run -c 16 -n 4 -p '" + words + "'");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("context holds 16"), std::string::npos) << r.out;
+}
+
+TEST(Cli, RunGeneratesAndPrintsTimings) {
+  ASSERT_TRUE(test::model_present());
+  CliResult r = run_cli("run --chat -p 'What is 12 times 7?' -n 12 --temp 0 -t 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  // llama.cpp's greedy answer to this prompt starts with "12 times 7" (fixture prompt 1).
+  EXPECT_NE(r.out.find("12 times 7"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("load time:"), std::string::npos);
+  EXPECT_NE(r.out.find("tokens/s"), std::string::npos);
+}
+
+TEST(Cli, BenchJsonHasBothTests) {
+  ASSERT_TRUE(test::model_present());
+  CliResult r = run_cli("bench -p 16 -n 4 -r 2 -t 1 -o json 2>/dev/null");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("\"test\": \"pp16\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"test\": \"tg4\""), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace qilin
