@@ -219,8 +219,11 @@ Status Tokenizer::load_vocab(const GgufFile& file, bool is_spm) {
       special_ids_.push_back(i);
     }
   }
-  std::stable_sort(special_ids_.begin(), special_ids_.end(),
-                   [&](int32_t a, int32_t b) { return tokens_[a].size() > tokens_[b].size(); });
+  std::sort(special_ids_.begin(), special_ids_.end(), [&](int32_t a, int32_t b) {
+    const size_t len_a = tokens_[a].size();
+    const size_t len_b = tokens_[b].size();
+    return len_a != len_b ? len_a > len_b : a < b;
+  });
   return Status::ok();
 }
 
