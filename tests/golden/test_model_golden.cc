@@ -4,10 +4,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
+#include "cpu/quants.h"
 #include "engine/generator.h"
 #include "model/llama.h"
 #include "test_util.h"
@@ -15,9 +18,9 @@
 namespace qilin {
 namespace {
 
-nlohmann::json load_fixture() {
-  std::ifstream in(std::string(QILIN_TEST_DATA_DIR) + "/golden/model/smollm2_q4_1.json");
-  EXPECT_TRUE(in.good()) << "missing fixture tests/golden/model/smollm2_q4_1.json";
+nlohmann::json load_fixture(const std::string& name) {
+  std::ifstream in(std::string(QILIN_TEST_DATA_DIR) + "/golden/model/" + name);
+  EXPECT_TRUE(in.good()) << "missing fixture tests/golden/model/" << name;
   return nlohmann::json::parse(in);
 }
 
@@ -32,7 +35,7 @@ class ModelGolden : public ::testing::Test {
     auto m = LlamaModel::load(test::default_model_path());
     ASSERT_TRUE(m.is_ok()) << m.status().message();
     model_ = std::move(*m);
-    fixture_ = load_fixture();
+    fixture_ = load_fixture("smollm2_q4_1.json");
   }
   std::unique_ptr<LlamaModel> model_;
   nlohmann::json fixture_;
@@ -156,6 +159,98 @@ TEST_F(ModelGolden, FreeRunningGreedyPartsOnlyAtNearTies) {
     identical += first_diff == want.size();
   }
   std::printf("  %d/5 prompts identical for all 64 tokens\n", identical);
+}
+
+// The same weights dequantized to F32 (our dequantizer and GGUF writer here; gguf-py's for
+// the llama.cpp fixture). With F32 weights nothing re-quantizes activations, so float rounding
+// differences stay ~1e-6 and greedy text must match llama.cpp exactly: the criterion of
+// at least 4 of 5 prompts identical for 64 tokens, and logits within 1e-3.
+class ModelGoldenF32 : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ASSERT_TRUE(test::model_present());
+    auto q = GgufFile::open(test::default_model_path());
+    ASSERT_TRUE(q.is_ok()) << q.status().message();
+    GgufWriter w;
+    for (const auto& [key, value] : (*q)->kvs()) {
+      w.set(key, key == "general.file_type" ? GgufValue::of_u32(0) : value);
+    }
+    std::vector<std::vector<float>> data;
+    data.reserve((*q)->tensors().size());
+    for (const GgufTensorInfo& t : (*q)->tensors()) {
+      const int64_t n_row = t.ne[0], n_rows = t.n_elements() / t.ne[0];
+      std::vector<float>& d = data.emplace_back(t.n_elements());
+      for (int64_t r = 0; r < n_rows; ++r) {
+        dequantize_row_ref(t.type, t.data + r * row_bytes(t.type, n_row), d.data() + r * n_row, n_row);
+      }
+      w.add_tensor(t.name, DType::F32, std::vector<int64_t>(t.ne, t.ne + t.n_dims), d.data(),
+                   d.size() * sizeof(float));
+    }
+    char dir[] = "/tmp/qilin-f32-XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    path_ = new std::string(std::string(dir) + "/smollm2-f32.gguf");
+    Status st = w.write(*path_);
+    ASSERT_TRUE(st.is_ok()) << st.message();
+  }
+  static void TearDownTestSuite() {
+    if (path_) {
+      unlink(path_->c_str());
+      rmdir(path_->substr(0, path_->rfind('/')).c_str());
+      delete path_;
+      path_ = nullptr;
+    }
+  }
+  void SetUp() override {
+    ASSERT_NE(path_, nullptr);
+    auto m = LlamaModel::load(*path_);
+    ASSERT_TRUE(m.is_ok()) << m.status().message();
+    model_ = std::move(*m);
+    fixture_ = load_fixture("smollm2_f32.json");
+  }
+  static std::string* path_;
+  std::unique_ptr<LlamaModel> model_;
+  nlohmann::json fixture_;
+};
+std::string* ModelGoldenF32::path_ = nullptr;
+
+TEST_F(ModelGoldenF32, LogitsAndGreedyTextMatchLlamaCpp) {
+  GeneratorConfig gc;
+  gc.n_ctx = 512;
+  gc.n_threads = 2;
+  auto g = Generator::create(*model_, gc);
+  ASSERT_TRUE(g.is_ok()) << g.status().message();
+  const int32_t n_vocab = model_->hparams().n_vocab;
+  int identical = 0, index = 0;
+  for (const auto& c : fixture_["cases"]) {
+    SCOPED_TRACE(c["prompt"].get<std::string>());
+    (*g)->reset();
+    ASSERT_TRUE((*g)->feed(c["tokens"].get<std::vector<int32_t>>()).is_ok());
+    const auto ids = c["top_ids"].get<std::vector<int32_t>>();
+    const auto ref = c["top_logits"].get<std::vector<float>>();
+    const float* logits = (*g)->logits();
+    EXPECT_EQ(argmax(logits, n_vocab), ids[0]);
+    float max_err = 0;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      max_err = std::max(max_err, std::fabs(logits[ids[i]] - ref[i]));
+      // Measured: 1e-5. Summation order (SIMD lanes, threads) is all that differs; 1e-3 leaves
+      // room for other kernels while catching any real error (a wrong op moves logits by > 0.1).
+      EXPECT_NEAR(logits[ids[i]], ref[i], 1e-3f) << "token " << ids[i];
+    }
+    const auto want = c["greedy"].get<std::vector<int32_t>>();
+    size_t first_diff = want.size();
+    for (size_t i = 0; i < want.size(); ++i) {
+      int32_t t = argmax((*g)->logits(), n_vocab);
+      if (t != want[i]) {
+        first_diff = i;
+        break;
+      }
+      ASSERT_TRUE((*g)->feed(&t, 1).is_ok());
+    }
+    std::printf("  prompt %d: max |logit - llama.cpp| %.5f, greedy identical for %zu/%zu\n",
+                index++, max_err, first_diff, want.size());
+    identical += first_diff == want.size();
+  }
+  EXPECT_GE(identical, 4);
 }
 
 }  // namespace
