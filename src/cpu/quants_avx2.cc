@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include <cstddef>
 #include <cstring>
 
 #include "core/fp16.h"
@@ -53,21 +54,71 @@ inline __m256i dot_s8s8(__m256i x, __m256i y) {
 
 inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
-// q4_0 . q8_0 for one block, as 8 f32 partial sums already multiplied by the block scale.
-inline __m256 block_q4_0_q8_0(const BlockQ4_0& x, const BlockQ8_0& y, __m256 acc) {
+// One block's integer dot product as 8 f32 lanes (exact: |sum| < 2^24), before scaling.
+inline __m256 idot_q4_0(const BlockQ4_0& x, const BlockQ8_0& y) {
   const __m256i q = _mm256_sub_epi8(unpack_nibbles(x.qs), _mm256_set1_epi8(8));
-  const __m256 p = _mm256_cvtepi32_ps(dot_s8s8(q, load256(y.qs)));
-  return _mm256_fmadd_ps(_mm256_set1_ps(f16(x.d) * f16(y.d)), p, acc);
+  return _mm256_cvtepi32_ps(dot_s8s8(q, load256(y.qs)));
+}
+inline __m256 idot_q4_1(const BlockQ4_1& x, const BlockQ8_1& y) {
+  return _mm256_cvtepi32_ps(dot_u8s8(unpack_nibbles(x.qs), load256(y.qs)));
+}
+inline __m256 idot_q8_0(const BlockQ8_0& x, const BlockQ8_0& y) {
+  return _mm256_cvtepi32_ps(dot_s8s8(load256(x.qs), load256(y.qs)));
 }
 
-inline __m256 block_q4_1_q8_1(const BlockQ4_1& x, const BlockQ8_1& y, __m256 acc) {
-  const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(unpack_nibbles(x.qs), load256(y.qs)));
-  return _mm256_fmadd_ps(_mm256_set1_ps(f16(x.d) * f16(y.d)), p, acc);
+// The f16 fields at p, p + stride, ..., p + 7 * stride as 8 floats. The halves are combined in
+// general-purpose registers and converted once: per-block scalar conversions and broadcasts
+// were the largest cost of the block loop, and gathers are slow on CPUs with the GDS fix.
+inline __m256 load_f16x8_strided(const void* base, size_t offset, size_t stride) {
+  const uint8_t* p = static_cast<const uint8_t*>(base) + offset;
+  uint64_t lo = 0, hi = 0;
+  for (int k = 0; k < 4; ++k) {
+    uint16_t a, b;
+    std::memcpy(&a, p + k * stride, 2);
+    std::memcpy(&b, p + (k + 4) * stride, 2);
+    lo |= static_cast<uint64_t>(a) << (16 * k);
+    hi |= static_cast<uint64_t>(b) << (16 * k);
+  }
+  return _mm256_cvtph_ps(_mm_set_epi64x(static_cast<long long>(hi), static_cast<long long>(lo)));
 }
 
-inline __m256 block_q8_0_q8_0(const BlockQ8_0& x, const BlockQ8_0& y, __m256 acc) {
-  const __m256 p = _mm256_cvtepi32_ps(dot_s8s8(load256(x.qs), load256(y.qs)));
-  return _mm256_fmadd_ps(_mm256_set1_ps(f16(x.d) * f16(y.d)), p, acc);
+// sum_b (d_w[b] * d_a[b]) * idot(b) [+ m_w[b] * s_a[b] when kMin]. Eight blocks per step share
+// one vector of scale products; two accumulators let consecutive FMAs overlap. The scale
+// product is the same f32 multiply as the scalar kernel's, so only the sum order differs.
+template <typename BX, typename BY, __m256 (*IDot)(const BX&, const BY&), bool kMin>
+float vec_dot_blocks(int64_t n, const void* w, const void* a) {
+  const BX* x = static_cast<const BX*>(w);
+  const BY* y = static_cast<const BY*>(a);
+  const int64_t nb = n / kQK;
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), mins = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= nb; i += 8) {
+    const __m256 d = _mm256_mul_ps(load_f16x8_strided(x + i, offsetof(BX, d), sizeof(BX)),
+                                   load_f16x8_strided(y + i, offsetof(BY, d), sizeof(BY)));
+    if constexpr (kMin) {
+      mins = _mm256_fmadd_ps(load_f16x8_strided(x + i, offsetof(BX, m), sizeof(BX)),
+                             load_f16x8_strided(y + i, offsetof(BY, s), sizeof(BY)), mins);
+    }
+    // Broadcast scale k with immediate shuffles of each duplicated half: no index constants
+    // to set up per call, which matters for short rows (576 elements = 18 blocks).
+    const __m256 d_lo = _mm256_permute2f128_ps(d, d, 0x00), d_hi = _mm256_permute2f128_ps(d, d, 0x11);
+    acc0 = _mm256_fmadd_ps(IDot(x[i + 0], y[i + 0]), _mm256_shuffle_ps(d_lo, d_lo, 0x00), acc0);
+    acc1 = _mm256_fmadd_ps(IDot(x[i + 1], y[i + 1]), _mm256_shuffle_ps(d_lo, d_lo, 0x55), acc1);
+    acc0 = _mm256_fmadd_ps(IDot(x[i + 2], y[i + 2]), _mm256_shuffle_ps(d_lo, d_lo, 0xaa), acc0);
+    acc1 = _mm256_fmadd_ps(IDot(x[i + 3], y[i + 3]), _mm256_shuffle_ps(d_lo, d_lo, 0xff), acc1);
+    acc0 = _mm256_fmadd_ps(IDot(x[i + 4], y[i + 4]), _mm256_shuffle_ps(d_hi, d_hi, 0x00), acc0);
+    acc1 = _mm256_fmadd_ps(IDot(x[i + 5], y[i + 5]), _mm256_shuffle_ps(d_hi, d_hi, 0x55), acc1);
+    acc0 = _mm256_fmadd_ps(IDot(x[i + 6], y[i + 6]), _mm256_shuffle_ps(d_hi, d_hi, 0xaa), acc0);
+    acc1 = _mm256_fmadd_ps(IDot(x[i + 7], y[i + 7]), _mm256_shuffle_ps(d_hi, d_hi, 0xff), acc1);
+  }
+  float summs = 0.0f;
+  for (; i < nb; ++i) {
+    acc0 = _mm256_fmadd_ps(IDot(x[i], y[i]), _mm256_set1_ps(f16(x[i].d) * f16(y[i].d)), acc0);
+    if constexpr (kMin) summs += f16(x[i].m) * f16(y[i].s);
+  }
+  float sum = hsum(_mm256_add_ps(acc0, acc1));
+  if constexpr (kMin) sum += hsum(mins) + summs;
+  return sum;
 }
 
 // roundf (halves away from zero) for |v| < 2^23: truncate, then step away from zero when the
@@ -135,52 +186,17 @@ inline __m256 load_f16x8(const uint16_t* p) {
 
 }  // namespace
 
-// Two independent accumulators let consecutive blocks' FMAs overlap (FMA latency 4, tput 2).
 float vec_dot_q4_0_q8_0(int64_t n, const void* w, const void* a) {
-  const BlockQ4_0* x = static_cast<const BlockQ4_0*>(w);
-  const BlockQ8_0* y = static_cast<const BlockQ8_0*>(a);
-  const int64_t nb = n / kQK;
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 1 < nb; i += 2) {
-    acc0 = block_q4_0_q8_0(x[i], y[i], acc0);
-    acc1 = block_q4_0_q8_0(x[i + 1], y[i + 1], acc1);
-  }
-  if (i < nb) acc0 = block_q4_0_q8_0(x[i], y[i], acc0);
-  return hsum(_mm256_add_ps(acc0, acc1));
+  return vec_dot_blocks<BlockQ4_0, BlockQ8_0, idot_q4_0, false>(n, w, a);
 }
 
+// Q8_1's s = d_a * sum(q_a) carries the weights' minimum: sum_j m * a_j = m * s.
 float vec_dot_q4_1_q8_1(int64_t n, const void* w, const void* a) {
-  const BlockQ4_1* x = static_cast<const BlockQ4_1*>(w);
-  const BlockQ8_1* y = static_cast<const BlockQ8_1*>(a);
-  const int64_t nb = n / kQK;
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  float summs = 0.0f;  // sum_b m_w * s_a: the weights' minimum times the activation sum
-  int64_t i = 0;
-  for (; i + 1 < nb; i += 2) {
-    acc0 = block_q4_1_q8_1(x[i], y[i], acc0);
-    acc1 = block_q4_1_q8_1(x[i + 1], y[i + 1], acc1);
-    summs += f16(x[i].m) * f16(y[i].s) + f16(x[i + 1].m) * f16(y[i + 1].s);
-  }
-  if (i < nb) {
-    acc0 = block_q4_1_q8_1(x[i], y[i], acc0);
-    summs += f16(x[i].m) * f16(y[i].s);
-  }
-  return hsum(_mm256_add_ps(acc0, acc1)) + summs;
+  return vec_dot_blocks<BlockQ4_1, BlockQ8_1, idot_q4_1, true>(n, w, a);
 }
 
 float vec_dot_q8_0_q8_0(int64_t n, const void* w, const void* a) {
-  const BlockQ8_0* x = static_cast<const BlockQ8_0*>(w);
-  const BlockQ8_0* y = static_cast<const BlockQ8_0*>(a);
-  const int64_t nb = n / kQK;
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 1 < nb; i += 2) {
-    acc0 = block_q8_0_q8_0(x[i], y[i], acc0);
-    acc1 = block_q8_0_q8_0(x[i + 1], y[i + 1], acc1);
-  }
-  if (i < nb) acc0 = block_q8_0_q8_0(x[i], y[i], acc0);
-  return hsum(_mm256_add_ps(acc0, acc1));
+  return vec_dot_blocks<BlockQ8_0, BlockQ8_0, idot_q8_0, false>(n, w, a);
 }
 
 // The float dot products keep four accumulators (32 elements per iteration) to cover FMA

@@ -11,6 +11,8 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstddef>
+#include <cstring>
 
 #include "core/fp16.h"
 #include "cpu/quants.h"
@@ -120,94 +122,101 @@ inline __m512 bf16x16_to_f32(__m256i h) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-}  // namespace
-
-// Quantized dots: four blocks per iteration in two ZMM accumulators; one odd block at the end
-// uses the 256-bit forms (AVX512VL) into a YMM accumulator.
-float vec_dot_q4_0_q8_0(int64_t n, const void* w, const void* a) {
-  const BlockQ4_0* x = static_cast<const BlockQ4_0*>(w);
-  const BlockQ8_0* y = static_cast<const BlockQ8_0*>(a);
-  const int64_t nb = n / kQK;
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 4 <= nb; i += 4) {
-    const __m512i p0 = dot_q4_s8(unpack_nibbles_2(x[i].qs, x[i + 1].qs), load_2x256(y[i].qs, y[i + 1].qs));
-    const __m512i p1 = dot_q4_s8(unpack_nibbles_2(x[i + 2].qs, x[i + 3].qs), load_2x256(y[i + 2].qs, y[i + 3].qs));
-    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0),
-                           scales_2(f16(x[i].d) * f16(y[i].d), f16(x[i + 1].d) * f16(y[i + 1].d)), acc0);
-    acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1),
-                           scales_2(f16(x[i + 2].d) * f16(y[i + 2].d), f16(x[i + 3].d) * f16(y[i + 3].d)), acc1);
-  }
-  for (; i + 2 <= nb; i += 2) {
-    const __m512i p = dot_q4_s8(unpack_nibbles_2(x[i].qs, x[i + 1].qs), load_2x256(y[i].qs, y[i + 1].qs));
-    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p),
-                           scales_2(f16(x[i].d) * f16(y[i].d), f16(x[i + 1].d) * f16(y[i + 1].d)), acc0);
-  }
-  __m256 tail = _mm256_setzero_ps();
-  if (i < nb) {
-    const __m256i p = dot_q4_s8(unpack_nibbles_1(x[i].qs), load256(y[i].qs));
-    tail = _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16(x[i].d) * f16(y[i].d)));
-  }
-  return hsum(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_castps256_ps512(tail)));
+// Integer dot products of blocks b and b+1 as 16 f32 lanes (8 per block; exact, |sum| < 2^24),
+// and of one block as 8 lanes for an odd last block.
+inline __m512 idot2_q4_0(const BlockQ4_0* x, const BlockQ8_0* y) {
+  return _mm512_cvtepi32_ps(dot_q4_s8(unpack_nibbles_2(x[0].qs, x[1].qs), load_2x256(y[0].qs, y[1].qs)));
+}
+inline __m256 idot1_q4_0(const BlockQ4_0& x, const BlockQ8_0& y) {
+  return _mm256_cvtepi32_ps(dot_q4_s8(unpack_nibbles_1(x.qs), load256(y.qs)));
+}
+inline __m512 idot2_q4_1(const BlockQ4_1* x, const BlockQ8_1* y) {
+  return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_nibbles_2(x[0].qs, x[1].qs),
+                                                load_2x256(y[0].qs, y[1].qs)));
+}
+inline __m256 idot1_q4_1(const BlockQ4_1& x, const BlockQ8_1& y) {
+  return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), unpack_nibbles_1(x.qs), load256(y.qs)));
+}
+inline __m512 idot2_q8_0(const BlockQ8_0* x, const BlockQ8_0* y) {
+  return _mm512_cvtepi32_ps(dot_s8s8(load_2x256(x[0].qs, x[1].qs), load_2x256(y[0].qs, y[1].qs)));
+}
+inline __m256 idot1_q8_0(const BlockQ8_0& x, const BlockQ8_0& y) {
+  return _mm256_cvtepi32_ps(dot_s8s8(load256(x.qs), load256(y.qs)));
 }
 
-float vec_dot_q4_1_q8_1(int64_t n, const void* w, const void* a) {
-  const BlockQ4_1* x = static_cast<const BlockQ4_1*>(w);
-  const BlockQ8_1* y = static_cast<const BlockQ8_1*>(a);
-  const int64_t nb = n / kQK;
-  const __m512i zero = _mm512_setzero_si512();
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  float summs = 0.0f;  // sum_b m_w * s_a: the weights' minimum times the activation sum
-  int64_t i = 0;
-  for (; i + 4 <= nb; i += 4) {
-    const __m512i p0 = _mm512_dpbusd_epi32(zero, unpack_nibbles_2(x[i].qs, x[i + 1].qs), load_2x256(y[i].qs, y[i + 1].qs));
-    const __m512i p1 = _mm512_dpbusd_epi32(zero, unpack_nibbles_2(x[i + 2].qs, x[i + 3].qs), load_2x256(y[i + 2].qs, y[i + 3].qs));
-    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0),
-                           scales_2(f16(x[i].d) * f16(y[i].d), f16(x[i + 1].d) * f16(y[i + 1].d)), acc0);
-    acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1),
-                           scales_2(f16(x[i + 2].d) * f16(y[i + 2].d), f16(x[i + 3].d) * f16(y[i + 3].d)), acc1);
-    for (int k = 0; k < 4; ++k) summs += f16(x[i + k].m) * f16(y[i + k].s);
+// The f16 fields at p, p + stride, ..., p + 7 * stride as 8 floats, combined in general-purpose
+// registers (free ports while 512-bit ops run) and converted once; per-block scalar conversions
+// and broadcasts were the largest cost of the block loop, and gathers are slow on many CPUs.
+inline __m256 load_f16x8_strided(const void* base, size_t offset, size_t stride) {
+  const uint8_t* p = static_cast<const uint8_t*>(base) + offset;
+  uint64_t lo = 0, hi = 0;
+  for (int k = 0; k < 4; ++k) {
+    uint16_t a, b;
+    std::memcpy(&a, p + k * stride, 2);
+    std::memcpy(&b, p + (k + 4) * stride, 2);
+    lo |= static_cast<uint64_t>(a) << (16 * k);
+    hi |= static_cast<uint64_t>(b) << (16 * k);
   }
+  return _mm256_cvtph_ps(_mm_set_epi64x(static_cast<long long>(hi), static_cast<long long>(lo)));
+}
+
+// sum_b (d_w[b] * d_a[b]) * idot(b) [+ m_w[b] * s_a[b] when kMin]: eight blocks per step share
+// one vector of scale products (the scalar kernel's f32 multiply, so only the sum order
+// differs), spread to block pairs with one permute each; then pairs, then one odd block.
+template <typename BX, typename BY, __m512 (*IDot2)(const BX*, const BY*),
+          __m256 (*IDot1)(const BX&, const BY&), bool kMin>
+float vec_dot_blocks(int64_t n, const void* w, const void* a) {
+  const BX* x = static_cast<const BX*>(w);
+  const BY* y = static_cast<const BY*>(a);
+  const int64_t nb = n / kQK;
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  __m256 mins = _mm256_setzero_ps();
+  const __m512i pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  int64_t i = 0;
+  for (; i + 8 <= nb; i += 8) {
+    const __m512 d = _mm512_zextps256_ps512(_mm256_mul_ps(
+        load_f16x8_strided(x + i, offsetof(BX, d), sizeof(BX)), load_f16x8_strided(y + i, offsetof(BY, d), sizeof(BY))));
+    if constexpr (kMin) {
+      mins = _mm256_fmadd_ps(load_f16x8_strided(x + i, offsetof(BX, m), sizeof(BX)),
+                             load_f16x8_strided(y + i, offsetof(BY, s), sizeof(BY)), mins);
+    }
+    acc0 = _mm512_fmadd_ps(IDot2(x + i + 0, y + i + 0), _mm512_permutexvar_ps(pair, d), acc0);
+    acc1 = _mm512_fmadd_ps(IDot2(x + i + 2, y + i + 2),
+                           _mm512_permutexvar_ps(_mm512_add_epi32(pair, _mm512_set1_epi32(2)), d), acc1);
+    acc0 = _mm512_fmadd_ps(IDot2(x + i + 4, y + i + 4),
+                           _mm512_permutexvar_ps(_mm512_add_epi32(pair, _mm512_set1_epi32(4)), d), acc0);
+    acc1 = _mm512_fmadd_ps(IDot2(x + i + 6, y + i + 6),
+                           _mm512_permutexvar_ps(_mm512_add_epi32(pair, _mm512_set1_epi32(6)), d), acc1);
+  }
+  float summs = 0.0f;
   for (; i + 2 <= nb; i += 2) {
-    const __m512i p = _mm512_dpbusd_epi32(zero, unpack_nibbles_2(x[i].qs, x[i + 1].qs), load_2x256(y[i].qs, y[i + 1].qs));
-    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p),
+    acc0 = _mm512_fmadd_ps(IDot2(x + i, y + i),
                            scales_2(f16(x[i].d) * f16(y[i].d), f16(x[i + 1].d) * f16(y[i + 1].d)), acc0);
-    summs += f16(x[i].m) * f16(y[i].s) + f16(x[i + 1].m) * f16(y[i + 1].s);
+    if constexpr (kMin) summs += f16(x[i].m) * f16(y[i].s) + f16(x[i + 1].m) * f16(y[i + 1].s);
   }
   __m256 tail = _mm256_setzero_ps();
   if (i < nb) {
-    const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), unpack_nibbles_1(x[i].qs), load256(y[i].qs));
-    tail = _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16(x[i].d) * f16(y[i].d)));
-    summs += f16(x[i].m) * f16(y[i].s);
+    tail = _mm256_mul_ps(IDot1(x[i], y[i]), _mm256_set1_ps(f16(x[i].d) * f16(y[i].d)));
+    if constexpr (kMin) summs += f16(x[i].m) * f16(y[i].s);
   }
-  return hsum(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_castps256_ps512(tail))) + summs;
+  float sum = hsum(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_zextps256_ps512(tail)));
+  if constexpr (kMin) sum += _mm512_reduce_add_ps(_mm512_zextps256_ps512(mins)) + summs;
+  return sum;
+}
+
+}  // namespace
+
+float vec_dot_q4_0_q8_0(int64_t n, const void* w, const void* a) {
+  return vec_dot_blocks<BlockQ4_0, BlockQ8_0, idot2_q4_0, idot1_q4_0, false>(n, w, a);
+}
+
+// Q8_1's s = d_a * sum(q_a) carries the weights' minimum: sum_j m * a_j = m * s.
+float vec_dot_q4_1_q8_1(int64_t n, const void* w, const void* a) {
+  return vec_dot_blocks<BlockQ4_1, BlockQ8_1, idot2_q4_1, idot1_q4_1, true>(n, w, a);
 }
 
 float vec_dot_q8_0_q8_0(int64_t n, const void* w, const void* a) {
-  const BlockQ8_0* x = static_cast<const BlockQ8_0*>(w);
-  const BlockQ8_0* y = static_cast<const BlockQ8_0*>(a);
-  const int64_t nb = n / kQK;
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 4 <= nb; i += 4) {
-    const __m512i p0 = dot_s8s8(load_2x256(x[i].qs, x[i + 1].qs), load_2x256(y[i].qs, y[i + 1].qs));
-    const __m512i p1 = dot_s8s8(load_2x256(x[i + 2].qs, x[i + 3].qs), load_2x256(y[i + 2].qs, y[i + 3].qs));
-    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0),
-                           scales_2(f16(x[i].d) * f16(y[i].d), f16(x[i + 1].d) * f16(y[i + 1].d)), acc0);
-    acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1),
-                           scales_2(f16(x[i + 2].d) * f16(y[i + 2].d), f16(x[i + 3].d) * f16(y[i + 3].d)), acc1);
-  }
-  for (; i + 2 <= nb; i += 2) {
-    const __m512i p = dot_s8s8(load_2x256(x[i].qs, x[i + 1].qs), load_2x256(y[i].qs, y[i + 1].qs));
-    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p),
-                           scales_2(f16(x[i].d) * f16(y[i].d), f16(x[i + 1].d) * f16(y[i + 1].d)), acc0);
-  }
-  __m256 tail = _mm256_setzero_ps();
-  if (i < nb) {
-    const __m256i p = dot_s8s8(load256(x[i].qs), load256(y[i].qs));
-    tail = _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16(x[i].d) * f16(y[i].d)));
-  }
-  return hsum(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_castps256_ps512(tail)));
+  return vec_dot_blocks<BlockQ8_0, BlockQ8_0, idot2_q8_0, idot1_q8_0, false>(n, w, a);
 }
 
 // Float dots: four ZMM accumulators (64 elements per iteration) to cover FMA latency, then 16 at
