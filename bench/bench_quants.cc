@@ -15,8 +15,11 @@
 namespace qilin {
 namespace {
 
-constexpr DType kWeightTypes[] = {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::F16, DType::BF16, DType::F32};
-struct Shape { int64_t rows, cols; };
+constexpr DType kWeightTypes[] = {DType::Q4_0, DType::Q4_1, DType::Q8_0,
+                                  DType::F16,  DType::BF16, DType::F32};
+struct Shape {
+  int64_t rows, cols;
+};
 constexpr Shape kShapes[] = {{1536, 576}, {576, 1536}};
 
 std::vector<float> random_floats(int64_t n, uint32_t seed) {
@@ -32,7 +35,8 @@ void bm_matvec(benchmark::State& state, DType wt, Isa isa, Shape s) {
   const size_t w_row = row_bytes(wt, s.cols);
   std::vector<uint8_t> w(w_row * s.rows);
   const std::vector<float> wf = random_floats(s.cols, 1);
-  for (int64_t r = 0; r < s.rows; ++r) quantize_row_ref(wt, wf.data(), w.data() + r * w_row, s.cols);
+  for (int64_t r = 0; r < s.rows; ++r)
+    quantize_row_ref(wt, wf.data(), w.data() + r * w_row, s.cols);
   const std::vector<float> x = random_floats(s.cols, 2);
   std::vector<uint8_t> a(row_bytes(k->vec_dot_type, s.cols));
   k->quantize_act(x.data(), a.data(), s.cols);
@@ -67,8 +71,8 @@ int register_all() {
     if (!cpu_supports(isa)) continue;
     for (DType wt : kWeightTypes) {
       for (Shape s : kShapes) {
-        const std::string name = std::string("matvec/") + isa_name(isa) + "/" + dtype_name(wt) + "/" +
-                                 std::to_string(s.rows) + "x" + std::to_string(s.cols);
+        const std::string name = std::string("matvec/") + isa_name(isa) + "/" + dtype_name(wt) +
+                                 "/" + std::to_string(s.rows) + "x" + std::to_string(s.cols);
         benchmark::RegisterBenchmark(name.c_str(), bm_matvec, wt, isa, s)
             ->ComputeStatistics("min", min_of);
       }

@@ -182,10 +182,12 @@ void quantize_row_ref(DType type, const float* src, void* dst, int64_t n) {
       return;
     }
     case DType::Q4_0:
-      for (int64_t i = 0; i < nb; ++i) quantize_block_q4_0(src + i * kQK, static_cast<BlockQ4_0*>(dst) + i);
+      for (int64_t i = 0; i < nb; ++i)
+        quantize_block_q4_0(src + i * kQK, static_cast<BlockQ4_0*>(dst) + i);
       return;
     case DType::Q4_1:
-      for (int64_t i = 0; i < nb; ++i) quantize_block_q4_1(src + i * kQK, static_cast<BlockQ4_1*>(dst) + i);
+      for (int64_t i = 0; i < nb; ++i)
+        quantize_block_q4_1(src + i * kQK, static_cast<BlockQ4_1*>(dst) + i);
       return;
     case DType::Q8_0:
       for (int64_t i = 0; i < nb; ++i) {
@@ -195,7 +197,8 @@ void quantize_row_ref(DType type, const float* src, void* dst, int64_t n) {
       }
       return;
     case DType::Q8_1:
-      for (int64_t i = 0; i < nb; ++i) quantize_block_q8_1(src + i * kQK, static_cast<BlockQ8_1*>(dst) + i);
+      for (int64_t i = 0; i < nb; ++i)
+        quantize_block_q8_1(src + i * kQK, static_cast<BlockQ8_1*>(dst) + i);
       return;
     default:
       QILIN_ASSERT(!"quantize_row_ref: unsupported type");
@@ -275,10 +278,18 @@ float vec_dot_f32_f32(int64_t n, const void* w, const void* a) {
   return sum;
 }
 
-void quantize_row_q8_0(const float* src, void* dst, int64_t n) { quantize_row_ref(DType::Q8_0, src, dst, n); }
-void quantize_row_q8_1(const float* src, void* dst, int64_t n) { quantize_row_ref(DType::Q8_1, src, dst, n); }
-void quantize_row_f16(const float* src, void* dst, int64_t n) { quantize_row_ref(DType::F16, src, dst, n); }
-void quantize_row_bf16(const float* src, void* dst, int64_t n) { quantize_row_ref(DType::BF16, src, dst, n); }
+void quantize_row_q8_0(const float* src, void* dst, int64_t n) {
+  quantize_row_ref(DType::Q8_0, src, dst, n);
+}
+void quantize_row_q8_1(const float* src, void* dst, int64_t n) {
+  quantize_row_ref(DType::Q8_1, src, dst, n);
+}
+void quantize_row_f16(const float* src, void* dst, int64_t n) {
+  quantize_row_ref(DType::F16, src, dst, n);
+}
+void quantize_row_bf16(const float* src, void* dst, int64_t n) {
+  quantize_row_ref(DType::BF16, src, dst, n);
+}
 
 }  // namespace scalar
 
@@ -328,23 +339,26 @@ Isa detect_best_isa() {
   if (const char* env = std::getenv("QILIN_ISA")) {
     const std::string_view v(env);
     Isa want = best;
-    if (v == "scalar") want = Isa::Scalar;
-    else if (v == "avx2") want = Isa::Avx2;
-    else if (v == "avx512") want = Isa::Avx512;
+    if (v == "scalar")
+      want = Isa::Scalar;
+    else if (v == "avx2")
+      want = Isa::Avx2;
+    else if (v == "avx512")
+      want = Isa::Avx512;
     best = std::min(best, want);
   }
   return best;
 }
 
 // Tables indexed by weight type; the order of entries does not matter.
-#define QILIN_KERNEL_TABLE(ns)                                                         \
-  {                                                                                    \
-    {DType::Q4_0, DType::Q8_0, ns::vec_dot_q4_0_q8_0, ns::quantize_row_q8_0},          \
-        {DType::Q4_1, DType::Q8_1, ns::vec_dot_q4_1_q8_1, ns::quantize_row_q8_1},      \
-        {DType::Q8_0, DType::Q8_0, ns::vec_dot_q8_0_q8_0, ns::quantize_row_q8_0},      \
-        {DType::F16, DType::F16, ns::vec_dot_f16_f16, ns::quantize_row_f16},           \
-        {DType::BF16, DType::BF16, ns::vec_dot_bf16_bf16, ns::quantize_row_bf16},      \
-        {DType::F32, DType::F32, ns::vec_dot_f32_f32, copy_row_f32},                   \
+#define QILIN_KERNEL_TABLE(ns)                                                    \
+  {                                                                               \
+    {DType::Q4_0, DType::Q8_0, ns::vec_dot_q4_0_q8_0, ns::quantize_row_q8_0},     \
+        {DType::Q4_1, DType::Q8_1, ns::vec_dot_q4_1_q8_1, ns::quantize_row_q8_1}, \
+        {DType::Q8_0, DType::Q8_0, ns::vec_dot_q8_0_q8_0, ns::quantize_row_q8_0}, \
+        {DType::F16, DType::F16, ns::vec_dot_f16_f16, ns::quantize_row_f16},      \
+        {DType::BF16, DType::BF16, ns::vec_dot_bf16_bf16, ns::quantize_row_bf16}, \
+        {DType::F32, DType::F32, ns::vec_dot_f32_f32, copy_row_f32},              \
   }
 
 const MatmulKernels kScalarKernels[] = QILIN_KERNEL_TABLE(scalar);
@@ -366,9 +380,12 @@ const MatmulKernels* find_kernels(const MatmulKernels (&table)[N], DType weight)
 
 const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::Scalar: return "scalar";
-    case Isa::Avx2: return "avx2";
-    case Isa::Avx512: return "avx512";
+    case Isa::Scalar:
+      return "scalar";
+    case Isa::Avx2:
+      return "avx2";
+    case Isa::Avx512:
+      return "avx512";
   }
   return "unknown";
 }
@@ -376,9 +393,12 @@ const char* isa_name(Isa isa) {
 bool cpu_supports(Isa isa) {
   static const CpuFeatures f = detect_cpu();
   switch (isa) {
-    case Isa::Scalar: return true;
-    case Isa::Avx2: return f.avx2;
-    case Isa::Avx512: return f.avx512;
+    case Isa::Scalar:
+      return true;
+    case Isa::Avx2:
+      return f.avx2;
+    case Isa::Avx512:
+      return f.avx512;
   }
   return false;
 }
@@ -390,12 +410,16 @@ Isa cpu_best_isa() {
 
 const MatmulKernels* matmul_kernels(DType weight, Isa isa) {
   switch (isa) {
-    case Isa::Scalar: return find_kernels(kScalarKernels, weight);
+    case Isa::Scalar:
+      return find_kernels(kScalarKernels, weight);
 #ifdef QILIN_X86
-    case Isa::Avx2: return find_kernels(kAvx2Kernels, weight);
-    case Isa::Avx512: return find_kernels(kAvx512Kernels, weight);
+    case Isa::Avx2:
+      return find_kernels(kAvx2Kernels, weight);
+    case Isa::Avx512:
+      return find_kernels(kAvx512Kernels, weight);
 #else
-    default: return nullptr;
+    default:
+      return nullptr;
 #endif
   }
   return nullptr;

@@ -6,7 +6,6 @@
 #include <immintrin.h>
 
 #include <cmath>
-
 #include <cstddef>
 #include <cstring>
 
@@ -101,7 +100,8 @@ float vec_dot_blocks(int64_t n, const void* w, const void* a) {
     }
     // Broadcast scale k with immediate shuffles of each duplicated half: no index constants
     // to set up per call, which matters for short rows (576 elements = 18 blocks).
-    const __m256 d_lo = _mm256_permute2f128_ps(d, d, 0x00), d_hi = _mm256_permute2f128_ps(d, d, 0x11);
+    const __m256 d_lo = _mm256_permute2f128_ps(d, d, 0x00),
+                 d_hi = _mm256_permute2f128_ps(d, d, 0x11);
     acc0 = _mm256_fmadd_ps(IDot(x[i + 0], y[i + 0]), _mm256_shuffle_ps(d_lo, d_lo, 0x00), acc0);
     acc1 = _mm256_fmadd_ps(IDot(x[i + 1], y[i + 1]), _mm256_shuffle_ps(d_lo, d_lo, 0x55), acc1);
     acc0 = _mm256_fmadd_ps(IDot(x[i + 2], y[i + 2]), _mm256_shuffle_ps(d_lo, d_lo, 0xaa), acc0);
@@ -169,8 +169,8 @@ inline __m256i bf16_round(__m256 v) {
   const __m256i is_nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
                                             _mm256_set1_epi32(0x7f800000));
   const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  const __m256i r = _mm256_srli_epi32(
-      _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd)), 16);
+  const __m256i r =
+      _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd)), 16);
   const __m256i q = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(64));
   return _mm256_blendv_epi8(r, q, is_nan);
 }
@@ -201,19 +201,19 @@ float vec_dot_q8_0_q8_0(int64_t n, const void* w, const void* a) {
 
 // The float dot products keep four accumulators (32 elements per iteration) to cover FMA
 // latency, then 8 at a time, then a scalar tail for n % 8.
-#define QILIN_FLOAT_DOT(LOAD, TO_F32, T)                                           \
-  const T* x = static_cast<const T*>(w);                                           \
-  const T* y = static_cast<const T*>(a);                                           \
-  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),  \
-                   _mm256_setzero_ps()};                                           \
-  int64_t i = 0;                                                                   \
-  for (; i + 32 <= n; i += 32) {                                                   \
-    for (int k = 0; k < 4; ++k)                                                    \
-      acc[k] = _mm256_fmadd_ps(LOAD(x + i + 8 * k), LOAD(y + i + 8 * k), acc[k]);  \
-  }                                                                                \
-  for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(LOAD(x + i), LOAD(y + i), acc[0]); \
+#define QILIN_FLOAT_DOT(LOAD, TO_F32, T)                                                         \
+  const T* x = static_cast<const T*>(w);                                                         \
+  const T* y = static_cast<const T*>(a);                                                         \
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),                \
+                   _mm256_setzero_ps()};                                                         \
+  int64_t i = 0;                                                                                 \
+  for (; i + 32 <= n; i += 32) {                                                                 \
+    for (int k = 0; k < 4; ++k)                                                                  \
+      acc[k] = _mm256_fmadd_ps(LOAD(x + i + 8 * k), LOAD(y + i + 8 * k), acc[k]);                \
+  }                                                                                              \
+  for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(LOAD(x + i), LOAD(y + i), acc[0]);         \
   float sum = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))); \
-  for (; i < n; ++i) sum += TO_F32(x[i]) * TO_F32(y[i]);                           \
+  for (; i < n; ++i) sum += TO_F32(x[i]) * TO_F32(y[i]);                                         \
   return sum;
 
 float vec_dot_f16_f16(int64_t n, const void* w, const void* a) {

@@ -111,8 +111,8 @@ inline __m256i bf16_round(__m512 v) {
       _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
   const __m512i hi = _mm512_srli_epi32(u, 16);
   const __m512i odd = _mm512_and_si512(hi, _mm512_set1_epi32(1));
-  const __m512i r = _mm512_srli_epi32(
-      _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)), 16);
+  const __m512i r =
+      _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)), 16);
   const __m512i q = _mm512_or_si512(hi, _mm512_set1_epi32(64));
   return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(is_nan, r, q));
 }
@@ -125,17 +125,19 @@ inline __m512 bf16x16_to_f32(__m256i h) {
 // Integer dot products of blocks b and b+1 as 16 f32 lanes (8 per block; exact, |sum| < 2^24),
 // and of one block as 8 lanes for an odd last block.
 inline __m512 idot2_q4_0(const BlockQ4_0* x, const BlockQ8_0* y) {
-  return _mm512_cvtepi32_ps(dot_q4_s8(unpack_nibbles_2(x[0].qs, x[1].qs), load_2x256(y[0].qs, y[1].qs)));
+  return _mm512_cvtepi32_ps(
+      dot_q4_s8(unpack_nibbles_2(x[0].qs, x[1].qs), load_2x256(y[0].qs, y[1].qs)));
 }
 inline __m256 idot1_q4_0(const BlockQ4_0& x, const BlockQ8_0& y) {
   return _mm256_cvtepi32_ps(dot_q4_s8(unpack_nibbles_1(x.qs), load256(y.qs)));
 }
 inline __m512 idot2_q4_1(const BlockQ4_1* x, const BlockQ8_1* y) {
-  return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_nibbles_2(x[0].qs, x[1].qs),
-                                                load_2x256(y[0].qs, y[1].qs)));
+  return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(
+      _mm512_setzero_si512(), unpack_nibbles_2(x[0].qs, x[1].qs), load_2x256(y[0].qs, y[1].qs)));
 }
 inline __m256 idot1_q4_1(const BlockQ4_1& x, const BlockQ8_1& y) {
-  return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), unpack_nibbles_1(x.qs), load256(y.qs)));
+  return _mm256_cvtepi32_ps(
+      _mm256_dpbusd_epi32(_mm256_setzero_si256(), unpack_nibbles_1(x.qs), load256(y.qs)));
 }
 inline __m512 idot2_q8_0(const BlockQ8_0* x, const BlockQ8_0* y) {
   return _mm512_cvtepi32_ps(dot_s8s8(load_2x256(x[0].qs, x[1].qs), load_2x256(y[0].qs, y[1].qs)));
@@ -174,24 +176,29 @@ float vec_dot_blocks(int64_t n, const void* w, const void* a) {
   const __m512i pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   int64_t i = 0;
   for (; i + 8 <= nb; i += 8) {
-    const __m512 d = _mm512_zextps256_ps512(_mm256_mul_ps(
-        load_f16x8_strided(x + i, offsetof(BX, d), sizeof(BX)), load_f16x8_strided(y + i, offsetof(BY, d), sizeof(BY))));
+    const __m512 d = _mm512_zextps256_ps512(
+        _mm256_mul_ps(load_f16x8_strided(x + i, offsetof(BX, d), sizeof(BX)),
+                      load_f16x8_strided(y + i, offsetof(BY, d), sizeof(BY))));
     if constexpr (kMin) {
       mins = _mm256_fmadd_ps(load_f16x8_strided(x + i, offsetof(BX, m), sizeof(BX)),
                              load_f16x8_strided(y + i, offsetof(BY, s), sizeof(BY)), mins);
     }
     acc0 = _mm512_fmadd_ps(IDot2(x + i + 0, y + i + 0), _mm512_permutexvar_ps(pair, d), acc0);
     acc1 = _mm512_fmadd_ps(IDot2(x + i + 2, y + i + 2),
-                           _mm512_permutexvar_ps(_mm512_add_epi32(pair, _mm512_set1_epi32(2)), d), acc1);
+                           _mm512_permutexvar_ps(_mm512_add_epi32(pair, _mm512_set1_epi32(2)), d),
+                           acc1);
     acc0 = _mm512_fmadd_ps(IDot2(x + i + 4, y + i + 4),
-                           _mm512_permutexvar_ps(_mm512_add_epi32(pair, _mm512_set1_epi32(4)), d), acc0);
+                           _mm512_permutexvar_ps(_mm512_add_epi32(pair, _mm512_set1_epi32(4)), d),
+                           acc0);
     acc1 = _mm512_fmadd_ps(IDot2(x + i + 6, y + i + 6),
-                           _mm512_permutexvar_ps(_mm512_add_epi32(pair, _mm512_set1_epi32(6)), d), acc1);
+                           _mm512_permutexvar_ps(_mm512_add_epi32(pair, _mm512_set1_epi32(6)), d),
+                           acc1);
   }
   float summs = 0.0f;
   for (; i + 2 <= nb; i += 2) {
     acc0 = _mm512_fmadd_ps(IDot2(x + i, y + i),
-                           scales_2(f16(x[i].d) * f16(y[i].d), f16(x[i + 1].d) * f16(y[i + 1].d)), acc0);
+                           scales_2(f16(x[i].d) * f16(y[i].d), f16(x[i + 1].d) * f16(y[i + 1].d)),
+                           acc0);
     if constexpr (kMin) summs += f16(x[i].m) * f16(y[i].s) + f16(x[i + 1].m) * f16(y[i + 1].s);
   }
   __m256 tail = _mm256_setzero_ps();
@@ -233,7 +240,7 @@ float vec_dot_q8_0_q8_0(int64_t n, const void* w, const void* a) {
   }                                                                                        \
   for (; i + 16 <= n; i += 16) acc[0] = _mm512_fmadd_ps(LOAD(x + i), LOAD(y + i), acc[0]); \
   if (i < n) {                                                                             \
-    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);                      \
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);                       \
     acc[1] = _mm512_fmadd_ps(MASKLOAD(m, x + i), MASKLOAD(m, y + i), acc[1]);              \
   }                                                                                        \
   return hsum(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
@@ -286,7 +293,8 @@ void quantize_row_f16(const float* src, void* dst, int64_t n) {
   constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), _mm512_cvtps_ph(_mm512_loadu_ps(src + i), kRound));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(src + i), kRound));
   }
   if (i < n) {
     const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);

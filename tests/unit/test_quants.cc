@@ -9,11 +9,10 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/dtype.h"
 #include "core/fp16.h"
@@ -33,7 +32,9 @@ namespace {
 
 double half_value(uint16_t h) {  // NaN handled by the caller
   const int e = (h >> 10) & 0x1f, m = h & 0x3ff;
-  const double mag = e == 0 ? std::ldexp(m, -24) : e == 31 ? INFINITY : std::ldexp(1024 + m, e - 25);
+  const double mag = e == 0    ? std::ldexp(m, -24)
+                     : e == 31 ? INFINITY
+                               : std::ldexp(1024 + m, e - 25);
   return (h & 0x8000) ? -mag : mag;
 }
 
@@ -91,13 +92,34 @@ std::vector<float> conversion_inputs() {
   std::uniform_real_distribution<float> uni(-70000.0f, 70000.0f);
   for (int i = 0; i < 1 << 16; ++i) v.push_back(uni(rng));
   const float inf = std::numeric_limits<float>::infinity();
-  for (float x : {0.0f, -0.0f, 1.0f, -1.0f, 65504.0f, 65519.99f, 65520.0f, 65536.0f, 1e10f, inf,
-                  -inf, std::ldexp(1.0f, -14), std::ldexp(1.0f, -24), std::ldexp(1.0f, -25),
-                  std::ldexp(1.0f, -25) * 1.0000001f, std::ldexp(3.0f, -25), std::ldexp(5.0f, -25),
-                  std::ldexp(1.0f, -26), 1.0f + std::ldexp(1.0f, -11), 1.0f + std::ldexp(3.0f, -11),
-                  2049.0f, 2051.0f, std::ldexp(1.0f, -126), std::ldexp(1.0f, -149),
-                  std::numeric_limits<float>::max(), 1.0f + std::ldexp(1.0f, -8),
-                  1.0f + std::ldexp(3.0f, -8), std::ldexp(32767.0f, -149)}) {
+  for (float x : {0.0f,
+                  -0.0f,
+                  1.0f,
+                  -1.0f,
+                  65504.0f,
+                  65519.99f,
+                  65520.0f,
+                  65536.0f,
+                  1e10f,
+                  inf,
+                  -inf,
+                  std::ldexp(1.0f, -14),
+                  std::ldexp(1.0f, -24),
+                  std::ldexp(1.0f, -25),
+                  std::ldexp(1.0f, -25) * 1.0000001f,
+                  std::ldexp(3.0f, -25),
+                  std::ldexp(5.0f, -25),
+                  std::ldexp(1.0f, -26),
+                  1.0f + std::ldexp(1.0f, -11),
+                  1.0f + std::ldexp(3.0f, -11),
+                  2049.0f,
+                  2051.0f,
+                  std::ldexp(1.0f, -126),
+                  std::ldexp(1.0f, -149),
+                  std::numeric_limits<float>::max(),
+                  1.0f + std::ldexp(1.0f, -8),
+                  1.0f + std::ldexp(3.0f, -8),
+                  std::ldexp(32767.0f, -149)}) {
     v.push_back(x);
     v.push_back(-x);
   }
@@ -106,8 +128,9 @@ std::vector<float> conversion_inputs() {
     const float f = static_cast<float>(half_value(static_cast<uint16_t>(h)));
     v.push_back(f);
     v.push_back(std::nextafter(f, inf));
-    v.push_back(static_cast<float>(half_value(static_cast<uint16_t>(h)) + std::ldexp(1.0, -25) *
-                                   (h < 0x400 ? 1 : std::ldexp(1.0, ((h >> 10) & 0x1f) - 1))));
+    v.push_back(static_cast<float>(half_value(static_cast<uint16_t>(h)) +
+                                   std::ldexp(1.0, -25) *
+                                       (h < 0x400 ? 1 : std::ldexp(1.0, ((h >> 10) & 0x1f) - 1))));
   }
   for (uint32_t b = 0; b < 0x10000; b += 7) v.push_back(bits_to_f32(b << 16 | 0x8000));  // ties
   for (uint32_t n : {0x7f800001u, 0x7fc00000u, 0x7fffffffu, 0xffc00001u, 0x7f802000u, 0x7fa00000u})
@@ -147,7 +170,8 @@ TEST(QuantFp16, FloatToHalf) {
     }
     // bit-exact with the hardware, NaN payloads included
     if (hw) {
-      ASSERT_EQ(got, hw_float_to_half(x)) << std::hexfloat << x << " bits " << std::hex << f32_to_bits(x);
+      ASSERT_EQ(got, hw_float_to_half(x))
+          << std::hexfloat << x << " bits " << std::hex << f32_to_bits(x);
     }
   }
 }
@@ -160,7 +184,8 @@ TEST(QuantFp16, Bf16) {
     const uint16_t got = fp32_to_bf16(x);
     if (std::isnan(x)) {
       // ggml: NaN keeps its top bits and is forced quiet (a plain shift could make it infinity)
-      ASSERT_EQ(got, static_cast<uint16_t>(f32_to_bits(x) >> 16 | 64)) << std::hex << f32_to_bits(x);
+      ASSERT_EQ(got, static_cast<uint16_t>(f32_to_bits(x) >> 16 | 64))
+          << std::hex << f32_to_bits(x);
       ASSERT_TRUE(std::isnan(bf16_to_fp32(got)));
     } else {
       ASSERT_EQ(got, bf16_from_formula(x)) << std::hexfloat << x;
@@ -173,7 +198,8 @@ TEST(QuantFp16, Bf16) {
 
 std::vector<char> read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
-  EXPECT_TRUE(f.good()) << "missing fixture " << path << " (run tests/golden/gen_quant_fixtures.py)";
+  EXPECT_TRUE(f.good()) << "missing fixture " << path
+                        << " (run tests/golden/gen_quant_fixtures.py)";
   return std::vector<char>(std::istreambuf_iterator<char>(f), {});
 }
 
@@ -200,7 +226,8 @@ Golden load_golden() {
 }
 
 DType dtype_from_name(const std::string& name) {
-  for (DType t : {DType::F16, DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q8_1, DType::F32})
+  for (DType t :
+       {DType::F16, DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q8_1, DType::F32})
     if (name == dtype_name(t)) return t;
   ADD_FAILURE() << "unknown type in manifest: " << name;
   return DType::F32;
@@ -234,7 +261,8 @@ TEST(QuantRef, DequantizeMatchesGolden) {
     std::vector<float> got(static_cast<size_t>(g.n));
     for (int64_t r = 0; r < g.n_rows; ++r) {
       dequantize_row_ref(t, q.data() + r * rb, got.data(), g.n);
-      EXPECT_EQ(0, std::memcmp(got.data(), want.data() + r * g.n * 4, g.n * 4)) << name << " row " << r;
+      EXPECT_EQ(0, std::memcmp(got.data(), want.data() + r * g.n * 4, g.n * 4))
+          << name << " row " << r;
     }
   }
 }
@@ -249,7 +277,8 @@ TEST(QuantKernels, ActivationQuantizersMatchGolden) {
       ASSERT_NE(k, nullptr);
       const std::string name = dtype_name(k->vec_dot_type);
       const size_t rb = row_bytes(k->vec_dot_type, g.n);
-      const std::vector<char> want = read_file(kGoldenDir + g.types.at(name).at("quant").get<std::string>());
+      const std::vector<char> want =
+          read_file(kGoldenDir + g.types.at(name).at("quant").get<std::string>());
       std::vector<char> got(rb);
       for (int64_t r = 0; r < g.n_rows; ++r) {
         k->quantize_act(g.input.data() + r * g.n, got.data(), g.n);
@@ -282,12 +311,16 @@ TEST(QuantRef, RoundTripError) {
       // Q4_0's step is amax/8, but the positive side only reaches 7 steps: allow one full step
       // Half a step, plus the scale's (and Q4_1's minimum's) rounding to f16, 2^-11 relative,
       // times the largest code; Q4_0's positive side reaches only 7 of its 8 steps: one step.
-      const float step = t == DType::Q4_1 ? (hi - lo) / 15 : t == DType::Q4_0 ? amax / 8 : amax / levels;
-      const float slack = (t == DType::Q4_0 ? 1.0f : 0.5f) + (t == DType::Q4_1 ? 15 : levels + 1) / 2048.0f;
+      const float step = t == DType::Q4_1   ? (hi - lo) / 15
+                         : t == DType::Q4_0 ? amax / 8
+                                            : amax / levels;
+      const float slack =
+          (t == DType::Q4_0 ? 1.0f : 0.5f) + (t == DType::Q4_1 ? 15 : levels + 1) / 2048.0f;
       const float m_err = t == DType::Q4_1 ? std::fabs(lo) / 2048.0f : 0.0f;
       for (int j = 0; j < kQK; ++j) {
         const int64_t i = b * kQK + j;
-        ASSERT_LE(std::fabs(x[i] - y[i]), step * slack + m_err + 1e-6f) << dtype_name(t) << " " << i;
+        ASSERT_LE(std::fabs(x[i] - y[i]), step * slack + m_err + 1e-6f)
+            << dtype_name(t) << " " << i;
       }
     }
   }
@@ -296,7 +329,8 @@ TEST(QuantRef, RoundTripError) {
 // ---------------------------------------------------------------------------------------------
 // SIMD kernels vs the scalar reference
 
-constexpr DType kWeightTypes[] = {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::F16, DType::BF16, DType::F32};
+constexpr DType kWeightTypes[] = {DType::Q4_0, DType::Q4_1, DType::Q8_0,
+                                  DType::F16,  DType::BF16, DType::F32};
 constexpr Isa kSimdIsas[] = {Isa::Avx2, Isa::Avx512};
 
 bool is_quantized(DType t) { return dtype_info(t).block_size > 1; }
@@ -306,7 +340,8 @@ bool is_quantized(DType t) { return dtype_info(t).block_size > 1; }
 std::vector<int64_t> test_lengths(DType t) {
   std::vector<int64_t> v = {32, 64, 96, 128, 160, 192, 224, 288, 576, 1536, 4128, 32 * 37};
   if (!is_quantized(t)) {
-    for (int64_t n : {1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 47, 63, 65, 100, 1000, 4133}) v.push_back(n);
+    for (int64_t n : {1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 47, 63, 65, 100, 1000, 4133})
+      v.push_back(n);
   }
   return v;
 }
@@ -361,7 +396,9 @@ DotCase make_exact_case(DType wt, int64_t n, std::mt19937& rng) {
   const uint16_t one = fp32_to_fp16(1.0f);
   const int64_t nb = n / kQK;
   switch (wt) {
-    case DType::Q4_0: case DType::Q4_1: case DType::Q8_0: {
+    case DType::Q4_0:
+    case DType::Q4_1:
+    case DType::Q8_0: {
       c.w.resize(row_bytes(wt, n));
       const DType at = wt == DType::Q4_1 ? DType::Q8_1 : DType::Q8_0;
       c.a.resize(row_bytes(at, n));
@@ -388,13 +425,15 @@ DotCase make_exact_case(DType wt, int64_t n, std::mt19937& rng) {
             reinterpret_cast<BlockQ4_0*>(c.w.data())[b].d = one;
           } else {
             reinterpret_cast<BlockQ4_1*>(c.w.data())[b].d = one;
-            reinterpret_cast<BlockQ4_1*>(c.w.data())[b].m = fp32_to_fp16(static_cast<float>(mins(rng)));
+            reinterpret_cast<BlockQ4_1*>(c.w.data())[b].m =
+                fp32_to_fp16(static_cast<float>(mins(rng)));
           }
         }
       }
       break;
     }
-    case DType::F16: case DType::BF16: {
+    case DType::F16:
+    case DType::BF16: {
       c.w.resize(2 * n);
       c.a.resize(2 * n);
       uint16_t* w = reinterpret_cast<uint16_t*>(c.w.data());
@@ -482,8 +521,8 @@ TEST(QuantKernels, VecDotMatchesScalarOnRandomData) {
           const float got = matmul_kernels(wt, isa)->vec_dot(n, c.w.data(), c.a.data());
           ASSERT_TRUE(std::isfinite(got)) << isa_name(isa) << " " << dtype_name(wt) << " n=" << n;
           ASSERT_LE(std::fabs(static_cast<double>(got) - want), tol)
-              << isa_name(isa) << " " << dtype_name(wt) << " n=" << n << " got " << got
-              << " want " << want << " magnitude " << c.magnitude;
+              << isa_name(isa) << " " << dtype_name(wt) << " n=" << n << " got " << got << " want "
+              << want << " magnitude " << c.magnitude;
           ++checked;
         }
       }
@@ -507,14 +546,24 @@ TEST(QuantKernels, ActivationQuantizersMatchScalar) {
         std::vector<float> x(n);
         for (int64_t i = 0; i < n; ++i) {
           switch (variant) {
-            case 0: x[i] = nd(rng); break;
-            case 1: x[i] = nd(rng) * 1e4f; break;
-            case 2: x[i] = static_cast<float>(static_cast<int>(rng() % 255) - 127) * 0.5f; break;  // ties
-            case 3: x[i] = nd(rng) * 1e-40f; break;  // subnormal inputs
-            default: x[i] = i % 32 == 5 ? 0.0f : nd(rng) * (i % 3 == 0 ? -1.0f : 1.0f);
+            case 0:
+              x[i] = nd(rng);
+              break;
+            case 1:
+              x[i] = nd(rng) * 1e4f;
+              break;
+            case 2:
+              x[i] = static_cast<float>(static_cast<int>(rng() % 255) - 127) * 0.5f;
+              break;  // ties
+            case 3:
+              x[i] = nd(rng) * 1e-40f;
+              break;  // subnormal inputs
+            default:
+              x[i] = i % 32 == 5 ? 0.0f : nd(rng) * (i % 3 == 0 ? -1.0f : 1.0f);
           }
         }
-        if (variant == 2 && n >= 32) x[0] = 127.0f;  // scale exactly 1 in the first block: real ties
+        if (variant == 2 && n >= 32)
+          x[0] = 127.0f;                    // scale exactly 1 in the first block: real ties
         if (!is_quantized(at) && n >= 4) {  // plain types must also agree on specials
           x[0] = inf;
           x[1] = -inf;
@@ -527,7 +576,8 @@ TEST(QuantKernels, ActivationQuantizersMatchScalar) {
           if (!cpu_supports(isa)) continue;
           std::fill(got.begin(), got.end(), 0xcd);
           matmul_kernels(wt, isa)->quantize_act(x.data(), got.data(), n);
-          ASSERT_EQ(got, want) << isa_name(isa) << " " << dtype_name(at) << " n=" << n << " variant " << variant;
+          ASSERT_EQ(got, want) << isa_name(isa) << " " << dtype_name(at) << " n=" << n
+                               << " variant " << variant;
         }
       }
     }
