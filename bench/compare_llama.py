@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Side-by-side speed of Qilin and llama.cpp on one machine, in one sitting.
+
+Runs `qilin bench` and `llama-bench` alternately (one repetition each per round, after their
+own warm-up), for every model and thread count given, and prints a markdown table of medians,
+spreads (min-max) and the Qilin/llama.cpp ratio. llama.cpp is built outside this repository
+(the llama-cpp-python sdist from PyPI vendors its source; see docs/benchmarks.md).
+
+    python3 bench/compare_llama.py --qilin build/qilin --llama-bench /path/to/llama-bench \\
+        --model models/SmolLM2-135M-Instruct.Q4_1.gguf --threads 1 2 --rounds 5
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+
+
+def run_json(cmd):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out[out.index("["):] if out.lstrip().startswith("[") else out)
+
+
+def qilin_once(args, model, threads):
+    j = run_json([args.qilin, "bench", "-m", model, "-p", str(args.n_prompt), "-n",
+                  str(args.n_gen), "-t", str(threads), "-r", "1", "-o", "json"])
+    return {r["test"]: r["t_s_median"] for r in j["results"]}
+
+
+def llama_once(args, model, threads):
+    j = run_json([args.llama_bench, "-m", model, "-p", str(args.n_prompt), "-n", str(args.n_gen),
+                  "-t", str(threads), "-r", "1", "-o", "json"])
+    res = {}
+    for e in j:
+        test = f"pp{e['n_prompt']}" if e["n_gen"] == 0 else f"tg{e['n_gen']}"
+        res[test] = e["avg_ts"]
+        res["_commit"] = e.get("build_commit", "?")
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--qilin", required=True)
+    ap.add_argument("--llama-bench", required=True)
+    ap.add_argument("--model", nargs="+", required=True)
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("-p", "--n-prompt", type=int, default=512)
+    ap.add_argument("-n", "--n-gen", type=int, default=128)
+    args = ap.parse_args()
+
+    print("| model | threads | test | Qilin t/s (median, min-max) | llama.cpp t/s (median, min-max) | ratio |")
+    print("| --- | ---: | --- | ---: | ---: | ---: |")
+    commit = "?"
+    for model in args.model:
+        for t in args.threads:
+            q, l = {}, {}
+            for _ in range(args.rounds):
+                for k, v in qilin_once(args, model, t).items():
+                    q.setdefault(k, []).append(v)
+                for k, v in llama_once(args, model, t).items():
+                    if k == "_commit":
+                        commit = v
+                    else:
+                        l.setdefault(k, []).append(v)
+            for test in q:
+                qm, lm = statistics.median(q[test]), statistics.median(l[test])
+                print(f"| {os.path.basename(model)} | {t} | {test} | {qm:.1f} ({min(q[test]):.1f}-{max(q[test]):.1f}) "
+                      f"| {lm:.1f} ({min(l[test]):.1f}-{max(l[test]):.1f}) | {qm / lm:.2f} |", flush=True)
+    print(f"\nllama.cpp build commit: {commit}; {args.rounds} alternating rounds per row.")
+
+
+if __name__ == "__main__":
+    main()
