@@ -3,8 +3,13 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <vector>
 
+#include <unistd.h>
+
+#include "formats/gguf.h"
 #include "test_util.h"
 
 namespace qilin {
@@ -85,6 +90,54 @@ TEST(Cli, BenchJsonHasBothTests) {
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("\"test\": \"pp16\""), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"test\": \"tg4\""), std::string::npos) << r.out;
+}
+
+TEST(Cli, ChatHoldsATwoTurnConversationAndReusesTheCache) {
+  ASSERT_TRUE(test::model_present());
+  CliResult r = run_cli("chat --temp 0 -n 8 -t 2 < /dev/null");
+  ASSERT_EQ(r.code, 0) << r.out;  // end of input quits cleanly
+  r = run_cli("chat --temp 0 -n 8 -t 2", "printf 'Hello there\\nAnd again\\n' |");
+  ASSERT_EQ(r.code, 0) << r.out;
+  // One stats line per turn: "[prompt N tokens ...". The first turn runs the system prompt and
+  // the message; the second only what follows the cached prefix (its own turn, a few tokens).
+  std::vector<int> prompt_tokens;
+  for (size_t at = 0; (at = r.out.find("[prompt ", at)) != std::string::npos; ++at) {
+    prompt_tokens.push_back(std::atoi(r.out.c_str() + at + 8));
+  }
+  ASSERT_EQ(prompt_tokens.size(), 2u) << r.out;
+  EXPECT_GT(prompt_tokens[0], 25);  // SmolLM2's default system message alone is ~20 tokens
+  EXPECT_LT(prompt_tokens[1], 20);
+}
+
+TEST(Cli, UnsupportedChatTemplateIsRefusedClearly) {
+  ASSERT_TRUE(test::model_present());
+  // The default model with its template swapped for one of a family we do not render.
+  auto f = GgufFile::open(test::default_model_path());
+  ASSERT_TRUE(f.is_ok()) << f.status().message();
+  GgufWriter w;
+  for (const auto& [key, value] : (*f)->kvs()) w.set(key, value);
+  w.set("tokenizer.chat_template",
+        GgufValue::of_string("{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
+                             "{{ m['content'] }}<end_of_turn>\n{% endfor %}"));
+  for (const GgufTensorInfo& t : (*f)->tensors()) {
+    w.add_tensor(t.name, t.type, std::vector<int64_t>(t.ne, t.ne + t.n_dims), t.data, t.size);
+  }
+  char dir[] = "/tmp/qilin-cli-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string path = std::string(dir) + "/gemma-template.gguf";
+  ASSERT_TRUE(w.write(path).is_ok());
+  CliResult r = run_cli("chat -m " + path + " < /dev/null");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("not supported"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("<start_of_turn>"), std::string::npos) << "should quote the template: " << r.out;
+  r = run_cli("run --chat -m " + path + " -p hi");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("not supported"), std::string::npos) << r.out;
+  // Without --chat the same model runs: only the template is refused.
+  r = run_cli("run -m " + path + " -p hi -n 2");
+  EXPECT_EQ(r.code, 0) << r.out;
+  unlink(path.c_str());
+  rmdir(dir);
 }
 
 }  // namespace
