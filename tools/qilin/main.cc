@@ -211,6 +211,7 @@ int cmd_chat(ChatOpts& o) {
   std::fprintf(stderr, "qilin chat: model loaded in %.0f ms. Type a message; an empty line or "
                        "end of input quits.\n", l->load_ms);
   std::string line;
+  GenerateStats total;
   for (;;) {
     if (tty) std::fprintf(stderr, "\n> ");
     if (!std::getline(std::cin, line) || line.empty()) break;
@@ -238,7 +239,13 @@ int cmd_chat(ChatOpts& o) {
                  st->n_prompt, st->n_prompt ? 1000.0 * st->n_prompt / st->prompt_ms : 0.0,
                  st->n_generated, st->n_generated ? 1000.0 * st->n_generated / st->gen_ms : 0.0);
     msgs.push_back({"assistant", reply});
+    total.n_prompt += st->n_prompt;
+    total.prompt_ms += st->prompt_ms;
+    total.n_generated += st->n_generated;
+    total.gen_ms += st->gen_ms;
+    total.stop_reason = st->stop_reason;
   }
+  if (!msgs.empty()) print_stats(l->load_ms, total);
   return 0;
 }
 
