@@ -240,7 +240,8 @@ Workspace LlamaModel::make_workspace(int32_t max_tokens, int32_t max_logit_rows,
   ws.attn.resize(nt * d_q);
   ws.gate.resize(nt * hp_.n_ff);
   ws.up.resize(nt * hp_.n_ff);
-  ws.scores.resize(static_cast<size_t>(std::max(n_threads, 1)) * max_ctx);
+  ws.scores.resize(static_cast<size_t>(std::max(n_threads, 1)) * (hp_.n_head / hp_.n_head_kv) *
+                   max_ctx);
   ws.logits.resize(static_cast<size_t>(max_logit_rows) * hp_.n_vocab);
   ws.out_rows.resize(max_logit_rows);
   size_t act = 0;

@@ -56,7 +56,7 @@ struct Workspace {
   std::vector<float> attn;     // [max_tokens, n_head * head_dim]
   std::vector<float> gate;     // [max_tokens, n_ff]
   std::vector<float> up;       // [max_tokens, n_ff]
-  std::vector<float> scores;   // [n_threads, max_ctx]
+  std::vector<float> scores;   // [n_threads, n_head / n_head_kv, max_ctx]
   std::vector<float> logits;   // [max_logit_rows, n_vocab]
   std::vector<int32_t> out_rows;  // [max_logit_rows] batch rows that want logits
   std::vector<uint8_t> act;    // converted activations for the matmul kernels

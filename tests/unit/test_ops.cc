@@ -128,7 +128,7 @@ TEST(Ops, AttentionOverShuffledBlocksMatchesContiguousReference) {
   for (int32_t i = 0; i < n_tok; ++i) b.add(0, i, 0, false);
   auto k = randn(n_tok * se, 11), v = randn(n_tok * se, 12), q = randn(n_tok * n_head * hd, 13);
   kv_store(**kv, 1, b, k.data(), v.data());
-  std::vector<float> out(n_tok * n_head * hd), scores(2 * 64);
+  std::vector<float> out(n_tok * n_head * hd), scores(2 * 3 * 64);  // [threads, group, ctx]
   AttentionArgs a;
   a.q = q.data();
   a.out = out.data();

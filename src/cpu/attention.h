@@ -1,0 +1,38 @@
+// The attention kernel for one group of query heads that share a KV head (grouped-query
+// attention), over positions reached through a block table. One call reads each K and V slot
+// of the group once, whatever the group size. Scalar reference plus per-ISA versions.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/quants.h"
+
+namespace qilin {
+
+struct AttnTask {
+  const float* q = nullptr;    // [n_q, head_dim] query heads of the group, RoPE applied
+  float* out = nullptr;        // [n_q, head_dim]
+  int32_t n_q = 1;             // heads in the group (n_head / n_head_kv)
+  int32_t head_dim = 0;
+  int32_t n_ctx = 0;           // attends to positions [0, n_ctx)
+  float scale = 1.0f;          // applied to q.k before the softmax
+  const float* k = nullptr;    // the layer's K pool [n_blocks, block_size, slot_elems]
+  const float* v = nullptr;    // the layer's V pool, same shape
+  const int32_t* block_table = nullptr;  // position p lives in block block_table[p / block_size]
+  int32_t block_size = 16;
+  int64_t slot_elems = 0;      // n_head_kv * head_dim
+  int64_t head_offset = 0;     // kv_head * head_dim within a slot
+};
+
+// scores: scratch of at least n_q * n_ctx floats.
+using AttnFn = void (*)(const AttnTask& task, float* scores);
+
+void attention_ref(const AttnTask& task, float* scores);
+// The best kernel for `isa` that handles this head_dim (falls back to the reference).
+AttnFn attention_kernel(Isa isa, int32_t head_dim);
+
+namespace avx512 {
+void attention(const AttnTask& task, float* scores);  // head_dim % 16 == 0
+}  // namespace avx512
+
+}  // namespace qilin

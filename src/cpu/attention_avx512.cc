@@ -1,0 +1,115 @@
+// AVX-512 attention for one GQA group: each K slot is loaded once and dotted with all n_q
+// query heads held in registers; each V slot is loaded once and accumulated into all n_q
+// outputs. exp() is a vectorised range-reduction + polynomial (about 2 ulp), not libm's.
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "cpu/attention.h"
+
+namespace qilin::avx512 {
+namespace {
+
+constexpr int kMaxGroup = 8;   // query heads processed together (larger groups loop)
+constexpr int kMaxVecs = 16;   // head_dim / 16 <= 16
+
+// e^x for x <= 0 (softmax inputs after subtracting the max); underflows to 0 below -87.
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+  // x = n ln2 + r, |r| <= ln2/2; ln2 split in two for an exact product (Cody-Waite).
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  // Taylor/minimax polynomial for e^r on [-ln2/2, ln2/2] (Cephes expf coefficients).
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);  // p * 2^n
+}
+
+inline const float* slot_ptr(const AttnTask& t, const float* pool, int32_t p) {
+  const int64_t slot =
+      static_cast<int64_t>(t.block_table[p / t.block_size]) * t.block_size + p % t.block_size;
+  return pool + slot * t.slot_elems + t.head_offset;
+}
+
+// One pass for up to kMaxGroup heads starting at g0.
+void attend_group(const AttnTask& t, int32_t g0, int32_t ng, float* scores) {
+  const int32_t nv = t.head_dim / 16;
+  const int32_t n = t.n_ctx;
+  // Scores: q . k for every head of the group, K slot read once.
+  __m512 q[kMaxGroup][kMaxVecs];
+  for (int32_t g = 0; g < ng; ++g) {
+    for (int32_t j = 0; j < nv; ++j) q[g][j] = _mm512_loadu_ps(t.q + (g0 + g) * t.head_dim + 16 * j);
+  }
+  for (int32_t p = 0; p < n; ++p) {
+    const float* kp = slot_ptr(t, t.k, p);
+    __m512 acc[kMaxGroup];
+    for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_setzero_ps();
+    for (int32_t j = 0; j < nv; ++j) {
+      const __m512 kv = _mm512_loadu_ps(kp + 16 * j);
+      for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_fmadd_ps(q[g][j], kv, acc[g]);
+    }
+    for (int32_t g = 0; g < ng; ++g) scores[g * n + p] = _mm512_reduce_add_ps(acc[g]) * t.scale;
+  }
+  // Softmax per head, vectorised over positions.
+  float inv[kMaxGroup];
+  for (int32_t g = 0; g < ng; ++g) {
+    float* sc = scores + g * n;
+    __m512 mxv = _mm512_set1_ps(-INFINITY);
+    int32_t p = 0;
+    for (; p + 16 <= n; p += 16) mxv = _mm512_max_ps(mxv, _mm512_loadu_ps(sc + p));
+    float mx = _mm512_reduce_max_ps(mxv);
+    for (; p < n; ++p) mx = sc[p] > mx ? sc[p] : mx;
+    const __m512 m = _mm512_set1_ps(mx);
+    __m512 sumv = _mm512_setzero_ps();
+    for (p = 0; p + 16 <= n; p += 16) {
+      const __m512 e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(sc + p), m));
+      _mm512_storeu_ps(sc + p, e);
+      sumv = _mm512_add_ps(sumv, e);
+    }
+    if (p < n) {
+      const __mmask16 k = static_cast<__mmask16>((1u << (n - p)) - 1);
+      const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, sc + p), m));
+      _mm512_mask_storeu_ps(sc + p, k, e);
+      sumv = _mm512_add_ps(sumv, _mm512_maskz_mov_ps(k, e));
+    }
+    inv[g] = 1.0f / _mm512_reduce_add_ps(sumv);
+  }
+  // Weighted sum of V, V slot read once for the group.
+  __m512 o[kMaxGroup][kMaxVecs];
+  for (int32_t g = 0; g < ng; ++g) {
+    for (int32_t j = 0; j < nv; ++j) o[g][j] = _mm512_setzero_ps();
+  }
+  for (int32_t p = 0; p < n; ++p) {
+    const float* vp = slot_ptr(t, t.v, p);
+    for (int32_t j = 0; j < nv; ++j) {
+      const __m512 vv = _mm512_loadu_ps(vp + 16 * j);
+      for (int32_t g = 0; g < ng; ++g) {
+        o[g][j] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g * n + p]), vv, o[g][j]);
+      }
+    }
+  }
+  for (int32_t g = 0; g < ng; ++g) {
+    const __m512 s = _mm512_set1_ps(inv[g]);
+    for (int32_t j = 0; j < nv; ++j) {
+      _mm512_storeu_ps(t.out + (g0 + g) * t.head_dim + 16 * j, _mm512_mul_ps(o[g][j], s));
+    }
+  }
+}
+
+}  // namespace
+
+void attention(const AttnTask& t, float* scores) {
+  for (int32_t g0 = 0; g0 < t.n_q; g0 += kMaxGroup) {
+    const int32_t ng = t.n_q - g0 < kMaxGroup ? t.n_q - g0 : kMaxGroup;
+    attend_group(t, g0, ng, scores + static_cast<int64_t>(g0) * t.n_ctx);
+  }
+}
+
+}  // namespace qilin::avx512
