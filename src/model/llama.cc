@@ -342,9 +342,15 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
     const LlamaLayer& L = layers_[il];
     // attention block
     for (int32_t t = 0; t < n; ++t) rms_norm(x + t * E, L.attn_norm, cur + t * E, E, hp.rms_eps);
-    matmul(pool, L.wq, cur, n, q, act);  // [n, d_q]
-    matmul(pool, L.wk, cur, n, k, act);  // [n, d_kv]
-    matmul(pool, L.wv, cur, n, v, act);  // [n, d_kv]
+    {
+      const WeightView qkv[3] = {L.wq, L.wk, L.wv};
+      float* const out[3] = {q, k, v};  // [n, d_q], [n, d_kv], [n, d_kv]
+      if (matmul_can_group(qkv, 3)) {
+        matmul_group(pool, qkv, 3, cur, n, out, act);
+      } else {
+        for (int i = 0; i < 3; ++i) matmul(pool, qkv[i], cur, n, out[i], act);
+      }
+    }
     for (int32_t t = 0; t < n; ++t) {
       rope(q + t * d_q, hp.n_head, hd, batch.pos[t], hp.rope);
       rope(k + t * d_kv, hp.n_head_kv, hd, batch.pos[t], hp.rope);
@@ -357,8 +363,15 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
 
     // feed-forward block
     for (int32_t t = 0; t < n; ++t) rms_norm(x + t * E, L.ffn_norm, cur + t * E, E, hp.rms_eps);
-    matmul(pool, L.w_gate, cur, n, gate, act);  // [n, n_ff]
-    matmul(pool, L.w_up, cur, n, up, act);      // [n, n_ff]
+    {
+      const WeightView gu[2] = {L.w_gate, L.w_up};
+      float* const out[2] = {gate, up};  // [n, n_ff] each
+      if (matmul_can_group(gu, 2)) {
+        matmul_group(pool, gu, 2, cur, n, out, act);
+      } else {
+        for (int i = 0; i < 2; ++i) matmul(pool, gu[i], cur, n, out[i], act);
+      }
+    }
     swiglu(gate, up, gate, static_cast<int64_t>(n) * hp.n_ff);
     matmul(pool, L.w_down, gate, n, cur, act);  // [n, E]
     for (int64_t i = 0; i < n * E; ++i) x[i] += cur[i];

@@ -25,16 +25,25 @@ size_t matmul_scratch_bytes(DType weight_type, int64_t n_in, int64_t n_tokens) {
   return row_bytes(k->vec_dot_type, n_in) * static_cast<size_t>(n_tokens);
 }
 
-void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t n_tokens, float* y,
-            void* scratch) {
-  const MatmulKernels* k = matmul_kernels(w.type);
-  QILIN_ASSERT(k != nullptr);
-  const size_t act_bytes = row_bytes(k->vec_dot_type, w.n_in);
-  auto* act = static_cast<uint8_t*>(scratch);
-  const int64_t n_in = w.n_in, n_out = w.n_out;
+bool matmul_can_group(const WeightView* w, int n_w) {
+  for (int i = 1; i < n_w; ++i) {
+    if (w[i].type != w[0].type || w[i].n_in != w[0].n_in) return false;
+  }
+  return true;
+}
 
+void matmul_group(ThreadPool& pool, const WeightView* w, int n_w, const float* x,
+                  int64_t n_tokens, float* const* y, void* scratch) {
+  QILIN_ASSERT(n_w >= 1 && n_w <= kMaxGroup && matmul_can_group(w, n_w));
+  const MatmulKernels* k = matmul_kernels(w[0].type);
+  QILIN_ASSERT(k != nullptr);
+  const int64_t n_in = w[0].n_in;
+  const size_t act_bytes = row_bytes(k->vec_dot_type, n_in);
+  auto* act = static_cast<uint8_t*>(scratch);
+
+  // Activations are converted once for every weight of the group.
   if (n_tokens == 1) {
-    k->quantize_act(x, act, n_in);
+    k->quantize_act(x, act, n_in);  // too small to be worth waking the workers
   } else {
     pool.run([&](int ith, int nth) {
       int64_t t0, t1;
@@ -43,35 +52,47 @@ void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t n_tok
     });
   }
 
-  const GemmFn gemm = n_tokens > 1 ? gemm_kernel(w.type) : nullptr;
-  if (gemm) {
-    pool.run([&](int ith, int nth) {
-      int64_t r0, r1;
-      split_range(n_out, ith, nth, &r0, &r1);
-      for (int64_t rc = r0; rc < r1; rc += kGemmRows) {
-        const int64_t nr = std::min(kGemmRows, r1 - rc);
-        for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemmTokens) {
-          const int64_t nt = std::min(kGemmTokens, n_tokens - t0);
-          gemm(n_in, w.data + rc * w.row_bytes, w.row_bytes, nr, act + t0 * act_bytes, act_bytes,
-               nt, y + t0 * n_out + rc, n_out);
-        }
-      }
-    });
-    return;
-  }
-
+  // The group's rows, concatenated, are split evenly between threads: one wake-up for all.
+  int64_t total = 0;
+  for (int i = 0; i < n_w; ++i) total += w[i].n_out;
+  const GemmFn gemm = n_tokens > 1 ? gemm_kernel(w[0].type) : nullptr;
   pool.run([&](int ith, int nth) {
-    int64_t r0, r1;
-    split_range(n_out, ith, nth, &r0, &r1);
-    for (int64_t rc = r0; rc < r1; rc += kRowChunk) {
-      const int64_t rce = std::min(rc + kRowChunk, r1);
-      for (int64_t t = 0; t < n_tokens; ++t) {
-        const uint8_t* a = act + t * act_bytes;
-        float* yt = y + t * n_out;
-        for (int64_t r = rc; r < rce; ++r) yt[r] = k->vec_dot(n_in, w.data + r * w.row_bytes, a);
+    int64_t g0, g1;
+    split_range(total, ith, nth, &g0, &g1);
+    int64_t base = 0;
+    for (int i = 0; i < n_w; base += w[i].n_out, ++i) {
+      const int64_t r0 = std::max(g0 - base, int64_t{0});
+      const int64_t r1 = std::min(g1 - base, w[i].n_out);
+      if (r0 >= r1) continue;
+      const WeightView& wi = w[i];
+      float* yi = y[i];
+      const int64_t n_out = wi.n_out;
+      if (gemm) {
+        for (int64_t rc = r0; rc < r1; rc += kGemmRows) {
+          const int64_t nr = std::min(kGemmRows, r1 - rc);
+          for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemmTokens) {
+            const int64_t nt = std::min(kGemmTokens, n_tokens - t0);
+            gemm(n_in, wi.data + rc * wi.row_bytes, wi.row_bytes, nr, act + t0 * act_bytes,
+                 act_bytes, nt, yi + t0 * n_out + rc, n_out);
+          }
+        }
+        continue;
+      }
+      for (int64_t rc = r0; rc < r1; rc += kRowChunk) {
+        const int64_t rce = std::min(rc + kRowChunk, r1);
+        for (int64_t t = 0; t < n_tokens; ++t) {
+          const uint8_t* a = act + t * act_bytes;
+          float* yt = yi + t * n_out;
+          for (int64_t r = rc; r < rce; ++r) yt[r] = k->vec_dot(n_in, wi.data + r * wi.row_bytes, a);
+        }
       }
     }
   });
+}
+
+void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t n_tokens, float* y,
+            void* scratch) {
+  matmul_group(pool, &w, 1, x, n_tokens, &y, scratch);
 }
 
 }  // namespace qilin

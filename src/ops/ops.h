@@ -44,6 +44,13 @@ size_t matmul_scratch_bytes(DType weight_type, int64_t n_in, int64_t n_tokens);
 // Returns false if the weight type has no kernel (checked at load, so this is an invariant).
 void matmul(ThreadPool& pool, const WeightView& w, const float* x, int64_t n_tokens, float* y,
             void* scratch);
+// Several weights applied to the same input (Q/K/V; gate/up): activations are converted once
+// and one pool wake-up covers all rows. y[i]: [n_tokens, w[i].n_out]. The weights must share
+// type and n_in (matmul_can_group); at most kMaxGroup of them.
+constexpr int kMaxGroup = 4;
+bool matmul_can_group(const WeightView* w, int n_w);
+void matmul_group(ThreadPool& pool, const WeightView* w, int n_w, const float* x,
+                  int64_t n_tokens, float* const* y, void* scratch);
 
 struct AttentionArgs {
   const float* q = nullptr;   // [n_tokens, n_head, head_dim], RoPE applied
