@@ -20,8 +20,10 @@
 namespace qilin::avx512 {
 namespace {
 
-constexpr int kRows = 4;  // weight rows per register tile: 4 sums reduce into one XMM
-constexpr int kToks = 6;  // tokens per register tile: 4 x 6 accumulators + 4 weights + 1 x
+// Register tile: 4 x 6 accumulators + 4 widened weights + 1 activation = 29 of 32 ZMM, 4
+// conversions per 24 FMAs. Measured on Zen 5 against 3 x 8 and 2 x 12: 4 x 6 is fastest.
+constexpr int kRows = 4;  // <= 4: one reduce4 per token
+constexpr int kToks = 6;
 // Activation elements widened per pass: 6 x 1024 floats = 24 KiB, so the buffer stays in L1
 // beside the streaming weights. Rows longer than this are summed in passes, adding into c.
 constexpr int64_t kChunk = 1024;
@@ -86,8 +88,8 @@ void tile(int64_t kc, const uint8_t* w, size_t w_stride, const float* x, int64_t
   const T* wr[MR];
   for (int r = 0; r < MR; ++r) wr[r] = reinterpret_cast<const T*>(w + r * w_stride);
   // Rows >= MR stay zero; they only fill reduce4's unused inputs.
-  __m512 acc[kRows][NR];
-  for (int r = 0; r < kRows; ++r)
+  __m512 acc[4][NR];
+  for (int r = 0; r < 4; ++r)
     for (int t = 0; t < NR; ++t) acc[r][t] = _mm512_setzero_ps();
 
   int64_t k = 0;
@@ -129,12 +131,11 @@ struct TileTable {
   static constexpr void fill_row(TileFn* row, std::integer_sequence<int, NR...>) {
     ((row[NR] = tile<W, MR, NR + 1>), ...);
   }
-  constexpr TileTable() : f{} {
-    fill_row<1>(f[0], std::make_integer_sequence<int, kToks>{});
-    fill_row<2>(f[1], std::make_integer_sequence<int, kToks>{});
-    fill_row<3>(f[2], std::make_integer_sequence<int, kToks>{});
-    fill_row<4>(f[3], std::make_integer_sequence<int, kToks>{});
+  template <int... MR>
+  constexpr void fill(std::integer_sequence<int, MR...>) {
+    (fill_row<MR + 1>(f[MR], std::make_integer_sequence<int, kToks>{}), ...);
   }
+  constexpr TileTable() : f{} { fill(std::make_integer_sequence<int, kRows>{}); }
 };
 
 // Token blocks outermost: each 6-token block is widened once and then meets every weight row of
