@@ -1,0 +1,320 @@
+// AVX-512 VNNI tiled gemms for Q4_0 x Q8_0, Q4_1 x Q8_1 and Q8_0 x Q8_0. Each call repacks
+// weights and activations into the block-per-lane layout of gemm_quant_impl.h (16 blocks per
+// ZMM), then a 4-row x 3-token microkernel runs 8 VPDPBUSDs per group of 16 blocks per pair
+// and one convert + scale + FMA per group, keeping 12 int32 and 12 float accumulators in ZMMs.
+// NOTE: VPDPBUSD multiplies unsigned by signed bytes, so weights are packed unsigned (Q4 nibbles
+// 0..15, Q8_0 ^ 0x80) and the offset is removed exactly via the activations' per-block sums.
+// GCC 12.1/12.2's AVX-512 headers trip -W(maybe-)uninitialized inside their own intrinsics
+// (GCC PR105593, fixed in 12.3); the warnings point into the header, not at this code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "cpu/gemm_quant_impl.h"
+#include "cpu/quants.h"
+
+namespace qilin::avx512 {
+namespace {
+
+using gemm_quant::GroupPlan;
+
+constexpr int kLanes = 16;
+constexpr size_t kVec = 64;         // bytes per ZMM
+constexpr int kTileRows = 4;        // microkernel tile: 4 + 1 loaded + 12 + 12 accumulators
+constexpr int kTileToks = 3;        //   fit the 32 ZMMs
+constexpr int64_t kTokSlice = 128;  // packed activations per slice: 240 KB at n = 1536 (L2)
+constexpr int64_t kRowSlice = 64;   // packed weights per slice: 120 KB at n = 1536
+
+enum class Kind { Q4_0, Q4_1, Q8_0 };
+
+// Per weight type: source block sizes, where qs starts, and the activation correction.
+template <Kind K>
+struct Traits;
+template <>
+struct Traits<Kind::Q4_0> {
+  static constexpr DType kW = DType::Q4_0, kA = DType::Q8_0;
+  static constexpr size_t kWBytes = sizeof(BlockQ4_0), kABytes = sizeof(BlockQ8_0);
+  static constexpr size_t kWQs = 2, kAQs = 2;
+  static constexpr int kCorr = 8;  // nibble q stands for q - 8
+};
+template <>
+struct Traits<Kind::Q4_1> {
+  static constexpr DType kW = DType::Q4_1, kA = DType::Q8_1;
+  static constexpr size_t kWBytes = sizeof(BlockQ4_1), kABytes = sizeof(BlockQ8_1);
+  static constexpr size_t kWQs = 4, kAQs = 4;
+  static constexpr int kCorr = 0;  // the minimum enters as m * s instead
+};
+template <>
+struct Traits<Kind::Q8_0> {
+  static constexpr DType kW = DType::Q8_0, kA = DType::Q8_0;
+  static constexpr size_t kWBytes = sizeof(BlockQ8_0), kABytes = sizeof(BlockQ8_0);
+  static constexpr size_t kWQs = 2, kAQs = 2;
+  static constexpr int kCorr = 128;  // weights packed as w ^ 0x80 = w + 128 unsigned
+};
+
+// Thread-local packing buffers, 64-byte aligned; they grow to the largest call seen and are
+// then reused, so steady-state calls allocate nothing.
+uint8_t* scratch(int which, size_t bytes) {
+  thread_local std::vector<uint8_t> buf[2];
+  std::vector<uint8_t>& b = buf[which];
+  if (b.size() < bytes + 64) b.resize(bytes + 64);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(b.data());
+  return reinterpret_cast<uint8_t*>((p + 63) & ~uintptr_t{63});
+}
+
+inline __m512i load(const uint8_t* p) { return _mm512_loadu_si512(p); }
+inline void store(uint8_t* p, __m512i v) { _mm512_storeu_si512(p, v); }
+
+// Transposes 4x4 dwords within each 128-bit lane: afterwards r[k] lane i holds dword k of
+// every input's lane i, in input order.
+inline void transpose4_in_lanes(__m512i* r) {
+  const __m512i t0 = _mm512_unpacklo_epi32(r[0], r[1]), t1 = _mm512_unpackhi_epi32(r[0], r[1]);
+  const __m512i t2 = _mm512_unpacklo_epi32(r[2], r[3]), t3 = _mm512_unpackhi_epi32(r[2], r[3]);
+  r[0] = _mm512_unpacklo_epi64(t0, t2);
+  r[1] = _mm512_unpackhi_epi64(t0, t2);
+  r[2] = _mm512_unpacklo_epi64(t1, t3);
+  r[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+// 16 blocks' 32 qs bytes (block b at qs + b * stride) -> out[k] lane b = dword k of block b.
+// Input j holds blocks j, 4+j, 8+j, 12+j in its 128-bit lanes, so after the in-lane transpose
+// dword 4i + j is block 4i + j: the natural order, no permute needed.
+inline void transpose_q8_group(const uint8_t* qs, size_t stride, __m512i* out) {
+  __m512i lo[4], hi[4];
+  for (int j = 0; j < 4; ++j) {
+    const __m512i x0 = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + j * stride))),
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + (4 + j) * stride)), 1);
+    const __m512i x1 = _mm512_inserti64x4(
+        _mm512_castsi256_si512(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + (8 + j) * stride))),
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + (12 + j) * stride)), 1);
+    lo[j] = _mm512_shuffle_i32x4(x0, x1, _MM_SHUFFLE(2, 0, 2, 0));  // dwords 0..3 of each
+    hi[j] = _mm512_shuffle_i32x4(x0, x1, _MM_SHUFFLE(3, 1, 3, 1));  // dwords 4..7 of each
+  }
+  transpose4_in_lanes(lo);
+  transpose4_in_lanes(hi);
+  for (int k = 0; k < 4; ++k) {
+    out[k] = lo[k];
+    out[4 + k] = hi[k];
+  }
+}
+
+inline __m128i load128(const uint8_t* p) {
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+}
+
+// 16 Q4 blocks' 16 qs bytes -> 8 steps of nibbles as bytes. qs dword k holds elements 4k..4k+3
+// in its low nibbles and 16+4k..19+4k in its high nibbles, i.e. unpacked dwords k and 4+k.
+inline void pack_q4_group(const uint8_t* qs, size_t stride, uint8_t* dst) {
+  __m512i r[4];
+  for (int j = 0; j < 4; ++j) {
+    __m512i v = _mm512_castsi128_si512(load128(qs + j * stride));
+    v = _mm512_inserti32x4(v, load128(qs + (4 + j) * stride), 1);
+    v = _mm512_inserti32x4(v, load128(qs + (8 + j) * stride), 2);
+    r[j] = _mm512_inserti32x4(v, load128(qs + (12 + j) * stride), 3);
+  }
+  transpose4_in_lanes(r);
+  const __m512i m4 = _mm512_set1_epi8(0x0f);
+  for (int k = 0; k < 4; ++k) {
+    store(dst + k * kVec, _mm512_and_si512(r[k], m4));
+    store(dst + (4 + k) * kVec, _mm512_and_si512(_mm512_srli_epi32(r[k], 4), m4));
+  }
+}
+
+// The first 4 bytes of 16 blocks: the f16 scale d in the low half, Q4_1's m / Q8_1's s in the
+// high half. One gather instead of 32 scalar loads.
+inline __m512i gather_headers(const uint8_t* blocks, size_t stride) {
+  const __m512i idx = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(static_cast<int>(stride)));
+  return _mm512_i32gather_epi32(idx, blocks, 1);
+}
+inline __m512 low_f16(__m512i h) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)); }
+inline __m512 high_f16(__m512i h) { return low_f16(_mm512_srli_epi32(h, 16)); }
+
+template <Kind K>
+void pack_weight_row(const GroupPlan& plan, const uint8_t* src, uint8_t* dst) {
+  using T = Traits<K>;
+  for (int64_t g = 0; g < plan.n_full; ++g, src += kLanes * T::kWBytes, dst += plan.full_bytes) {
+    if constexpr (K == Kind::Q8_0) {
+      __m512i v[8];
+      transpose_q8_group(src + T::kWQs, T::kWBytes, v);
+      const __m512i k80 = _mm512_set1_epi8(static_cast<char>(0x80));
+      for (int k = 0; k < 8; ++k) store(dst + k * kVec, _mm512_xor_si512(v[k], k80));
+    } else {
+      pack_q4_group(src + T::kWQs, T::kWBytes, dst);
+    }
+    const __m512i h = gather_headers(src, T::kWBytes);
+    _mm512_storeu_ps(dst + 8 * kVec, low_f16(h));
+    // x is only read for Q4_1 (m); the other types leave it unwritten.
+    if constexpr (K == Kind::Q4_1) _mm512_storeu_ps(dst + 9 * kVec, high_f16(h));
+  }
+  if (plan.tail_steps > 0) {
+    gemm_quant::pack_tail(plan, T::kW, src, K == Kind::Q8_0 ? 0x80 : 0, 0, dst);
+  }
+}
+
+template <Kind K>
+void pack_act_row(const GroupPlan& plan, const uint8_t* src, uint8_t* dst) {
+  using T = Traits<K>;
+  for (int64_t g = 0; g < plan.n_full; ++g, src += kLanes * T::kABytes, dst += plan.full_bytes) {
+    __m512i v[8];
+    transpose_q8_group(src + T::kAQs, T::kABytes, v);
+    for (int k = 0; k < 8; ++k) store(dst + k * kVec, v[k]);
+    const __m512i h = gather_headers(src, T::kABytes);
+    _mm512_storeu_ps(dst + 8 * kVec, low_f16(h));
+    if constexpr (K == Kind::Q4_1) {
+      _mm512_storeu_ps(dst + 9 * kVec, high_f16(h));  // s
+    } else {
+      // Lane b = block b, so the per-lane byte sums are the block sums.
+      __m512i sum = _mm512_setzero_si512();
+      for (int k = 0; k < 8; ++k) sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi8(1), v[k]);
+      store(dst + 9 * kVec, _mm512_mullo_epi32(sum, _mm512_set1_epi32(-T::kCorr)));
+    }
+  }
+  if (plan.tail_steps > 0) gemm_quant::pack_tail(plan, T::kA, src, 0, T::kCorr, dst);
+}
+
+// One group (`steps` dot steps) of an R-row x T-token tile: integer dots per lane (= per block
+// in a full group), then acc += float(dot) * (d_w * d_a) [+ m_w * s_a], all lane-wise.
+template <Kind K, int R, int T>
+inline __attribute__((always_inline)) void group_step(int steps, const uint8_t* w, size_t ws,
+                                                      const uint8_t* a, size_t as,
+                                                      __m512 (&acc)[R][T]) {
+  __m512i dot[R][T];
+  for (int t = 0; t < T; ++t) {
+    const __m512i init =
+        K == Kind::Q4_1 ? _mm512_setzero_si512() : load(a + t * as + (steps + 1) * kVec);
+    for (int r = 0; r < R; ++r) dot[r][t] = init;
+  }
+  for (int k = 0; k < steps; ++k) {
+    __m512i wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = load(w + r * ws + k * kVec);
+    for (int t = 0; t < T; ++t) {
+      const __m512i av = load(a + t * as + k * kVec);
+      for (int r = 0; r < R; ++r) dot[r][t] = _mm512_dpbusd_epi32(dot[r][t], wv[r], av);
+    }
+  }
+  __m512 dw[R];
+  for (int r = 0; r < R; ++r) dw[r] = _mm512_loadu_ps(w + r * ws + steps * kVec);
+  for (int t = 0; t < T; ++t) {
+    const __m512 da = _mm512_loadu_ps(a + t * as + steps * kVec);
+    for (int r = 0; r < R; ++r) {
+      acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r][t]), _mm512_mul_ps(dw[r], da),
+                                  acc[r][t]);
+    }
+  }
+  if constexpr (K == Kind::Q4_1) {
+    for (int t = 0; t < T; ++t) {
+      const __m512 s = _mm512_loadu_ps(a + t * as + (steps + 1) * kVec);
+      for (int r = 0; r < R; ++r) {
+        acc[r][t] = _mm512_fmadd_ps(_mm512_loadu_ps(w + r * ws + (steps + 1) * kVec), s,
+                                    acc[r][t]);
+      }
+    }
+  }
+}
+
+inline __m128 sum_to_128(__m512 v) {
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+// c[t * ldc + r] = dot(packed weight row r, packed token t) for r < R, t < T.
+template <Kind K, int R, int T>
+void tile(const GroupPlan& plan, const uint8_t* w, size_t ws, const uint8_t* a, size_t as,
+          float* c, int64_t ldc) {
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  }
+  for (int64_t g = 0; g < plan.n_full; ++g, w += plan.full_bytes, a += plan.full_bytes) {
+    group_step<K, R, T>(8, w, ws, a, as, acc);
+  }
+  if (plan.tail_steps > 0) group_step<K, R, T>(plan.tail_steps, w, ws, a, as, acc);
+  // Four rows' sums of one token land in one XMM (a 4-way horizontal-add tree), stored at once.
+  static_assert(R <= 4);
+  for (int t = 0; t < T; ++t) {
+    __m128 s[4];
+    for (int r = 0; r < 4; ++r) s[r] = r < R ? sum_to_128(acc[r][t]) : _mm_setzero_ps();
+    const __m128 v = _mm_hadd_ps(_mm_hadd_ps(s[0], s[1]), _mm_hadd_ps(s[2], s[3]));
+    _mm_mask_storeu_ps(c + t * ldc, static_cast<__mmask8>((1u << R) - 1), v);
+  }
+}
+
+using TileFn = void (*)(const GroupPlan&, const uint8_t*, size_t, const uint8_t*, size_t, float*,
+                        int64_t);
+
+// Edge tiles (fewer rows or tokens than the full tile) by size.
+template <Kind K>
+TileFn edge_tile(int rows, int toks) {
+  static_assert(kTileRows == 4 && kTileToks == 3, "update the table");
+  static constexpr TileFn kTable[kTileRows][kTileToks] = {
+      {tile<K, 1, 1>, tile<K, 1, 2>, tile<K, 1, 3>},
+      {tile<K, 2, 1>, tile<K, 2, 2>, tile<K, 2, 3>},
+      {tile<K, 3, 1>, tile<K, 3, 2>, tile<K, 3, 3>},
+      {tile<K, 4, 1>, tile<K, 4, 2>, tile<K, 4, 3>},
+  };
+  return kTable[rows - 1][toks - 1];
+}
+
+// Token slices outermost: each slice's activations are packed once and reused by every row;
+// each row slice is packed once per token slice and then stays in L1/L2 across the slice.
+template <Kind K>
+void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
+          size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
+  const GroupPlan plan = gemm_quant::plan_groups(n, kLanes);
+  const size_t pb = plan.row_bytes;
+  const auto* wb = static_cast<const uint8_t*>(w);
+  const auto* ab = static_cast<const uint8_t*>(a);
+  uint8_t* pa = scratch(0, pb * static_cast<size_t>(std::min(n_tok, kTokSlice)));
+  uint8_t* pw = scratch(1, pb * static_cast<size_t>(std::min(n_rows, kRowSlice)));
+  for (int64_t t0 = 0; t0 < n_tok; t0 += kTokSlice) {
+    const int64_t nt = std::min(kTokSlice, n_tok - t0);
+    for (int64_t t = 0; t < nt; ++t) pack_act_row<K>(plan, ab + (t0 + t) * a_stride, pa + t * pb);
+    for (int64_t r0 = 0; r0 < n_rows; r0 += kRowSlice) {
+      const int64_t nr = std::min(kRowSlice, n_rows - r0);
+      for (int64_t r = 0; r < nr; ++r) {
+        pack_weight_row<K>(plan, wb + (r0 + r) * w_stride, pw + r * pb);
+      }
+      for (int64_t r = 0; r < nr; r += kTileRows) {
+        const int tr = static_cast<int>(std::min<int64_t>(kTileRows, nr - r));
+        for (int64_t t = 0; t < nt; t += kTileToks) {
+          const int tt = static_cast<int>(std::min<int64_t>(kTileToks, nt - t));
+          float* ct = c + (t0 + t) * ldc + r0 + r;
+          if (tr == kTileRows && tt == kTileToks) {
+            tile<K, kTileRows, kTileToks>(plan, pw + r * pb, pb, pa + t * pb, pb, ct, ldc);
+          } else {
+            edge_tile<K>(tr, tt)(plan, pw + r * pb, pb, pa + t * pb, pb, ct, ldc);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void gemm_q4_0_q8_0(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
+                    size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
+  gemm<Kind::Q4_0>(n, w, w_stride, n_rows, a, a_stride, n_tok, c, ldc);
+}
+
+void gemm_q4_1_q8_1(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
+                    size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
+  gemm<Kind::Q4_1>(n, w, w_stride, n_rows, a, a_stride, n_tok, c, ldc);
+}
+
+void gemm_q8_0_q8_0(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
+                    size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
+  gemm<Kind::Q8_0>(n, w, w_stride, n_rows, a, a_stride, n_tok, c, ldc);
+}
+
+}  // namespace qilin::avx512

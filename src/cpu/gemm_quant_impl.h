@@ -1,0 +1,76 @@
+// Private: the per-ISA tiled quantized gemms behind gemm_quant_kernel(), and the packed
+// "block per lane" layout they share. Only gemm_quant.cc (after the CPU check) and the
+// tests/benchmarks' per-ISA loops reach the kernels.
+// NOTE: calling an avx2:: or avx512:: function on a CPU without that ISA is undefined (SIGILL).
+//
+// Why a packed layout: with the blocks' natural byte order, each 32-element block fills 8 int32
+// lanes of a dot product, so every block costs a convert + scale + FMA per (row, token) pair
+// on top of its one VPDPBUSD. Each call therefore first repacks weights and activations so that
+// one int32 lane holds one whole block: step k of a full group holds bytes 4k..4k+3 of each of
+// `lanes` blocks (16 for ZMM, 8 for YMM). Eight integer dot steps then finish `lanes` blocks at
+// once and the float epilogue runs once per group instead of once per block pair.
+//
+// Caller tiling: the kernels pack the activations once per call (amortised over the call's
+// rows) and the weights once per 128-token slice (amortised over those tokens), so calls
+// should be large: ideally all of a thread's rows at once, tokens in slices of 64-128 or the
+// whole batch (the kernels slice tokens by 128 internally to stay in L2). Calls of 64 rows x 64
+// tokens lose roughly 10-15% to packing against 256 x 128.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace qilin {
+
+namespace gemm_quant {
+
+// How a row of n elements splits into groups. Full groups hold `lanes` blocks (8 steps); the
+// tail (n / 32 % lanes blocks) is padded with zero blocks to a power of two of at least
+// lanes / 8 blocks, each block then spreading over lanes / tail_blocks lanes per step.
+struct GroupPlan {
+  int lanes = 0;          // int32 lanes per vector: 16 (AVX-512) or 8 (AVX2)
+  int64_t n_full = 0;     // full groups
+  int tail_real = 0;      // blocks of the row in the tail group
+  int tail_blocks = 0;    // padded blocks in the tail group, 0 if none
+  int tail_steps = 0;     // 8 * tail_blocks / lanes
+  size_t full_bytes = 0;  // packed bytes of one full group
+  size_t row_bytes = 0;   // packed bytes of one row (weights) or token (activations)
+};
+
+// Packed group = [steps][lanes * 4 bytes] data, then lanes floats `d` (the lane's block
+// scale), then lanes 4-byte `x`: Q4_1's m or Q8_1's s in the first lane of each block (zero in
+// the others, so a lane-wise product sums to m * s once per block), or for Q8_0 activations
+// the int32 correction -offset * (sum of the lane's activation bytes) that undoes the unsigned
+// offset of the weights (8 for Q4_0 nibbles, 128 for AVX-512's Q8_0 weights ^ 0x80).
+GroupPlan plan_groups(int64_t n, int lanes);
+
+// Packs the tail group of one row (scalar; runs once per row or token). src_blocks points at
+// the first tail block of type `type` (Q4_0, Q4_1: nibbles to bytes 0..15; Q8_0, Q8_1: bytes
+// ^ xor_mask); corr_offset != 0 writes the Q8_0 correction into x.
+void pack_tail(const GroupPlan& plan, DType type, const void* src_blocks, uint8_t xor_mask,
+               int corr_offset, uint8_t* dst);
+
+}  // namespace gemm_quant
+
+// Signatures match GemmFn; activations are what matmul_kernels(weight, isa)->quantize_act made
+// (Q8_0 for Q4_0 and Q8_0 weights, Q8_1 for Q4_1).
+#define QILIN_DECLARE_GEMM_QUANT                                                               \
+  void gemm_q4_0_q8_0(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a, \
+                      size_t a_stride, int64_t n_tok, float* c, int64_t ldc);                  \
+  void gemm_q4_1_q8_1(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a, \
+                      size_t a_stride, int64_t n_tok, float* c, int64_t ldc);                  \
+  void gemm_q8_0_q8_0(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a, \
+                      size_t a_stride, int64_t n_tok, float* c, int64_t ldc);
+
+namespace avx2 {
+QILIN_DECLARE_GEMM_QUANT
+}  // namespace avx2
+namespace avx512 {
+QILIN_DECLARE_GEMM_QUANT
+}  // namespace avx512
+
+#undef QILIN_DECLARE_GEMM_QUANT
+
+}  // namespace qilin
