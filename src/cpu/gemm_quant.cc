@@ -4,9 +4,6 @@
 // NOTE: shared helpers live here, compiled without ISA flags, rather than inline in the header:
 // an inline function compiled into both an AVX-512 and an AVX2 file may be merged by the linker
 // into the AVX-512 copy and then run on a CPU that lacks it.
-#include <cstring>
-
-#include "core/fp16.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_quant_impl.h"
 
@@ -55,76 +52,27 @@ GroupPlan plan_groups(int64_t n, int lanes) {
   return p;
 }
 
-namespace {
-
-// One block's 32 elements as stored bytes (nibbles widened to 0..15), its scale and its
-// second field (Q4_1's m, Q8_1's s; 0 for the others).
-void unpack_block(DType type, const uint8_t* blk, uint8_t* q, float* d, float* x) {
-  uint16_t h0, h1;
-  std::memcpy(&h0, blk, 2);
-  std::memcpy(&h1, blk + 2, 2);
-  *d = fp16_to_fp32(h0);
-  *x = 0.0f;
-  switch (type) {
-    case DType::Q4_0:
-    case DType::Q4_1: {
-      const uint8_t* qs = blk + (type == DType::Q4_0 ? 2 : 4);
-      for (int j = 0; j < kQK / 2; ++j) {
-        q[j] = qs[j] & 0x0f;
-        q[j + kQK / 2] = qs[j] >> 4;
-      }
-      if (type == DType::Q4_1) *x = fp16_to_fp32(h1);
-      break;
-    }
-    case DType::Q8_0:
-      std::memcpy(q, blk + 2, kQK);
-      break;
-    case DType::Q8_1:
-      std::memcpy(q, blk + 4, kQK);
-      *x = fp16_to_fp32(h1);
-      break;
-    default:
-      break;
-  }
-}
-
-}  // namespace
-
-void pack_tail(const GroupPlan& plan, DType type, const void* src_blocks, uint8_t xor_mask,
-               int corr_offset, uint8_t* dst) {
-  const int lanes = plan.lanes, g = plan.tail_blocks, steps = plan.tail_steps;
-  const int per_block = lanes / g;  // dwords (lanes) each block fills per step
-  const size_t block_bytes = row_bytes(type, kQK);
-  const size_t vec = static_cast<size_t>(lanes) * 4;
-  const auto* src = static_cast<const uint8_t*>(src_blocks);
-  uint8_t* data = dst;
-  float* d = reinterpret_cast<float*>(dst + steps * vec);
-  uint8_t* x = dst + steps * vec + vec;
-  std::memset(dst, 0, steps * vec + 2 * vec);
-  for (int b = 0; b < plan.tail_real; ++b) {
-    uint8_t q[kQK];
-    float db, xb;
-    unpack_block(type, src + b * block_bytes, q, &db, &xb);
-    for (int i = 0; i < per_block; ++i) {
-      const int lane = b * per_block + i;
-      int32_t lane_sum = 0;
-      for (int k = 0; k < steps; ++k) {
-        const uint8_t* from = q + 4 * (k * per_block + i);
-        uint8_t* to = data + k * vec + 4 * lane;
-        for (int j = 0; j < 4; ++j) {
-          to[j] = from[j] ^ xor_mask;
-          lane_sum += static_cast<int8_t>(from[j]);
-        }
-      }
-      d[lane] = db;
-      if (corr_offset != 0) {
-        const int32_t corr = -corr_offset * lane_sum;
-        std::memcpy(x + 4 * lane, &corr, 4);
-      } else if (i == 0) {
-        std::memcpy(x + 4 * lane, &xb, 4);
-      }
+TailLayout plan_tail(const GroupPlan& plan, DType type) {
+  TailLayout t;
+  const bool q4 = type == DType::Q4_0 || type == DType::Q4_1;
+  const int32_t block_bytes = static_cast<int32_t>(row_bytes(type, kQK));
+  const int32_t qs = type == DType::Q4_0 || type == DType::Q8_0 ? 2 : 4;
+  const int per_block = plan.tail_blocks > 0 ? plan.lanes / plan.tail_blocks : 0;
+  for (int lane = 0; lane < plan.lanes && per_block > 0; ++lane) {
+    const int b = lane / per_block, i = lane % per_block;
+    if (b >= plan.tail_real) continue;
+    t.valid[lane] = true;
+    t.first[lane] = i == 0;
+    t.header[lane] = b * block_bytes;
+    for (int k = 0; k < plan.tail_steps; ++k) {
+      const int m = k * per_block + i;  // the lane's dword of the unpacked 32-byte block
+      // A Q4 block's unpacked dwords m and m + 4 both come from qs dword m % 4 (low and high
+      // nibbles).
+      t.offset[k][lane] = b * block_bytes + qs + 4 * (q4 ? m % 4 : m);
+      t.shift[k][lane] = q4 ? 4 * (m / 4) : 0;
     }
   }
+  return t;
 }
 
 }  // namespace gemm_quant

@@ -114,12 +114,8 @@ inline void pack_q4_group(const uint8_t* qs, size_t stride, uint8_t* dst) {
   }
 }
 
-// The f16 pairs in the first 4 bytes of 8 blocks (d low, Q4_1's m / Q8_1's s high) as floats.
-inline void load_headers(const uint8_t* blocks, size_t stride, __m256* d, __m256* x) {
-  const __m256i idx =
-      _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                         _mm256_set1_epi32(static_cast<int>(stride)));
-  const __m256i h = _mm256_i32gather_epi32(reinterpret_cast<const int*>(blocks), idx, 1);
+// Block headers (first 4 bytes: d low, Q4_1's m / Q8_1's s high) as floats.
+inline void split_headers(__m256i h, __m256* d, __m256* x) {
   // packus per 128-bit lane: [d0..3 x0..3 | d4..7 x4..7]; then gather the 64-bit quarters.
   const __m256i p = _mm256_packus_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0xffff)),
                                         _mm256_srli_epi32(h, 16));
@@ -128,12 +124,71 @@ inline void load_headers(const uint8_t* blocks, size_t stride, __m256* d, __m256
   *x = _mm256_cvtph_ps(_mm256_extracti128_si256(q, 1));
 }
 
+// The headers of 8 consecutive blocks.
+inline void load_headers(const uint8_t* blocks, size_t stride, __m256* d, __m256* x) {
+  const __m256i idx =
+      _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                         _mm256_set1_epi32(static_cast<int>(stride)));
+  split_headers(_mm256_i32gather_epi32(reinterpret_cast<const int*>(blocks), idx, 1), d, x);
+}
+
 inline __m256i dot_bytes(__m256i ones_u8, __m256i a) {  // per-dword sums of 4 signed bytes
   return _mm256_madd_epi16(_mm256_maddubs_epi16(ones_u8, a), _mm256_set1_epi16(1));
 }
 
+// The tail group's gather indices and lane masks as vectors, built once per call.
+struct TailGather {
+  int steps = 0;
+  __m256i valid, first;  // all-ones lanes
+  __m256i header, offset[gemm_quant::kMaxTailSteps], shift[gemm_quant::kMaxTailSteps];
+};
+
+TailGather tail_gather(const GroupPlan& plan, DType type) {
+  const gemm_quant::TailLayout t = gemm_quant::plan_tail(plan, type);
+  TailGather g;
+  g.steps = plan.tail_steps;
+  alignas(32) int32_t valid[kLanes], first[kLanes];
+  for (int lane = 0; lane < kLanes; ++lane) {
+    valid[lane] = t.valid[lane] ? -1 : 0;
+    first[lane] = t.first[lane] ? -1 : 0;
+  }
+  g.valid = _mm256_load_si256(reinterpret_cast<const __m256i*>(valid));
+  g.first = _mm256_load_si256(reinterpret_cast<const __m256i*>(first));
+  g.header = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.header));
+  for (int k = 0; k < gemm_quant::kMaxTailSteps; ++k) {
+    g.offset[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.offset[k]));
+    g.shift[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.shift[k]));
+  }
+  return g;
+}
+
+// Packs a tail group (src = its first block) with masked gathers: padding lanes read nothing
+// and get zero scales. kCorr != 0 writes the activation correction into x; kX writes the
+// header's second f16 (m or s) in first lanes.
+template <bool kQ4, int kCorr, bool kX>
+void pack_tail(const TailGather& g, const uint8_t* src, uint8_t* dst) {
+  const auto* base = reinterpret_cast<const int*>(src);
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i sum = zero;
+  for (int k = 0; k < g.steps; ++k) {
+    __m256i v = _mm256_mask_i32gather_epi32(zero, base, g.offset[k], g.valid, 1);
+    if constexpr (kQ4) v = _mm256_and_si256(_mm256_srlv_epi32(v, g.shift[k]), _mm256_set1_epi8(0x0f));
+    store(dst + k * kVec, v);
+    if constexpr (kCorr != 0) sum = _mm256_add_epi32(sum, dot_bytes(_mm256_set1_epi8(1), v));
+  }
+  __m256 d, x;
+  split_headers(_mm256_mask_i32gather_epi32(zero, base, g.header, g.valid, 1), &d, &x);
+  uint8_t* xp = dst + (g.steps + 1) * kVec;
+  _mm256_storeu_ps(reinterpret_cast<float*>(dst + g.steps * kVec), d);
+  if constexpr (kCorr != 0) store(xp, _mm256_mullo_epi32(sum, _mm256_set1_epi32(-kCorr)));
+  if constexpr (kX) {
+    _mm256_storeu_ps(reinterpret_cast<float*>(xp), _mm256_and_ps(x, _mm256_castsi256_ps(g.first)));
+  }
+}
+
 template <Kind K>
-void pack_weight_row(const GroupPlan& plan, const uint8_t* src, uint8_t* dst) {
+void pack_weight_row(const GroupPlan& plan, const TailGather& tail, const uint8_t* src,
+                     uint8_t* dst) {
   using T = Traits<K>;
   for (int64_t g = 0; g < plan.n_full; ++g, src += kLanes * T::kWBytes, dst += plan.full_bytes) {
     if constexpr (K == Kind::Q8_0) {
@@ -149,11 +204,12 @@ void pack_weight_row(const GroupPlan& plan, const uint8_t* src, uint8_t* dst) {
     // x is only read for Q4_1 (m); the other types leave it unwritten.
     if constexpr (K == Kind::Q4_1) _mm256_storeu_ps(reinterpret_cast<float*>(dst + 9 * kVec), x);
   }
-  if (plan.tail_steps > 0) gemm_quant::pack_tail(plan, T::kW, src, 0, 0, dst);
+  if (plan.tail_steps > 0) pack_tail<K != Kind::Q8_0, 0, K == Kind::Q4_1>(tail, src, dst);
 }
 
 template <Kind K>
-void pack_act_row(const GroupPlan& plan, const uint8_t* src, uint8_t* dst) {
+void pack_act_row(const GroupPlan& plan, const TailGather& tail, const uint8_t* src,
+                  uint8_t* dst) {
   using T = Traits<K>;
   for (int64_t g = 0; g < plan.n_full; ++g, src += kLanes * T::kABytes, dst += plan.full_bytes) {
     __m256i v[8];
@@ -170,7 +226,7 @@ void pack_act_row(const GroupPlan& plan, const uint8_t* src, uint8_t* dst) {
       store(dst + 9 * kVec, _mm256_mullo_epi32(sum, _mm256_set1_epi32(-T::kCorr)));
     }
   }
-  if (plan.tail_steps > 0) gemm_quant::pack_tail(plan, T::kA, src, 0, T::kCorr, dst);
+  if (plan.tail_steps > 0) pack_tail<false, T::kCorr, K == Kind::Q4_1>(tail, src, dst);
 }
 
 // One group of an R x T tile; see the AVX-512 file. Q4: int16 sums over the group, widened by
@@ -270,7 +326,13 @@ TileFn edge_tile(int rows, int toks) {
 template <Kind K>
 void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
           size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
+  using Tr = Traits<K>;
   const GroupPlan plan = gemm_quant::plan_groups(n, kLanes);
+  TailGather w_tail, a_tail;
+  if (plan.tail_steps > 0) {
+    w_tail = tail_gather(plan, Tr::kW);
+    a_tail = tail_gather(plan, Tr::kA);
+  }
   const size_t pb = plan.row_bytes;
   const auto* wb = static_cast<const uint8_t*>(w);
   const auto* ab = static_cast<const uint8_t*>(a);
@@ -278,11 +340,11 @@ void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void*
   uint8_t* pw = scratch(1, pb * static_cast<size_t>(std::min(n_rows, kRowSlice)));
   for (int64_t t0 = 0; t0 < n_tok; t0 += kTokSlice) {
     const int64_t nt = std::min(kTokSlice, n_tok - t0);
-    for (int64_t t = 0; t < nt; ++t) pack_act_row<K>(plan, ab + (t0 + t) * a_stride, pa + t * pb);
+    for (int64_t t = 0; t < nt; ++t) pack_act_row<K>(plan, a_tail, ab + (t0 + t) * a_stride, pa + t * pb);
     for (int64_t r0 = 0; r0 < n_rows; r0 += kRowSlice) {
       const int64_t nr = std::min(kRowSlice, n_rows - r0);
       for (int64_t r = 0; r < nr; ++r) {
-        pack_weight_row<K>(plan, wb + (r0 + r) * w_stride, pw + r * pb);
+        pack_weight_row<K>(plan, w_tail, wb + (r0 + r) * w_stride, pw + r * pb);
       }
       for (int64_t r = 0; r < nr; r += kTileRows) {
         const int tr = static_cast<int>(std::min<int64_t>(kTileRows, nr - r));

@@ -139,8 +139,53 @@ inline __m512i gather_headers(const uint8_t* blocks, size_t stride) {
 inline __m512 low_f16(__m512i h) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)); }
 inline __m512 high_f16(__m512i h) { return low_f16(_mm512_srli_epi32(h, 16)); }
 
+// The tail group's gather indices and lane masks as vectors, built once per call.
+struct TailGather {
+  int steps = 0;
+  __mmask16 valid = 0, first = 0;
+  __m512i header, offset[gemm_quant::kMaxTailSteps], shift[gemm_quant::kMaxTailSteps];
+};
+
+TailGather tail_gather(const GroupPlan& plan, DType type) {
+  const gemm_quant::TailLayout t = gemm_quant::plan_tail(plan, type);
+  TailGather g;
+  g.steps = plan.tail_steps;
+  for (int lane = 0; lane < kLanes; ++lane) {
+    if (t.valid[lane]) g.valid |= static_cast<__mmask16>(1u << lane);
+    if (t.first[lane]) g.first |= static_cast<__mmask16>(1u << lane);
+  }
+  g.header = _mm512_loadu_si512(t.header);
+  for (int k = 0; k < gemm_quant::kMaxTailSteps; ++k) {
+    g.offset[k] = _mm512_loadu_si512(t.offset[k]);
+    g.shift[k] = _mm512_loadu_si512(t.shift[k]);
+  }
+  return g;
+}
+
+// Packs a tail group (src = its first block) with masked gathers: padding lanes read nothing
+// and get zero scales, so whatever their data holds contributes 0. kCorr != 0 writes the
+// activation correction into x; kX writes the header's second f16 (m or s) in first lanes.
+template <bool kQ4, uint8_t kXor, int kCorr, bool kX>
+void pack_tail(const TailGather& g, const uint8_t* src, uint8_t* dst) {
+  const __m512i zero = _mm512_setzero_si512();
+  __m512i sum = zero;
+  for (int k = 0; k < g.steps; ++k) {
+    __m512i v = _mm512_mask_i32gather_epi32(zero, g.valid, g.offset[k], src, 1);
+    if constexpr (kQ4) v = _mm512_and_si512(_mm512_srlv_epi32(v, g.shift[k]), _mm512_set1_epi8(0x0f));
+    if constexpr (kXor != 0) v = _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(kXor)));
+    store(dst + k * kVec, v);
+    if constexpr (kCorr != 0) sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi8(1), v);
+  }
+  const __m512i h = _mm512_mask_i32gather_epi32(zero, g.valid, g.header, src, 1);
+  uint8_t* x = dst + (g.steps + 1) * kVec;
+  _mm512_storeu_ps(dst + g.steps * kVec, low_f16(h));
+  if constexpr (kCorr != 0) store(x, _mm512_mullo_epi32(sum, _mm512_set1_epi32(-kCorr)));
+  if constexpr (kX) _mm512_storeu_ps(x, high_f16(_mm512_maskz_mov_epi32(g.first, h)));
+}
+
 template <Kind K>
-void pack_weight_row(const GroupPlan& plan, const uint8_t* src, uint8_t* dst) {
+void pack_weight_row(const GroupPlan& plan, const TailGather& tail, const uint8_t* src,
+                     uint8_t* dst) {
   using T = Traits<K>;
   for (int64_t g = 0; g < plan.n_full; ++g, src += kLanes * T::kWBytes, dst += plan.full_bytes) {
     if constexpr (K == Kind::Q8_0) {
@@ -157,12 +202,13 @@ void pack_weight_row(const GroupPlan& plan, const uint8_t* src, uint8_t* dst) {
     if constexpr (K == Kind::Q4_1) _mm512_storeu_ps(dst + 9 * kVec, high_f16(h));
   }
   if (plan.tail_steps > 0) {
-    gemm_quant::pack_tail(plan, T::kW, src, K == Kind::Q8_0 ? 0x80 : 0, 0, dst);
+    pack_tail<K != Kind::Q8_0, K == Kind::Q8_0 ? 0x80 : 0, 0, K == Kind::Q4_1>(tail, src, dst);
   }
 }
 
 template <Kind K>
-void pack_act_row(const GroupPlan& plan, const uint8_t* src, uint8_t* dst) {
+void pack_act_row(const GroupPlan& plan, const TailGather& tail, const uint8_t* src,
+                  uint8_t* dst) {
   using T = Traits<K>;
   for (int64_t g = 0; g < plan.n_full; ++g, src += kLanes * T::kABytes, dst += plan.full_bytes) {
     __m512i v[8];
@@ -179,7 +225,7 @@ void pack_act_row(const GroupPlan& plan, const uint8_t* src, uint8_t* dst) {
       store(dst + 9 * kVec, _mm512_mullo_epi32(sum, _mm512_set1_epi32(-T::kCorr)));
     }
   }
-  if (plan.tail_steps > 0) gemm_quant::pack_tail(plan, T::kA, src, 0, T::kCorr, dst);
+  if (plan.tail_steps > 0) pack_tail<false, 0, T::kCorr, K == Kind::Q4_1>(tail, src, dst);
 }
 
 // One group (`steps` dot steps) of an R-row x T-token tile: integer dots per lane (= per block
@@ -270,7 +316,13 @@ TileFn edge_tile(int rows, int toks) {
 template <Kind K>
 void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
           size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
+  using Tr = Traits<K>;
   const GroupPlan plan = gemm_quant::plan_groups(n, kLanes);
+  TailGather w_tail, a_tail;
+  if (plan.tail_steps > 0) {
+    w_tail = tail_gather(plan, Tr::kW);
+    a_tail = tail_gather(plan, Tr::kA);
+  }
   const size_t pb = plan.row_bytes;
   const auto* wb = static_cast<const uint8_t*>(w);
   const auto* ab = static_cast<const uint8_t*>(a);
@@ -278,11 +330,11 @@ void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void*
   uint8_t* pw = scratch(1, pb * static_cast<size_t>(std::min(n_rows, kRowSlice)));
   for (int64_t t0 = 0; t0 < n_tok; t0 += kTokSlice) {
     const int64_t nt = std::min(kTokSlice, n_tok - t0);
-    for (int64_t t = 0; t < nt; ++t) pack_act_row<K>(plan, ab + (t0 + t) * a_stride, pa + t * pb);
+    for (int64_t t = 0; t < nt; ++t) pack_act_row<K>(plan, a_tail, ab + (t0 + t) * a_stride, pa + t * pb);
     for (int64_t r0 = 0; r0 < n_rows; r0 += kRowSlice) {
       const int64_t nr = std::min(kRowSlice, n_rows - r0);
       for (int64_t r = 0; r < nr; ++r) {
-        pack_weight_row<K>(plan, wb + (r0 + r) * w_stride, pw + r * pb);
+        pack_weight_row<K>(plan, w_tail, wb + (r0 + r) * w_stride, pw + r * pb);
       }
       for (int64_t r = 0; r < nr; r += kTileRows) {
         const int tr = static_cast<int>(std::min<int64_t>(kTileRows, nr - r));

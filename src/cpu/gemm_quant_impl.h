@@ -46,11 +46,18 @@ struct GroupPlan {
 // offset of the weights (8 for Q4_0 nibbles, 128 for AVX-512's Q8_0 weights ^ 0x80).
 GroupPlan plan_groups(int64_t n, int lanes);
 
-// Packs the tail group of one row (scalar; runs once per row or token). src_blocks points at
-// the first tail block of type `type` (Q4_0, Q4_1: nibbles to bytes 0..15; Q8_0, Q8_1: bytes
-// ^ xor_mask); corr_offset != 0 writes the Q8_0 correction into x.
-void pack_tail(const GroupPlan& plan, DType type, const void* src_blocks, uint8_t xor_mask,
-               int corr_offset, uint8_t* dst);
+// Where each lane of the tail group reads, for packing it with gathers: the tail spreads each
+// block over lanes / tail_blocks lanes, and padding lanes (blocks past the row) read nothing.
+constexpr int kMaxTailSteps = 4;  // tail_blocks <= lanes / 2
+struct TailLayout {
+  bool valid[16] = {};     // the lane belongs to a real block
+  bool first[16] = {};     // ... and is that block's first lane (where m or s goes)
+  int32_t header[16] = {};  // byte offset of the lane's block from the first tail block
+  int32_t offset[kMaxTailSteps][16] = {};  // byte offset of the dword each step reads
+  int32_t shift[kMaxTailSteps][16] = {};   // Q4 only: 0 (low nibbles) or 4 (high nibbles)
+};
+// For blocks of `type` (Q4_0, Q4_1: nibbles; Q8_0, Q8_1: bytes).
+TailLayout plan_tail(const GroupPlan& plan, DType type);
 
 }  // namespace gemm_quant
 
