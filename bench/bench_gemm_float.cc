@@ -55,9 +55,10 @@ Problem make_problem(DType wt, Isa isa, Shape s) {
 }
 
 void set_counters(benchmark::State& state, Shape s) {
-  state.counters["FLOP/s"] = benchmark::Counter(
-      2.0 * static_cast<double>(s.rows * s.cols * kTokens) * static_cast<double>(state.iterations()),
-      benchmark::Counter::kIsRate);
+  state.counters["FLOP/s"] =
+      benchmark::Counter(2.0 * static_cast<double>(s.rows * s.cols * kTokens) *
+                             static_cast<double>(state.iterations()),
+                         benchmark::Counter::kIsRate);
 }
 
 // The gemm over the whole matrix, called per (row chunk, token tile) as a threaded caller would
@@ -71,8 +72,8 @@ void bm_gemm(benchmark::State& state, DType wt, Isa isa, Shape s, int64_t row_ch
       const int64_t nr = std::min(row_chunk, s.rows - r0);
       for (int64_t t0 = 0; t0 < kTokens; t0 += tok_tile) {
         const int64_t nt = std::min(tok_tile, kTokens - t0);
-        gemm(s.cols, p.w.data() + r0 * p.w_row, p.w_row, nr, p.a.data() + t0 * p.a_row, p.a_row,
-             nt, p.c.data() + t0 * s.rows + r0, s.rows);
+        gemm(s.cols, p.w.data() + r0 * p.w_row, p.w_row, nr, p.a.data() + t0 * p.a_row, p.a_row, nt,
+             p.c.data() + t0 * s.rows + r0, s.rows);
       }
     }
     benchmark::DoNotOptimize(p.c.data());
@@ -106,7 +107,10 @@ int register_all() {
             ->Unit(benchmark::kMillisecond);
         // rows/tokens per call: whole matrix; L2-sized row chunks with all tokens; small tiles.
         for (auto [rc, tt] : {std::pair<int64_t, int64_t>{s.rows, kTokens},
-                              {64, kTokens}, {128, kTokens}, {256, kTokens}, {64, 64},
+                              {64, kTokens},
+                              {128, kTokens},
+                              {256, kTokens},
+                              {64, 64},
                               {128, 96}}) {
           benchmark::RegisterBenchmark(("GemmFloat/gemm/" + base + "/rows:" + std::to_string(rc) +
                                         "/toks:" + std::to_string(tt))

@@ -57,9 +57,9 @@ inline __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
   const __m256 ab = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
   const __m256 cd = _mm256_add_ps(_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
   // per lane: [a, b, c, d] partial sums
-  const __m256 abcd =
-      _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(ab), _mm256_castps_pd(cd))),
-                    _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(ab), _mm256_castps_pd(cd))));
+  const __m256 abcd = _mm256_add_ps(
+      _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(ab), _mm256_castps_pd(cd))),
+      _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(ab), _mm256_castps_pd(cd))));
   return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 
@@ -132,8 +132,8 @@ struct TileTable {
 // Token blocks outermost: each 4-token block is widened once and then meets every weight row of
 // the call, so the caller's row range should fit in L2 (it is re-read once per 4 tokens).
 template <class W>
-void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
-          size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
+void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a, size_t a_stride,
+          int64_t n_tok, float* c, int64_t ldc) {
   using T = typename W::T;
   static constexpr TileTable<W> kTiles;
   alignas(32) float buf[kToks][kChunk];
@@ -148,8 +148,8 @@ void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void*
       }
       for (int64_t r0 = 0; r0 < n_rows; r0 += kRows) {
         const int mr = static_cast<int>(std::min<int64_t>(kRows, n_rows - r0));
-        kTiles.f[mr - 1][nt - 1](kc, wb + r0 * w_stride + k0 * sizeof(T), w_stride, buf[0],
-                                 kChunk, c + t0 * ldc + r0, ldc, k0 > 0);
+        kTiles.f[mr - 1][nt - 1](kc, wb + r0 * w_stride + k0 * sizeof(T), w_stride, buf[0], kChunk,
+                                 c + t0 * ldc + r0, ldc, k0 > 0);
       }
     }
   }

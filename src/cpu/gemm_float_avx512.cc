@@ -63,9 +63,9 @@ inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
   const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
   const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
   // per lane: [a, b, c, d] partial sums
-  const __m512 abcd =
-      _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),
-                    _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))));
+  const __m512 abcd = _mm512_add_ps(
+      _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),
+      _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))));
   const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm512_extractf32x8_ps(abcd, 1));
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
@@ -141,8 +141,8 @@ struct TileTable {
 // Token blocks outermost: each 6-token block is widened once and then meets every weight row of
 // the call, so the caller's row range should fit in L2 (it is re-read once per 6 tokens).
 template <class W>
-void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
-          size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
+void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a, size_t a_stride,
+          int64_t n_tok, float* c, int64_t ldc) {
   using T = typename W::T;
   static constexpr TileTable<W> kTiles;
   alignas(64) float buf[kToks][kChunk];
@@ -157,8 +157,8 @@ void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void*
       }
       for (int64_t r0 = 0; r0 < n_rows; r0 += kRows) {
         const int mr = static_cast<int>(std::min<int64_t>(kRows, n_rows - r0));
-        kTiles.f[mr - 1][nt - 1](kc, wb + r0 * w_stride + k0 * sizeof(T), w_stride, buf[0],
-                                 kChunk, c + t0 * ldc + r0, ldc, k0 > 0);
+        kTiles.f[mr - 1][nt - 1](kc, wb + r0 * w_stride + k0 * sizeof(T), w_stride, buf[0], kChunk,
+                                 c + t0 * ldc + r0, ldc, k0 > 0);
       }
     }
   }

@@ -25,8 +25,8 @@ constexpr Isa kIsas[] = {Isa::Avx2, Isa::Avx512};
 struct Operands {
   int64_t n = 0, n_rows = 0, n_tok = 0;
   size_t w_stride = 0, a_stride = 0;
-  std::vector<uint8_t> w, a;          // [n_rows][w_stride], [n_tok][a_stride] bytes
-  std::vector<double> w_val, a_val;   // [n_rows][n], [n_tok][n]
+  std::vector<uint8_t> w, a;         // [n_rows][w_stride], [n_tok][a_stride] bytes
+  std::vector<double> w_val, a_val;  // [n_rows][n], [n_tok][n]
 };
 
 // Row strides are a row plus 64 bytes of junk, so a kernel that reads past n or confuses the
@@ -63,7 +63,7 @@ std::vector<float> random_floats(int64_t count, std::mt19937& rng) {
 
 constexpr float kSentinel = -12345.0f;  // in c's padding columns; must survive untouched
 
-// Runs `gemm` with ldc = n_rows + 3; padding columns start as kSentinel.
+// Runs `gemm` into c[n_tok][ldc]; every entry starts as kSentinel.
 std::vector<float> run(GemmFn gemm, const Operands& o, int64_t ldc) {
   std::vector<float> c(static_cast<size_t>(ldc * o.n_tok), kSentinel);
   gemm(o.n, o.w.data(), o.w_stride, o.n_rows, o.a.data(), o.a_stride, o.n_tok, c.data(), ldc);
@@ -134,8 +134,8 @@ TEST(GemmFloat, MatchesReferenceOnRandomData) {
         const std::vector<float> af = random_floats(33 * n, rng);
         for (int64_t n_rows : row_counts) {
           for (int64_t n_tok : tok_counts) {
-            SCOPED_TRACE(label(wt, isa) + " n=" + std::to_string(n) + " rows=" +
-                         std::to_string(n_rows) + " toks=" + std::to_string(n_tok));
+            SCOPED_TRACE(label(wt, isa) + " n=" + std::to_string(n) +
+                         " rows=" + std::to_string(n_rows) + " toks=" + std::to_string(n_tok));
             const Operands o = make_operands(wt, isa, n, n_rows, n_tok, wf, af);
             const int64_t ldc = n_rows + 3;
             const std::vector<float> got = run(gemm, o, ldc);
