@@ -21,9 +21,15 @@ def run_json(cmd):
     return json.loads(out[out.index("["):] if out.lstrip().startswith("[") else out)
 
 
+BYTES_PER_TOKEN = {}
+
+
 def qilin_once(args, model, threads):
     j = run_json([args.qilin, "bench", "-m", model, "-p", str(args.n_prompt), "-n",
                   str(args.n_gen), "-t", str(threads), "-r", "1", "-o", "json"])
+    for r in j["results"]:
+        if "bytes_per_token" in r:
+            BYTES_PER_TOKEN[model] = r["bytes_per_token"]
     return {r["test"]: r["t_s_median"] for r in j["results"]}
 
 
@@ -47,10 +53,15 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("-p", "--n-prompt", type=int, default=512)
     ap.add_argument("-n", "--n-gen", type=int, default=128)
+    ap.add_argument("--bandwidth", nargs="*", default=[],
+                    help="measured read bandwidth per thread count, e.g. 1=21.5 2=34.0 (GB/s), "
+                         "from build/bench/qilin_bench --benchmark_filter=Bandwidth")
     args = ap.parse_args()
+    bw = {int(k): float(v) for k, v in (x.split("=") for x in args.bandwidth)}
 
-    print("| model | threads | test | Qilin t/s (median, min-max) | llama.cpp t/s (median, min-max) | ratio |")
-    print("| --- | ---: | --- | ---: | ---: | ---: |")
+    print("| model | threads | test | Qilin t/s (median, min-max) | llama.cpp t/s (median, min-max) "
+          "| ratio | Qilin / llama.cpp share of read bandwidth |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     commit = "?"
     for model in args.model:
         for t in args.threads:
@@ -65,9 +76,15 @@ def main():
                         l.setdefault(k, []).append(v)
             for test in q:
                 qm, lm = statistics.median(q[test]), statistics.median(l[test])
+                frac = ""
+                if test.startswith("tg") and t in bw and model in BYTES_PER_TOKEN:
+                    b = BYTES_PER_TOKEN[model] / 1e9
+                    frac = f"{qm * b / bw[t]:.0%} / {lm * b / bw[t]:.0%}"
                 print(f"| {os.path.basename(model)} | {t} | {test} | {qm:.1f} ({min(q[test]):.1f}-{max(q[test]):.1f}) "
-                      f"| {lm:.1f} ({min(l[test]):.1f}-{max(l[test]):.1f}) | {qm / lm:.2f} |", flush=True)
-    print(f"\nllama.cpp build commit: {commit}; {args.rounds} alternating rounds per row.")
+                      f"| {lm:.1f} ({min(l[test]):.1f}-{max(l[test]):.1f}) | {qm / lm:.2f} | {frac} |", flush=True)
+    print(f"\nllama.cpp build commit: {commit}; {args.rounds} alternating rounds per row. "
+          f"Bandwidth share: bytes read per generated token (weights + mean KV) x t/s / "
+          f"measured read bandwidth {bw} GB/s.")
 
 
 if __name__ == "__main__":

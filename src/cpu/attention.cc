@@ -40,6 +40,7 @@ void attention_ref(const AttnTask& t, float* scores) {
 
 AttnFn attention_kernel(Isa isa, int32_t head_dim) {
   if (isa == Isa::Avx512 && head_dim % 16 == 0 && head_dim <= 256) return avx512::attention;
+  if (isa >= Isa::Avx2 && head_dim % 8 == 0 && head_dim <= 256) return avx2::attention;
   return attention_ref;
 }
 

@@ -34,5 +34,8 @@ AttnFn attention_kernel(Isa isa, int32_t head_dim);
 namespace avx512 {
 void attention(const AttnTask& task, float* scores);  // head_dim % 16 == 0
 }  // namespace avx512
+namespace avx2 {
+void attention(const AttnTask& task, float* scores);  // head_dim % 8 == 0
+}  // namespace avx2
 
 }  // namespace qilin

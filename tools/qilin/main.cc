@@ -326,32 +326,47 @@ int cmd_bench(BenchOpts& o) {
   }
   const LlamaHparams& hp = l->model->hparams();
   const std::string model_name = l->model->gguf().path().substr(l->model->gguf().path().rfind('/') + 1);
-  struct Row { std::string test; Summary s; std::vector<double> runs; };
+  // Bytes a generated token reads: every weight once (a tied output head re-reads the
+  // embedding table, which weight_bytes counts once) plus the K and V of the context, on
+  // average n_gen / 2 positions long in the tg test.
+  const double kv_bytes = 2.0 * hp.n_layer * hp.n_head_kv * hp.head_dim * sizeof(float) *
+                          (o.n_gen / 2.0);
+  const double bytes_per_token = static_cast<double>(l->model->weight_bytes()) + kv_bytes;
+  struct Row { std::string test; Summary s; std::vector<double> runs; double gbps; };
   std::vector<Row> rows;
-  if (!pp.empty()) rows.push_back({"pp" + std::to_string(o.n_prompt), summarize(pp), pp});
-  if (!tg.empty()) rows.push_back({"tg" + std::to_string(o.n_gen), summarize(tg), tg});
+  if (!pp.empty()) rows.push_back({"pp" + std::to_string(o.n_prompt), summarize(pp), pp, 0.0});
+  if (!tg.empty()) {
+    Summary s = summarize(tg);
+    rows.push_back({"tg" + std::to_string(o.n_gen), s, tg, s.median * bytes_per_token / 1e9});
+  }
   if (o.output == "json") {
     nlohmann::json j;
     j["model"] = model_name;
     j["weights_bytes"] = l->model->weight_bytes();
-    j["n_params_layers"] = hp.n_layer;
+    j["n_layer"] = hp.n_layer;
     j["threads"] = o.c.threads;
     j["isa"] = isa_name(cpu_best_isa());
     j["repetitions"] = o.reps;
     for (const Row& r : rows) {
-      j["results"].push_back({{"test", r.test}, {"t_s_median", r.s.median}, {"t_s_mean", r.s.mean},
-                              {"t_s_stddev", r.s.stddev}, {"t_s_min", r.s.min},
-                              {"t_s_max", r.s.max}, {"runs", r.runs}});
+      nlohmann::json e = {{"test", r.test}, {"t_s_median", r.s.median}, {"t_s_mean", r.s.mean},
+                           {"t_s_stddev", r.s.stddev}, {"t_s_min", r.s.min},
+                           {"t_s_max", r.s.max}, {"runs", r.runs}};
+      if (r.gbps > 0) {
+        e["bytes_per_token"] = bytes_per_token;
+        e["read_gb_s"] = r.gbps;
+      }
+      j["results"].push_back(e);
     }
     std::printf("%s\n", j.dump(2).c_str());
   } else {
-    std::printf("| model | size | threads | isa | test | t/s (median) | ± stddev | min | max |\n");
-    std::printf("| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |\n");
+    std::printf("| model | size | threads | isa | test | t/s (median) | ± stddev | min | max | "
+                "GB/s read |\n");
+    std::printf("| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |\n");
     for (const Row& r : rows) {
-      std::printf("| %s | %.1f MiB | %d | %s | %s | %.2f | %.2f | %.2f | %.2f |\n",
+      std::printf("| %s | %.1f MiB | %d | %s | %s | %.2f | %.2f | %.2f | %.2f | %s |\n",
                   model_name.c_str(), l->model->weight_bytes() / 1048576.0, o.c.threads,
                   isa_name(cpu_best_isa()), r.test.c_str(), r.s.median, r.s.stddev, r.s.min,
-                  r.s.max);
+                  r.s.max, r.gbps > 0 ? std::to_string(r.gbps).substr(0, 5).c_str() : "");
     }
   }
   return 0;
