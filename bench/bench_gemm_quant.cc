@@ -52,7 +52,8 @@ void bm_gemm(benchmark::State& state, DType wt, Isa isa, Shape s, Calls calls) {
   std::vector<uint8_t> w(w_row * s.rows), a(a_row * kTokens);
   const std::vector<float> wf = random_floats(s.rows * n, 1);
   const std::vector<float> af = random_floats(kTokens * n, 2);
-  for (int64_t r = 0; r < s.rows; ++r) quantize_row_ref(wt, wf.data() + r * n, w.data() + r * w_row, n);
+  for (int64_t r = 0; r < s.rows; ++r)
+    quantize_row_ref(wt, wf.data() + r * n, w.data() + r * w_row, n);
   for (int64_t t = 0; t < kTokens; ++t) k->quantize_act(af.data() + t * n, a.data() + t * a_row, n);
   std::vector<float> c(static_cast<size_t>(s.rows * kTokens));
   const GemmFn gemm = gemm_kernel(wt, isa);
@@ -90,8 +91,8 @@ int register_all() {
         for (Calls calls : kCalls) {
           const std::string name = std::string("GemmQuant/") + isa_name(isa) + "/" +
                                    dtype_name(wt) + "/" + std::to_string(s.rows) + "x" +
-                                   std::to_string(s.cols) + "x" + std::to_string(kTokens) +
-                                   "/" + calls.name;
+                                   std::to_string(s.cols) + "x" + std::to_string(kTokens) + "/" +
+                                   calls.name;
           benchmark::RegisterBenchmark(name.c_str(), bm_gemm, wt, isa, s, calls)
               ->Unit(benchmark::kMillisecond)
               ->ComputeStatistics("min", min_of);

@@ -1,5 +1,5 @@
 // Tiled kernels for Q4_0, Q4_1 and Q8_0 weights: picks the per-ISA gemm, and holds the ISA-free
-// parts of the packed layout (group plan, scalar tail packing; see gemm_quant_impl.h). No scalar
+// parts of the packed layout (group plan, tail gather offsets; see gemm_quant_impl.h). No scalar
 // tile: the caller's vec_dot-per-pair fallback is already the scalar reference.
 // NOTE: shared helpers live here, compiled without ISA flags, rather than inline in the header:
 // an inline function compiled into both an AVX-512 and an AVX2 file may be merged by the linker

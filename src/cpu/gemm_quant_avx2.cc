@@ -117,8 +117,8 @@ inline void pack_q4_group(const uint8_t* qs, size_t stride, uint8_t* dst) {
 // Block headers (first 4 bytes: d low, Q4_1's m / Q8_1's s high) as floats.
 inline void split_headers(__m256i h, __m256* d, __m256* x) {
   // packus per 128-bit lane: [d0..3 x0..3 | d4..7 x4..7]; then gather the 64-bit quarters.
-  const __m256i p = _mm256_packus_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0xffff)),
-                                        _mm256_srli_epi32(h, 16));
+  const __m256i p =
+      _mm256_packus_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0xffff)), _mm256_srli_epi32(h, 16));
   const __m256i q = _mm256_permute4x64_epi64(p, _MM_SHUFFLE(3, 1, 2, 0));
   *d = _mm256_cvtph_ps(_mm256_castsi256_si128(q));
   *x = _mm256_cvtph_ps(_mm256_extracti128_si256(q, 1));
@@ -126,9 +126,8 @@ inline void split_headers(__m256i h, __m256* d, __m256* x) {
 
 // The headers of 8 consecutive blocks.
 inline void load_headers(const uint8_t* blocks, size_t stride, __m256* d, __m256* x) {
-  const __m256i idx =
-      _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                         _mm256_set1_epi32(static_cast<int>(stride)));
+  const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                         _mm256_set1_epi32(static_cast<int>(stride)));
   split_headers(_mm256_i32gather_epi32(reinterpret_cast<const int*>(blocks), idx, 1), d, x);
 }
 
@@ -172,7 +171,8 @@ void pack_tail(const TailGather& g, const uint8_t* src, uint8_t* dst) {
   __m256i sum = zero;
   for (int k = 0; k < g.steps; ++k) {
     __m256i v = _mm256_mask_i32gather_epi32(zero, base, g.offset[k], g.valid, 1);
-    if constexpr (kQ4) v = _mm256_and_si256(_mm256_srlv_epi32(v, g.shift[k]), _mm256_set1_epi8(0x0f));
+    if constexpr (kQ4)
+      v = _mm256_and_si256(_mm256_srlv_epi32(v, g.shift[k]), _mm256_set1_epi8(0x0f));
     store(dst + k * kVec, v);
     if constexpr (kCorr != 0) sum = _mm256_add_epi32(sum, dot_bytes(_mm256_set1_epi8(1), v));
   }
@@ -208,8 +208,7 @@ void pack_weight_row(const GroupPlan& plan, const TailGather& tail, const uint8_
 }
 
 template <Kind K>
-void pack_act_row(const GroupPlan& plan, const TailGather& tail, const uint8_t* src,
-                  uint8_t* dst) {
+void pack_act_row(const GroupPlan& plan, const TailGather& tail, const uint8_t* src, uint8_t* dst) {
   using T = Traits<K>;
   for (int64_t g = 0; g < plan.n_full; ++g, src += kLanes * T::kABytes, dst += plan.full_bytes) {
     __m256i v[8];
@@ -264,7 +263,8 @@ inline __attribute__((always_inline)) void group_step(int steps, const uint8_t* 
     }
   }
   __m256 dw[R];
-  for (int r = 0; r < R; ++r) dw[r] = _mm256_loadu_ps(reinterpret_cast<const float*>(w + r * ws + steps * kVec));
+  for (int r = 0; r < R; ++r)
+    dw[r] = _mm256_loadu_ps(reinterpret_cast<const float*>(w + r * ws + steps * kVec));
   for (int t = 0; t < T; ++t) {
     const __m256 da = _mm256_loadu_ps(reinterpret_cast<const float*>(a + t * as + steps * kVec));
     __m256i corr = _mm256_setzero_si256();
@@ -278,9 +278,11 @@ inline __attribute__((always_inline)) void group_step(int steps, const uint8_t* 
   }
   if constexpr (K == Kind::Q4_1) {
     for (int t = 0; t < T; ++t) {
-      const __m256 s = _mm256_loadu_ps(reinterpret_cast<const float*>(a + t * as + (steps + 1) * kVec));
+      const __m256 s =
+          _mm256_loadu_ps(reinterpret_cast<const float*>(a + t * as + (steps + 1) * kVec));
       for (int r = 0; r < R; ++r) {
-        const __m256 m = _mm256_loadu_ps(reinterpret_cast<const float*>(w + r * ws + (steps + 1) * kVec));
+        const __m256 m =
+            _mm256_loadu_ps(reinterpret_cast<const float*>(w + r * ws + (steps + 1) * kVec));
         acc[r][t] = _mm256_fmadd_ps(m, s, acc[r][t]);
       }
     }
@@ -294,8 +296,8 @@ inline float hsum(__m256 v) {
 }
 
 template <Kind K, int R, int T>
-void tile(const GroupPlan& plan, const uint8_t* w, size_t ws, const uint8_t* a, size_t as,
-          float* c, int64_t ldc) {
+void tile(const GroupPlan& plan, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* c,
+          int64_t ldc) {
   __m256 acc[R][T];
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
@@ -324,8 +326,8 @@ TileFn edge_tile(int rows, int toks) {
 
 // Token slices outermost, as in the AVX-512 file.
 template <Kind K>
-void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
-          size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
+void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a, size_t a_stride,
+          int64_t n_tok, float* c, int64_t ldc) {
   using Tr = Traits<K>;
   const GroupPlan plan = gemm_quant::plan_groups(n, kLanes);
   TailGather w_tail, a_tail;
@@ -340,7 +342,8 @@ void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void*
   uint8_t* pw = scratch(1, pb * static_cast<size_t>(std::min(n_rows, kRowSlice)));
   for (int64_t t0 = 0; t0 < n_tok; t0 += kTokSlice) {
     const int64_t nt = std::min(kTokSlice, n_tok - t0);
-    for (int64_t t = 0; t < nt; ++t) pack_act_row<K>(plan, a_tail, ab + (t0 + t) * a_stride, pa + t * pb);
+    for (int64_t t = 0; t < nt; ++t)
+      pack_act_row<K>(plan, a_tail, ab + (t0 + t) * a_stride, pa + t * pb);
     for (int64_t r0 = 0; r0 < n_rows; r0 += kRowSlice) {
       const int64_t nr = std::min(kRowSlice, n_rows - r0);
       for (int64_t r = 0; r < nr; ++r) {

@@ -89,7 +89,8 @@ inline void transpose_q8_group(const uint8_t* qs, size_t stride, __m512i* out) {
   __m512i lo[4], hi[4];
   for (int j = 0; j < 4; ++j) {
     const __m512i x0 = _mm512_inserti64x4(
-        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + j * stride))),
+        _mm512_castsi256_si512(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + j * stride))),
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + (4 + j) * stride)), 1);
     const __m512i x1 = _mm512_inserti64x4(
         _mm512_castsi256_si512(
@@ -131,9 +132,9 @@ inline void pack_q4_group(const uint8_t* qs, size_t stride, uint8_t* dst) {
 // The first 4 bytes of 16 blocks: the f16 scale d in the low half, Q4_1's m / Q8_1's s in the
 // high half. One gather instead of 32 scalar loads.
 inline __m512i gather_headers(const uint8_t* blocks, size_t stride) {
-  const __m512i idx = _mm512_mullo_epi32(
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-      _mm512_set1_epi32(static_cast<int>(stride)));
+  const __m512i idx =
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(static_cast<int>(stride)));
   return _mm512_i32gather_epi32(idx, blocks, 1);
 }
 inline __m512 low_f16(__m512i h) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)); }
@@ -171,7 +172,8 @@ void pack_tail(const TailGather& g, const uint8_t* src, uint8_t* dst) {
   __m512i sum = zero;
   for (int k = 0; k < g.steps; ++k) {
     __m512i v = _mm512_mask_i32gather_epi32(zero, g.valid, g.offset[k], src, 1);
-    if constexpr (kQ4) v = _mm512_and_si512(_mm512_srlv_epi32(v, g.shift[k]), _mm512_set1_epi8(0x0f));
+    if constexpr (kQ4)
+      v = _mm512_and_si512(_mm512_srlv_epi32(v, g.shift[k]), _mm512_set1_epi8(0x0f));
     if constexpr (kXor != 0) v = _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(kXor)));
     store(dst + k * kVec, v);
     if constexpr (kCorr != 0) sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi8(1), v);
@@ -207,8 +209,7 @@ void pack_weight_row(const GroupPlan& plan, const TailGather& tail, const uint8_
 }
 
 template <Kind K>
-void pack_act_row(const GroupPlan& plan, const TailGather& tail, const uint8_t* src,
-                  uint8_t* dst) {
+void pack_act_row(const GroupPlan& plan, const TailGather& tail, const uint8_t* src, uint8_t* dst) {
   using T = Traits<K>;
   for (int64_t g = 0; g < plan.n_full; ++g, src += kLanes * T::kABytes, dst += plan.full_bytes) {
     __m512i v[8];
@@ -253,16 +254,15 @@ inline __attribute__((always_inline)) void group_step(int steps, const uint8_t* 
   for (int t = 0; t < T; ++t) {
     const __m512 da = _mm512_loadu_ps(a + t * as + steps * kVec);
     for (int r = 0; r < R; ++r) {
-      acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r][t]), _mm512_mul_ps(dw[r], da),
-                                  acc[r][t]);
+      acc[r][t] =
+          _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r][t]), _mm512_mul_ps(dw[r], da), acc[r][t]);
     }
   }
   if constexpr (K == Kind::Q4_1) {
     for (int t = 0; t < T; ++t) {
       const __m512 s = _mm512_loadu_ps(a + t * as + (steps + 1) * kVec);
       for (int r = 0; r < R; ++r) {
-        acc[r][t] = _mm512_fmadd_ps(_mm512_loadu_ps(w + r * ws + (steps + 1) * kVec), s,
-                                    acc[r][t]);
+        acc[r][t] = _mm512_fmadd_ps(_mm512_loadu_ps(w + r * ws + (steps + 1) * kVec), s, acc[r][t]);
       }
     }
   }
@@ -275,8 +275,8 @@ inline __m128 sum_to_128(__m512 v) {
 
 // c[t * ldc + r] = dot(packed weight row r, packed token t) for r < R, t < T.
 template <Kind K, int R, int T>
-void tile(const GroupPlan& plan, const uint8_t* w, size_t ws, const uint8_t* a, size_t as,
-          float* c, int64_t ldc) {
+void tile(const GroupPlan& plan, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* c,
+          int64_t ldc) {
   __m512 acc[R][T];
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
@@ -314,8 +314,8 @@ TileFn edge_tile(int rows, int toks) {
 // Token slices outermost: each slice's activations are packed once and reused by every row;
 // each row slice is packed once per token slice and then stays in L1/L2 across the slice.
 template <Kind K>
-void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
-          size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
+void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a, size_t a_stride,
+          int64_t n_tok, float* c, int64_t ldc) {
   using Tr = Traits<K>;
   const GroupPlan plan = gemm_quant::plan_groups(n, kLanes);
   TailGather w_tail, a_tail;
@@ -330,7 +330,8 @@ void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void*
   uint8_t* pw = scratch(1, pb * static_cast<size_t>(std::min(n_rows, kRowSlice)));
   for (int64_t t0 = 0; t0 < n_tok; t0 += kTokSlice) {
     const int64_t nt = std::min(kTokSlice, n_tok - t0);
-    for (int64_t t = 0; t < nt; ++t) pack_act_row<K>(plan, a_tail, ab + (t0 + t) * a_stride, pa + t * pb);
+    for (int64_t t = 0; t < nt; ++t)
+      pack_act_row<K>(plan, a_tail, ab + (t0 + t) * a_stride, pa + t * pb);
     for (int64_t r0 = 0; r0 < n_rows; r0 += kRowSlice) {
       const int64_t nr = std::min(kRowSlice, n_rows - r0);
       for (int64_t r = 0; r < nr; ++r) {

@@ -117,7 +117,8 @@ double abs_terms(const Operands& o, int64_t r, int64_t t) {
     const Block ab = read_block(o.at, block_at(o.a, o.a_stride, t, o.at, b));
     double q = 0.0;
     for (int j = 0; j < kQK; ++j) q += std::abs(wb.q[j] * ab.q[j]);
-    s += std::fabs(static_cast<double>(wb.d) * ab.d) * q + std::fabs(static_cast<double>(wb.x) * ab.x);
+    s += std::fabs(static_cast<double>(wb.d) * ab.d) * q +
+         std::fabs(static_cast<double>(wb.x) * ab.x);
   }
   return s;
 }
@@ -159,8 +160,8 @@ std::vector<float> run(GemmFn gemm, const Operands& o, int64_t ldc) {
 
 std::vector<float> run_ref(const Operands& o, int64_t ldc) {
   std::vector<float> c(static_cast<size_t>(ldc * o.n_tok), kSentinel);
-  gemm_ref(*matmul_kernels(o.wt, Isa::Scalar), o.n, o.w.data(), o.w_stride, o.n_rows,
-           o.a.data(), o.a_stride, o.n_tok, c.data(), ldc);
+  gemm_ref(*matmul_kernels(o.wt, Isa::Scalar), o.n, o.w.data(), o.w_stride, o.n_rows, o.a.data(),
+           o.a_stride, o.n_tok, c.data(), ldc);
   return c;
 }
 
@@ -175,8 +176,7 @@ int expect_matches_ref(GemmFn gemm, const Operands& o) {
   for (int64_t t = 0; t < o.n_tok; ++t) {
     for (int64_t r = 0; r < ldc; ++r) {
       const float g = got[t * ldc + r], e = want[t * ldc + r];
-      const bool ok =
-          r < o.n_rows ? within_bound(g, e, abs_terms(o, r, t), o.n) : g == kSentinel;
+      const bool ok = r < o.n_rows ? within_bound(g, e, abs_terms(o, r, t), o.n) : g == kSentinel;
       if (!ok && ++bad <= 3) {
         ADD_FAILURE() << "t=" << t << " r=" << r << " got " << g << " want " << e;
       }
@@ -223,8 +223,8 @@ TEST(GemmQuant, MatchesReferenceOnRandomData) {
         const std::vector<float> af = random_floats(33 * n, rng);
         for (int64_t n_rows : row_counts) {
           for (int64_t n_tok : tok_counts) {
-            SCOPED_TRACE(label(wt, isa) + " n=" + std::to_string(n) + " rows=" +
-                         std::to_string(n_rows) + " toks=" + std::to_string(n_tok));
+            SCOPED_TRACE(label(wt, isa) + " n=" + std::to_string(n) +
+                         " rows=" + std::to_string(n_rows) + " toks=" + std::to_string(n_tok));
             checked += expect_matches_ref(gemm, make_random(wt, isa, n, n_rows, n_tok, wf, af));
           }
         }
@@ -272,7 +272,8 @@ void fill_exact(Operands& o, std::mt19937& rng) {
           const uint16_t m = fp32_to_fp16(static_cast<float>(mins(rng)));
           std::memcpy(p + 2, &m, 2);
         }
-        for (int j = 0; j < kQK / 2; ++j) p[qs + j] = static_cast<uint8_t>(nib(rng) | nib(rng) << 4);
+        for (int j = 0; j < kQK / 2; ++j)
+          p[qs + j] = static_cast<uint8_t>(nib(rng) | nib(rng) << 4);
       }
     }
   }
