@@ -13,10 +13,6 @@
 namespace qilin {
 namespace {
 constexpr int64_t kRowChunk = 16;  // weight rows kept hot while iterating tokens (vec_dot path)
-// gemm path: a 64-row weight chunk (23 KB of Q4_1 at n = 576) stays in L1/L2 while every
-// token tile of 64 activation rows streams past it.
-constexpr int64_t kGemmRows = 64;
-constexpr int64_t kGemmTokens = 64;
 }  // namespace
 
 size_t matmul_scratch_bytes(DType weight_type, int64_t n_in, int64_t n_tokens) {
@@ -68,14 +64,10 @@ void matmul_group(ThreadPool& pool, const WeightView* w, int n_w, const float* x
       float* yi = y[i];
       const int64_t n_out = wi.n_out;
       if (gemm) {
-        for (int64_t rc = r0; rc < r1; rc += kGemmRows) {
-          const int64_t nr = std::min(kGemmRows, r1 - rc);
-          for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemmTokens) {
-            const int64_t nt = std::min(kGemmTokens, n_tokens - t0);
-            gemm(n_in, wi.data + rc * wi.row_bytes, wi.row_bytes, nr, act + t0 * act_bytes,
-                 act_bytes, nt, yi + t0 * n_out + rc, n_out);
-          }
-        }
+        // One call for the thread's whole row range and every token: the kernels tile for the
+        // cache themselves and repack each weight block once per call.
+        gemm(n_in, wi.data + r0 * wi.row_bytes, wi.row_bytes, r1 - r0, act, act_bytes, n_tokens,
+             yi + r0, n_out);
         continue;
       }
       for (int64_t rc = r0; rc < r1; rc += kRowChunk) {
