@@ -7,13 +7,18 @@ spreads (min-max) and the Qilin/llama.cpp ratio. llama.cpp is built outside this
 (the llama-cpp-python sdist from PyPI vendors its source; see docs/benchmarks.md).
 
     python3 bench/compare_llama.py --qilin build/qilin --llama-bench /path/to/llama-bench \\
-        --model models/SmolLM2-135M-Instruct.Q4_1.gguf --threads 1 2 --rounds 5
+        --model models/SmolLM2-135M-Instruct.Q4_1.gguf --threads 1 2 --rounds 5 \\
+        --bandwidth 1=38 2=40 --write docs/benchmarks.md
+
+With --write, the table replaces the text between the markers
+<!-- compare_llama:begin --> and <!-- compare_llama:end --> in that file.
 """
 import argparse
 import json
 import os
 import statistics
 import subprocess
+import sys
 
 
 def run_json(cmd):
@@ -53,15 +58,22 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("-p", "--n-prompt", type=int, default=512)
     ap.add_argument("-n", "--n-gen", type=int, default=128)
+    ap.add_argument("--write", help="markdown file whose marked section gets the table")
     ap.add_argument("--bandwidth", nargs="*", default=[],
                     help="measured read bandwidth per thread count, e.g. 1=21.5 2=34.0 (GB/s), "
                          "from build/bench/qilin_bench --benchmark_filter=Bandwidth")
     args = ap.parse_args()
+    ap_write = args.write
     bw = {int(k): float(v) for k, v in (x.split("=") for x in args.bandwidth)}
+    lines = []
 
-    print("| model | threads | test | Qilin t/s (median, min-max) | llama.cpp t/s (median, min-max) "
-          "| ratio | Qilin / llama.cpp share of read bandwidth |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    def emit(line):
+        print(line, flush=True)
+        lines.append(line)
+
+    emit("| model | threads | test | Qilin t/s (median, min-max) | llama.cpp t/s (median, min-max) "
+         "| ratio | Qilin / llama.cpp share of read bandwidth |")
+    emit("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     commit = "?"
     for model in args.model:
         for t in args.threads:
@@ -80,11 +92,24 @@ def main():
                 if test.startswith("tg") and t in bw and model in BYTES_PER_TOKEN:
                     b = BYTES_PER_TOKEN[model] / 1e9
                     frac = f"{qm * b / bw[t]:.0%} / {lm * b / bw[t]:.0%}"
-                print(f"| {os.path.basename(model)} | {t} | {test} | {qm:.1f} ({min(q[test]):.1f}-{max(q[test]):.1f}) "
-                      f"| {lm:.1f} ({min(l[test]):.1f}-{max(l[test]):.1f}) | {qm / lm:.2f} | {frac} |", flush=True)
-    print(f"\nllama.cpp build commit: {commit}; {args.rounds} alternating rounds per row. "
-          f"Bandwidth share: bytes read per generated token (weights + mean KV) x t/s / "
-          f"measured read bandwidth {bw} GB/s.")
+                emit(f"| {os.path.basename(model)} | {t} | {test} | {qm:.1f} ({min(q[test]):.1f}-{max(q[test]):.1f}) "
+                     f"| {lm:.1f} ({min(l[test]):.1f}-{max(l[test]):.1f}) | {qm / lm:.2f} | {frac} |")
+    emit("")
+    emit(f"llama.cpp build commit: {commit}; {args.rounds} alternating rounds per row. "
+         f"Bandwidth share: bytes read per generated token (weights + mean KV) x t/s / "
+         f"measured read bandwidth {bw} GB/s.")
+    if ap_write:
+        begin, end = "<!-- compare_llama:begin -->", "<!-- compare_llama:end -->"
+        with open(ap_write) as f:
+            doc = f.read()
+        if begin not in doc or end not in doc:
+            sys.exit(f"{ap_write}: markers {begin} / {end} not found")
+        head, rest = doc.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        tmp = ap_write + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(head + begin + "\n" + "\n".join(lines) + "\n" + end + tail)
+        os.replace(tmp, ap_write)
 
 
 if __name__ == "__main__":
