@@ -32,6 +32,17 @@ inline __m512 exp_ps(__m512 x) {
   return _mm512_scalef_ps(p, n);  // p * 2^n
 }
 
+// The four horizontal sums of a[0..3], as one vector {sum a0, sum a1, sum a2, sum a3}.
+inline __m128 reduce4(const __m512 a[4]) {
+  const __m512 a01 = _mm512_add_ps(_mm512_unpacklo_ps(a[0], a[1]), _mm512_unpackhi_ps(a[0], a[1]));
+  const __m512 a23 = _mm512_add_ps(_mm512_unpacklo_ps(a[2], a[3]), _mm512_unpackhi_ps(a[2], a[3]));
+  // Per 128-bit lane now: a01 = {x0+x2, y0+y2, x1+x3, y1+y3} pattern; fold to {s0, s1, s2, s3}.
+  const __m512 b = _mm512_add_ps(_mm512_shuffle_ps(a01, a23, _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm512_shuffle_ps(a01, a23, _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m256 c = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+  return _mm_add_ps(_mm256_castps256_ps128(c), _mm256_extractf128_ps(c, 1));
+}
+
 inline const float* slot_ptr(const AttnTask& t, const float* pool, int32_t p) {
   const int64_t slot =
       static_cast<int64_t>(t.block_table[p / t.block_size]) * t.block_size + p % t.block_size;
@@ -47,7 +58,28 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng, float* scores) {
   for (int32_t g = 0; g < ng; ++g) {
     for (int32_t j = 0; j < nv; ++j) q[g][j] = _mm512_loadu_ps(t.q + (g0 + g) * t.head_dim + 16 * j);
   }
-  for (int32_t p = 0; p < n; ++p) {
+  // Four keys at a time: their four per-head accumulators are reduced together (one
+  // transpose-and-add tree instead of four full horizontal sums).
+  const __m128 scale4 = _mm_set1_ps(t.scale);
+  int32_t p = 0;
+  for (; p + 4 <= n && ng <= 4; p += 4) {
+    const float* kp[4] = {slot_ptr(t, t.k, p), slot_ptr(t, t.k, p + 1), slot_ptr(t, t.k, p + 2),
+                          slot_ptr(t, t.k, p + 3)};
+    __m512 acc[4][4];
+    for (int32_t g = 0; g < ng; ++g) {
+      for (int c = 0; c < 4; ++c) acc[g][c] = _mm512_setzero_ps();
+    }
+    for (int32_t j = 0; j < nv; ++j) {
+      for (int c = 0; c < 4; ++c) {
+        const __m512 kv = _mm512_loadu_ps(kp[c] + 16 * j);
+        for (int32_t g = 0; g < ng; ++g) acc[g][c] = _mm512_fmadd_ps(q[g][j], kv, acc[g][c]);
+      }
+    }
+    for (int32_t g = 0; g < ng; ++g) {
+      _mm_storeu_ps(scores + g * n + p, _mm_mul_ps(reduce4(acc[g]), scale4));
+    }
+  }
+  for (; p < n; ++p) {
     const float* kp = slot_ptr(t, t.k, p);
     __m512 acc[kMaxGroup];
     for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_setzero_ps();
