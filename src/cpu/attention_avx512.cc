@@ -1,36 +1,18 @@
 // AVX-512 attention for one GQA group: each K slot is loaded once and dotted with all n_q
 // query heads held in registers; each V slot is loaded once and accumulated into all n_q
-// outputs. exp() is a vectorised range-reduction + polynomial (about 2 ulp), not libm's.
+// outputs. exp() is vec_avx512.h's polynomial (about 2 ulp), not libm's.
 #include <immintrin.h>
 
 #include <cmath>
 
 #include "cpu/attention.h"
+#include "cpu/vec_avx512.h"
 
 namespace qilin::avx512 {
 namespace {
 
 constexpr int kMaxGroup = 8;   // query heads processed together (larger groups loop)
 constexpr int kMaxVecs = 16;   // head_dim / 16 <= 16
-
-// e^x for x <= 0 (softmax inputs after subtracting the max); underflows to 0 below -87.
-inline __m512 exp_ps(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
-  // x = n ln2 + r, |r| <= ln2/2; ln2 split in two for an exact product (Cody-Waite).
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  // Taylor/minimax polynomial for e^r on [-ln2/2, ln2/2] (Cephes expf coefficients).
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);  // p * 2^n
-}
 
 // The four horizontal sums of a[0..3], as one vector {sum a0, sum a1, sum a2, sum a3}.
 inline __m128 reduce4(const __m512 a[4]) {

@@ -1,6 +1,7 @@
 // RMSNorm, SwiGLU and RoPE: per-row operators, cheap next to the matmuls.
 #include <cmath>
 
+#include "cpu/activation.h"
 #include "ops/ops.h"
 
 namespace qilin {
@@ -13,7 +14,8 @@ void rms_norm(const float* x, const float* w, float* out, int64_t n, float eps) 
 }
 
 void swiglu(const float* g, const float* u, float* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  static const SwigluFn kernel = swiglu_kernel(cpu_best_isa());
+  kernel(g, u, out, n);
 }
 
 void rope(float* x, int32_t n_head, int32_t head_dim, int32_t pos, const RopeParams& p) {

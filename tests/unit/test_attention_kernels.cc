@@ -7,6 +7,7 @@
 #include <numeric>
 #include <random>
 
+#include "cpu/activation.h"
 #include "cpu/attention.h"
 
 namespace qilin {
@@ -79,6 +80,34 @@ TEST(AttentionKernels, EveryIsaMatchesReference) {
           ASSERT_NEAR(got, want, 1e-4) << "head " << g << " dim " << i;
           ASSERT_NEAR(got, ref[g * c.head_dim + i], 1e-4);
         }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace qilin
+
+namespace qilin {
+namespace {
+
+TEST(ActivationKernels, SwigluEveryIsaMatchesDoubleFormula) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 4.0f);
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
+    if (!cpu_supports(isa)) continue;
+    for (int64_t n : {1, 15, 16, 17, 100, 1536}) {
+      std::vector<float> g(n), u(n), out(n);
+      for (int64_t i = 0; i < n; ++i) {
+        g[i] = nd(rng);
+        u[i] = nd(rng);
+      }
+      g[0] = n > 1 ? -100.0f : 100.0f;  // exp overflow / underflow ends
+      swiglu_kernel(isa)(g.data(), u.data(), out.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        const double want = g[i] / (1.0 + std::exp(-double(g[i]))) * u[i];
+        ASSERT_TRUE(std::isfinite(out[i])) << isa_name(isa) << " " << i;
+        ASSERT_NEAR(out[i], want, 1e-6 * (1.0 + std::fabs(want))) << isa_name(isa) << " " << g[i];
       }
     }
   }
