@@ -28,6 +28,27 @@ int32_t argmax(const float* v, int32_t n) {
   return static_cast<int32_t>(std::max_element(v, v + n) - v);
 }
 
+// A generator over `model` with room for the fixtures' prompts and 64 tokens.
+std::unique_ptr<Generator> make_generator(const LlamaModel& model) {
+  GeneratorConfig gc;
+  gc.n_ctx = 512;
+  gc.n_threads = 2;
+  auto g = Generator::create(model, gc);
+  EXPECT_TRUE(g.is_ok()) << g.status().message();
+  return g.is_ok() ? std::move(*g) : nullptr;
+}
+
+// Decodes greedily from the generator's state while it agrees with `want`; returns how many
+// tokens matched (want.size() when all did).
+size_t greedy_prefix(Generator& g, const std::vector<int32_t>& want) {
+  const int32_t n_vocab = g.model().hparams().n_vocab;
+  for (size_t i = 0; i < want.size(); ++i) {
+    int32_t t = argmax(g.logits(), n_vocab);
+    if (t != want[i] || !g.feed(&t, 1).is_ok()) return i;
+  }
+  return want.size();
+}
+
 class ModelGolden : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -51,18 +72,15 @@ class ModelGolden : public ::testing::Test {
 // much. We allow 1.0 per logit (1.5x the max spread), a mean of 0.4 (2.5x the mean spread) and
 // require the same top-1 token; ModelGoldenF32 below checks the same forward pass to 1e-3.
 TEST_F(ModelGolden, LastPositionLogitsMatchLlamaCpp) {
-  GeneratorConfig gc;
-  gc.n_ctx = 512;
-  gc.n_threads = 2;
-  auto g = Generator::create(*model_, gc);
-  ASSERT_TRUE(g.is_ok()) << g.status().message();
+  auto g = make_generator(*model_);
+  ASSERT_NE(g, nullptr);
   const int32_t n_vocab = model_->hparams().n_vocab;
   for (const auto& c : fixture_["cases"]) {
     SCOPED_TRACE(c["prompt"].get<std::string>());
-    (*g)->reset();
+    g->reset();
     std::vector<int32_t> toks = c["tokens"].get<std::vector<int32_t>>();
-    ASSERT_TRUE((*g)->feed(toks).is_ok());
-    const float* logits = (*g)->logits();
+    ASSERT_TRUE(g->feed(toks).is_ok());
+    const float* logits = g->logits();
     const auto ids = c["top_ids"].get<std::vector<int32_t>>();
     const auto ref = c["top_logits"].get<std::vector<float>>();
     for (int32_t i = 0; i < n_vocab; ++i) ASSERT_TRUE(std::isfinite(logits[i])) << "logit " << i;
@@ -93,28 +111,25 @@ TEST_F(ModelGolden, LastPositionLogitsMatchLlamaCpp) {
 constexpr float kDecisive = 0.7f;
 
 TEST_F(ModelGolden, GreedyDecisionsMatchLlamaCppTeacherForced) {
-  GeneratorConfig gc;
-  gc.n_ctx = 512;
-  gc.n_threads = 2;
-  auto g = Generator::create(*model_, gc);
-  ASSERT_TRUE(g.is_ok()) << g.status().message();
+  auto g = make_generator(*model_);
+  ASSERT_NE(g, nullptr);
   const int32_t n_vocab = model_->hparams().n_vocab;
   int decisive = 0, agreed_all = 0, total = 0;
   for (const auto& c : fixture_["cases"]) {
     SCOPED_TRACE(c["prompt"].get<std::string>());
-    (*g)->reset();
-    ASSERT_TRUE((*g)->feed(c["tokens"].get<std::vector<int32_t>>()).is_ok());
+    g->reset();
+    ASSERT_TRUE(g->feed(c["tokens"].get<std::vector<int32_t>>()).is_ok());
     const auto want = c["greedy"].get<std::vector<int32_t>>();
     const auto gap = c["greedy_gap"].get<std::vector<float>>();
     for (size_t i = 0; i < want.size(); ++i) {
-      const int32_t t = argmax((*g)->logits(), n_vocab);
+      const int32_t t = argmax(g->logits(), n_vocab);
       ++total;
       agreed_all += t == want[i];
       if (gap[i] > kDecisive) {
         ++decisive;
         EXPECT_EQ(t, want[i]) << "step " << i << ", llama.cpp's top-2 gap " << gap[i];
       }
-      ASSERT_TRUE((*g)->feed(&want[i], 1).is_ok());
+      ASSERT_TRUE(g->feed(&want[i], 1).is_ok());
     }
   }
   std::printf("  agreed on %d/%d greedy steps (%d decisive steps, all must agree)\n", agreed_all,
@@ -123,28 +138,16 @@ TEST_F(ModelGolden, GreedyDecisionsMatchLlamaCppTeacherForced) {
 }
 
 TEST_F(ModelGolden, FreeRunningGreedyPartsOnlyAtNearTies) {
-  GeneratorConfig gc;
-  gc.n_ctx = 512;
-  gc.n_threads = 2;
-  auto g = Generator::create(*model_, gc);
-  ASSERT_TRUE(g.is_ok()) << g.status().message();
-  const int32_t n_vocab = model_->hparams().n_vocab;
+  auto g = make_generator(*model_);
+  ASSERT_NE(g, nullptr);
   int identical = 0, index = 0;
   for (const auto& c : fixture_["cases"]) {
     SCOPED_TRACE(c["prompt"].get<std::string>());
-    (*g)->reset();
-    ASSERT_TRUE((*g)->feed(c["tokens"].get<std::vector<int32_t>>()).is_ok());
+    g->reset();
+    ASSERT_TRUE(g->feed(c["tokens"].get<std::vector<int32_t>>()).is_ok());
     const auto want = c["greedy"].get<std::vector<int32_t>>();
     const auto gap = c["greedy_gap"].get<std::vector<float>>();
-    size_t first_diff = want.size();
-    for (size_t i = 0; i < want.size(); ++i) {
-      int32_t t = argmax((*g)->logits(), n_vocab);
-      if (t != want[i]) {
-        first_diff = i;
-        break;
-      }
-      ASSERT_TRUE((*g)->feed(&t, 1).is_ok());
-    }
+    const size_t first_diff = greedy_prefix(*g, want);
     size_t first_near_tie = want.size();
     for (size_t i = 0; i < want.size(); ++i) {
       if (gap[i] <= kDecisive) {
@@ -216,20 +219,17 @@ class ModelGoldenF32 : public ::testing::Test {
 std::string* ModelGoldenF32::path_ = nullptr;
 
 TEST_F(ModelGoldenF32, LogitsAndGreedyTextMatchLlamaCpp) {
-  GeneratorConfig gc;
-  gc.n_ctx = 512;
-  gc.n_threads = 2;
-  auto g = Generator::create(*model_, gc);
-  ASSERT_TRUE(g.is_ok()) << g.status().message();
+  auto g = make_generator(*model_);
+  ASSERT_NE(g, nullptr);
   const int32_t n_vocab = model_->hparams().n_vocab;
   int identical = 0, index = 0;
   for (const auto& c : fixture_["cases"]) {
     SCOPED_TRACE(c["prompt"].get<std::string>());
-    (*g)->reset();
-    ASSERT_TRUE((*g)->feed(c["tokens"].get<std::vector<int32_t>>()).is_ok());
+    g->reset();
+    ASSERT_TRUE(g->feed(c["tokens"].get<std::vector<int32_t>>()).is_ok());
     const auto ids = c["top_ids"].get<std::vector<int32_t>>();
     const auto ref = c["top_logits"].get<std::vector<float>>();
-    const float* logits = (*g)->logits();
+    const float* logits = g->logits();
     EXPECT_EQ(argmax(logits, n_vocab), ids[0]);
     float max_err = 0;
     for (size_t i = 0; i < ids.size(); ++i) {
@@ -239,15 +239,7 @@ TEST_F(ModelGoldenF32, LogitsAndGreedyTextMatchLlamaCpp) {
       EXPECT_NEAR(logits[ids[i]], ref[i], 1e-3f) << "token " << ids[i];
     }
     const auto want = c["greedy"].get<std::vector<int32_t>>();
-    size_t first_diff = want.size();
-    for (size_t i = 0; i < want.size(); ++i) {
-      int32_t t = argmax((*g)->logits(), n_vocab);
-      if (t != want[i]) {
-        first_diff = i;
-        break;
-      }
-      ASSERT_TRUE((*g)->feed(&t, 1).is_ok());
-    }
+    const size_t first_diff = greedy_prefix(*g, want);
     std::printf("  prompt %d: max |logit - llama.cpp| %.5f, greedy identical for %zu/%zu\n",
                 index++, max_err, first_diff, want.size());
     identical += first_diff == want.size();
