@@ -2,11 +2,13 @@
 // once to the kernel's vec_dot_type, then each thread takes a range of output rows and, for a
 // chunk of rows at a time, walks every token, so a weight chunk stays in cache across tokens.
 // Several tokens go through the tiled gemm kernel when the ISA has one (cpu/gemm.h); one token
-// (generation) through vec_dot, which streams each weight row exactly once.
+// (generation) through the gemv kernel (cpu/gemv.h), which streams each weight row exactly once
+// and prepares the activation once per call; vec_dot per pair is the fallback for both.
 #include <algorithm>
 
 #include "core/assert.h"
 #include "cpu/gemm.h"
+#include "cpu/gemv.h"
 #include "cpu/quants.h"
 #include "ops/ops.h"
 
@@ -52,9 +54,15 @@ void matmul_group(ThreadPool& pool, const WeightView* w, int n_w, const float* x
   int64_t total = 0;
   for (int i = 0; i < n_w; ++i) total += w[i].n_out;
   const GemmFn gemm = n_tokens > 1 ? gemm_kernel(w[0].type) : nullptr;
+  const GemvFn gemv = n_tokens == 1 ? gemv_kernel(w[0].type) : nullptr;
   pool.run([&](int ith, int nth) {
     int64_t g0, g1;
     split_range(total, ith, nth, &g0, &g1);
+    if (gemv) {
+      // Whole groups of 4 rows per thread where possible: the gemv runs 4 rows at a time.
+      g0 = std::min(total, (g0 + 3) / 4 * 4);
+      g1 = ith == nth - 1 ? total : std::min(total, (g1 + 3) / 4 * 4);
+    }
     int64_t base = 0;
     for (int i = 0; i < n_w; base += w[i].n_out, ++i) {
       const int64_t r0 = std::max(g0 - base, int64_t{0});
@@ -63,6 +71,10 @@ void matmul_group(ThreadPool& pool, const WeightView* w, int n_w, const float* x
       const WeightView& wi = w[i];
       float* yi = y[i];
       const int64_t n_out = wi.n_out;
+      if (gemv) {
+        gemv(n_in, wi.data + r0 * wi.row_bytes, wi.row_bytes, r1 - r0, act, yi + r0);
+        continue;
+      }
       if (gemm) {
         // One call for the thread's whole row range and every token: the kernels tile for the
         // cache themselves and repack each weight block once per call.
