@@ -25,7 +25,7 @@ namespace {
 constexpr int64_t kChunkBlocks = 128;  // activation blocks prepared per pass (4096 elements)
 constexpr int64_t kChunkFloats = 2048;  // float activation elements converted per pass
 constexpr int kRows = 4;
-constexpr int64_t kPrefetchRows = 8;  // software prefetch distance  // weight rows per pass: shares activation loads, 4 independent chains
+constexpr int64_t kPrefetchRows = 16;  // software prefetch distance  // weight rows per pass: shares activation loads, 4 independent chains
 
 inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
 inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
@@ -217,7 +217,12 @@ void quant_rows(const uint8_t* w, size_t ws, int64_t nb, const typename F::Act& 
   __m256 mins[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps(), mins[r] = _mm256_setzero_ps();
   const int64_t full = nb / 4;
+  // The R rows are read side by side, which the hardware prefetchers follow poorly; one linear
+  // software-prefetch cursor walks the rows kPrefetchRows ahead at the same pace instead.
+  const char* pf = reinterpret_cast<const char*>(w) + kPrefetchRows * ws;
   for (int64_t g = 0; g < full; ++g) {
+    for (size_t o = 0; o < R * 4 * F::kBytes; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
+    pf += R * 4 * F::kBytes;
     for (int r = 0; r < R; ++r) F::group(w + r * ws + 4 * g * F::kBytes, a, g, acc[r], mins[r]);
   }
   if (const int rem = static_cast<int>(nb % 4)) {
@@ -280,12 +285,15 @@ void float_rows(const uint8_t* w, size_t ws, int64_t n, const float* a, float* y
     row[r] = reinterpret_cast<const T*>(w + r * ws);
     acc0[r] = _mm512_setzero_ps(), acc1[r] = _mm512_setzero_ps();
   }
+  // The R rows are read side by side, which the hardware prefetchers follow poorly; one linear
+  // software-prefetch cursor walks the rows kPrefetchRows ahead at the same pace instead.
+  const char* pf = reinterpret_cast<const char*>(w) + kPrefetchRows * ws;
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
     const __m512 a0 = _mm512_loadu_ps(a + i), a1 = _mm512_loadu_ps(a + i + 16);
+    for (size_t o = 0; o < R * 32 * sizeof(T); o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
+    pf += R * 32 * sizeof(T);
     for (int r = 0; r < R; ++r) {
-      const char* pf = reinterpret_cast<const char*>(row[r] + i) + kPrefetchRows * ws;
-      for (size_t o = 0; o < 32 * sizeof(T); o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
       acc0[r] = _mm512_fmadd_ps(L::load(row[r] + i), a0, acc0[r]);
       acc1[r] = _mm512_fmadd_ps(L::load(row[r] + i + 16), a1, acc1[r]);
     }
