@@ -212,17 +212,20 @@ struct Q8 {
 // after the first).
 template <class F, int R>
 void quant_rows(const uint8_t* w, size_t ws, int64_t nb, const typename F::Act& a, float* y,
-                bool add) {
+                bool add, const char* pf_end) {
   __m512 acc[R];
   __m256 mins[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps(), mins[r] = _mm256_setzero_ps();
   const int64_t full = nb / 4;
   // The R rows are read side by side, which the hardware prefetchers follow poorly; one linear
-  // software-prefetch cursor walks the rows kPrefetchRows ahead at the same pace instead.
+  // software-prefetch cursor walks the rows kPrefetchRows ahead at the same pace instead,
+  // stopping at pf_end (the end of the call's matrix: prefetching past it is wasted traffic).
   const char* pf = reinterpret_cast<const char*>(w) + kPrefetchRows * ws;
   for (int64_t g = 0; g < full; ++g) {
-    for (size_t o = 0; o < R * 4 * F::kBytes; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
-    pf += R * 4 * F::kBytes;
+    if (pf < pf_end) {
+      for (size_t o = 0; o < R * 4 * F::kBytes; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
+      pf += R * 4 * F::kBytes;
+    }
     for (int r = 0; r < R; ++r) F::group(w + r * ws + 4 * g * F::kBytes, a, g, acc[r], mins[r]);
   }
   if (const int rem = static_cast<int>(nb % 4)) {
@@ -245,11 +248,12 @@ void gemv_quant(int64_t n, const void* w, size_t ws, int64_t n_rows, const void*
     const int64_t cn = std::min(kChunkBlocks, nb - c0);
     F::prepare(static_cast<const typename F::BY*>(a) + c0, cn, act);
     const uint8_t* wc = static_cast<const uint8_t*>(w) + c0 * F::kBytes;
+    const char* end = reinterpret_cast<const char*>(wc) + n_rows * ws;
     int64_t r = 0;
     for (; r + kRows <= n_rows; r += kRows) {
-      quant_rows<F, kRows>(wc + r * ws, ws, cn, act, y + r, c0 > 0);
+      quant_rows<F, kRows>(wc + r * ws, ws, cn, act, y + r, c0 > 0, end);
     }
-    for (; r < n_rows; ++r) quant_rows<F, 1>(wc + r * ws, ws, cn, act, y + r, c0 > 0);
+    for (; r < n_rows; ++r) quant_rows<F, 1>(wc + r * ws, ws, cn, act, y + r, c0 > 0, end);
   }
 }
 
@@ -277,7 +281,8 @@ struct LoadF32 {
 
 // R rows x n columns against an f32 activation; two accumulators per row (2R chains).
 template <class L, int R>
-void float_rows(const uint8_t* w, size_t ws, int64_t n, const float* a, float* y, bool add) {
+void float_rows(const uint8_t* w, size_t ws, int64_t n, const float* a, float* y, bool add,
+                const char* pf_end) {
   using T = typename L::T;
   const T* row[R];
   __m512 acc0[R], acc1[R];
@@ -286,13 +291,16 @@ void float_rows(const uint8_t* w, size_t ws, int64_t n, const float* a, float* y
     acc0[r] = _mm512_setzero_ps(), acc1[r] = _mm512_setzero_ps();
   }
   // The R rows are read side by side, which the hardware prefetchers follow poorly; one linear
-  // software-prefetch cursor walks the rows kPrefetchRows ahead at the same pace instead.
+  // software-prefetch cursor walks the rows kPrefetchRows ahead at the same pace instead,
+  // stopping at pf_end (the end of the call's matrix: prefetching past it is wasted traffic).
   const char* pf = reinterpret_cast<const char*>(w) + kPrefetchRows * ws;
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
     const __m512 a0 = _mm512_loadu_ps(a + i), a1 = _mm512_loadu_ps(a + i + 16);
-    for (size_t o = 0; o < R * 32 * sizeof(T); o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
-    pf += R * 32 * sizeof(T);
+    if (pf < pf_end) {
+      for (size_t o = 0; o < R * 32 * sizeof(T); o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
+      pf += R * 32 * sizeof(T);
+    }
     for (int r = 0; r < R; ++r) {
       acc0[r] = _mm512_fmadd_ps(L::load(row[r] + i), a0, acc0[r]);
       acc1[r] = _mm512_fmadd_ps(L::load(row[r] + i + 16), a1, acc1[r]);
@@ -316,9 +324,12 @@ void float_rows(const uint8_t* w, size_t ws, int64_t n, const float* a, float* y
 template <class L>
 void float_chunk(int64_t n, const uint8_t* w, size_t ws, int64_t n_rows, const float* a, float* y,
                  bool add) {
+  const char* end = reinterpret_cast<const char*>(w) + n_rows * ws;
   int64_t r = 0;
-  for (; r + kRows <= n_rows; r += kRows) float_rows<L, kRows>(w + r * ws, ws, n, a, y + r, add);
-  for (; r < n_rows; ++r) float_rows<L, 1>(w + r * ws, ws, n, a, y + r, add);
+  for (; r + kRows <= n_rows; r += kRows) {
+    float_rows<L, kRows>(w + r * ws, ws, n, a, y + r, add, end);
+  }
+  for (; r < n_rows; ++r) float_rows<L, 1>(w + r * ws, ws, n, a, y + r, add, end);
 }
 
 // F16 / BF16: the activation (same type as the weight) is widened to f32 once per chunk, so each
