@@ -38,18 +38,32 @@ inline __m256 exp_ps(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-inline const float* slot_ptr(const AttnTask& t, const float* pool, int32_t p) {
-  const int64_t slot =
-      static_cast<int64_t>(t.block_table[p / t.block_size]) * t.block_size + p % t.block_size;
-  return pool + slot * t.slot_elems + t.head_offset;
-}
+// Walks positions 0, 1, 2, ... of a sequence through its block table without a division per
+// position (block_size is a run-time value, and an integer divide per key cost more than the
+// key's arithmetic).
+struct SlotCursor {
+  const AttnTask& t;
+  const float* pool;
+  int32_t block = 0;
+  int32_t offset = 0;
+  const float* next() {
+    const float* p = pool + (static_cast<int64_t>(t.block_table[block]) * t.block_size + offset) *
+                                t.slot_elems + t.head_offset;
+    if (++offset == t.block_size) {
+      offset = 0;
+      ++block;
+    }
+    return p;
+  }
+};
 
 void attend_group(const AttnTask& t, int32_t g0, int32_t ng, float* scores) {
   const int32_t nv = t.head_dim / 8;
   const int32_t n = t.n_ctx;
   const float* qg = t.q + static_cast<int64_t>(g0) * t.head_dim;
+  SlotCursor keys{t, t.k};
   for (int32_t p = 0; p < n; ++p) {
-    const float* kp = slot_ptr(t, t.k, p);
+    const float* kp = keys.next();
     __m256 acc[kMaxGroup];
     for (int32_t g = 0; g < ng; ++g) acc[g] = _mm256_setzero_ps();
     for (int32_t j = 0; j < nv; ++j) {
@@ -84,8 +98,9 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng, float* scores) {
   for (int32_t g = 0; g < ng; ++g) {
     for (int32_t j = 0; j < nv; ++j) o[g][j] = _mm256_setzero_ps();
   }
+  SlotCursor values{t, t.v};
   for (int32_t p = 0; p < n; ++p) {
-    const float* vp = slot_ptr(t, t.v, p);
+    const float* vp = values.next();
     for (int32_t j = 0; j < nv; ++j) {
       const __m256 vv = _mm256_loadu_ps(vp + 8 * j);
       for (int32_t g = 0; g < ng; ++g) {

@@ -25,11 +25,24 @@ inline __m128 reduce4(const __m512 a[4]) {
   return _mm_add_ps(_mm256_castps256_ps128(c), _mm256_extractf128_ps(c, 1));
 }
 
-inline const float* slot_ptr(const AttnTask& t, const float* pool, int32_t p) {
-  const int64_t slot =
-      static_cast<int64_t>(t.block_table[p / t.block_size]) * t.block_size + p % t.block_size;
-  return pool + slot * t.slot_elems + t.head_offset;
-}
+// Walks positions 0, 1, 2, ... of a sequence through its block table without a division per
+// position (block_size is a run-time value, and an integer divide per key cost more than the
+// key's arithmetic).
+struct SlotCursor {
+  const AttnTask& t;
+  const float* pool;
+  int32_t block = 0;
+  int32_t offset = 0;
+  const float* next() {
+    const float* p = pool + (static_cast<int64_t>(t.block_table[block]) * t.block_size + offset) *
+                                t.slot_elems + t.head_offset;
+    if (++offset == t.block_size) {
+      offset = 0;
+      ++block;
+    }
+    return p;
+  }
+};
 
 // One pass for up to kMaxGroup heads starting at g0.
 void attend_group(const AttnTask& t, int32_t g0, int32_t ng, float* scores) {
@@ -43,10 +56,11 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng, float* scores) {
   // Four keys at a time: their four per-head accumulators are reduced together (one
   // transpose-and-add tree instead of four full horizontal sums).
   const __m128 scale4 = _mm_set1_ps(t.scale);
+  SlotCursor keys{t, t.k};
   int32_t p = 0;
   for (; p + 4 <= n && ng <= 4; p += 4) {
-    const float* kp[4] = {slot_ptr(t, t.k, p), slot_ptr(t, t.k, p + 1), slot_ptr(t, t.k, p + 2),
-                          slot_ptr(t, t.k, p + 3)};
+    const float* kp[4];
+    for (int c = 0; c < 4; ++c) kp[c] = keys.next();
     __m512 acc[4][4];
     for (int32_t g = 0; g < ng; ++g) {
       for (int c = 0; c < 4; ++c) acc[g][c] = _mm512_setzero_ps();
@@ -62,7 +76,7 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng, float* scores) {
     }
   }
   for (; p < n; ++p) {
-    const float* kp = slot_ptr(t, t.k, p);
+    const float* kp = keys.next();
     __m512 acc[kMaxGroup];
     for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_setzero_ps();
     for (int32_t j = 0; j < nv; ++j) {
@@ -100,8 +114,9 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng, float* scores) {
   for (int32_t g = 0; g < ng; ++g) {
     for (int32_t j = 0; j < nv; ++j) o[g][j] = _mm512_setzero_ps();
   }
+  SlotCursor values{t, t.v};
   for (int32_t p = 0; p < n; ++p) {
-    const float* vp = slot_ptr(t, t.v, p);
+    const float* vp = values.next();
     for (int32_t j = 0; j < nv; ++j) {
       const __m512 vv = _mm512_loadu_ps(vp + 16 * j);
       for (int32_t g = 0; g < ng; ++g) {
