@@ -1,6 +1,11 @@
 // AVX-512 attention for one GQA group: each K slot is loaded once and dotted with all n_q
 // query heads held in registers; each V slot is loaded once and accumulated into all n_q
 // outputs. exp() is vec_avx512.h's polynomial (about 2 ulp), not libm's.
+// GCC 12's AVX-512 headers trip -Wuninitialized on their own _mm512_undefined_* temporaries
+// (a known compiler bug, fixed in 12.3); the warnings say nothing about this file.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #include <immintrin.h>
 
 #include <cmath>
@@ -44,12 +49,19 @@ struct SlotCursor {
   }
 };
 
-// One pass for up to kMaxGroup heads starting at g0.
-void attend_group(const AttnTask& t, int32_t g0, int32_t ng, float* scores) {
-  const int32_t nv = t.head_dim / 16;
+// One pass for up to kMaxGroup heads starting at g0. NG/NV > 0 fix the group size and
+// head_dim / 16 at compile time: the loops then unroll and the q and output accumulators stay
+// in registers (with run-time bounds the compiler keeps them in memory, a load and a store per
+// FMA). 0 means "take it from the arguments".
+template <int NG, int NV>
+void attend_group(const AttnTask& t, int32_t g0, int32_t ng_arg, float* scores) {
+  const int32_t ng = NG > 0 ? NG : ng_arg;
+  const int32_t nv = NV > 0 ? NV : t.head_dim / 16;
+  constexpr int kG = NG > 0 ? NG : kMaxGroup;
+  constexpr int kV = NV > 0 ? NV : kMaxVecs;
   const int32_t n = t.n_ctx;
   // Scores: q . k for every head of the group, K slot read once.
-  __m512 q[kMaxGroup][kMaxVecs];
+  __m512 q[kG][kV];
   for (int32_t g = 0; g < ng; ++g) {
     for (int32_t j = 0; j < nv; ++j) q[g][j] = _mm512_loadu_ps(t.q + (g0 + g) * t.head_dim + 16 * j);
   }
@@ -61,7 +73,7 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng, float* scores) {
   for (; p + 4 <= n && ng <= 4; p += 4) {
     const float* kp[4];
     for (int c = 0; c < 4; ++c) kp[c] = keys.next();
-    __m512 acc[4][4];
+    __m512 acc[kG < 4 ? kG : 4][4];
     for (int32_t g = 0; g < ng; ++g) {
       for (int c = 0; c < 4; ++c) acc[g][c] = _mm512_setzero_ps();
     }
@@ -77,7 +89,7 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng, float* scores) {
   }
   for (; p < n; ++p) {
     const float* kp = keys.next();
-    __m512 acc[kMaxGroup];
+    __m512 acc[kG];
     for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_setzero_ps();
     for (int32_t j = 0; j < nv; ++j) {
       const __m512 kv = _mm512_loadu_ps(kp + 16 * j);
@@ -86,7 +98,7 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng, float* scores) {
     for (int32_t g = 0; g < ng; ++g) scores[g * n + p] = _mm512_reduce_add_ps(acc[g]) * t.scale;
   }
   // Softmax per head, vectorised over positions.
-  float inv[kMaxGroup];
+  float inv[kG];
   for (int32_t g = 0; g < ng; ++g) {
     float* sc = scores + g * n;
     __m512 mxv = _mm512_set1_ps(-INFINITY);
@@ -110,7 +122,7 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng, float* scores) {
     inv[g] = 1.0f / _mm512_reduce_add_ps(sumv);
   }
   // Weighted sum of V, V slot read once for the group.
-  __m512 o[kMaxGroup][kMaxVecs];
+  __m512 o[kG][kV];
   for (int32_t g = 0; g < ng; ++g) {
     for (int32_t j = 0; j < nv; ++j) o[g][j] = _mm512_setzero_ps();
   }
@@ -135,9 +147,19 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng, float* scores) {
 }  // namespace
 
 void attention(const AttnTask& t, float* scores) {
+  // Common shapes get a specialised kernel: head_dim 64 or 128 with groups of 1-4 heads.
+  using Fn = void (*)(const AttnTask&, int32_t, int32_t, float*);
+  static constexpr Fn kFixed[2][4] = {
+      {attend_group<1, 4>, attend_group<2, 4>, attend_group<3, 4>, attend_group<4, 4>},
+      {attend_group<1, 8>, attend_group<2, 8>, attend_group<3, 8>, attend_group<4, 8>}};
+  const int hd_kind = t.head_dim == 64 ? 0 : t.head_dim == 128 ? 1 : -1;
+  if (hd_kind >= 0 && t.n_q <= 4) {
+    kFixed[hd_kind][t.n_q - 1](t, 0, t.n_q, scores);
+    return;
+  }
   for (int32_t g0 = 0; g0 < t.n_q; g0 += kMaxGroup) {
     const int32_t ng = t.n_q - g0 < kMaxGroup ? t.n_q - g0 : kMaxGroup;
-    attend_group(t, g0, ng, scores + static_cast<int64_t>(g0) * t.n_ctx);
+    attend_group<0, 0>(t, g0, ng, scores + static_cast<int64_t>(g0) * t.n_ctx);
   }
 }
 

@@ -22,7 +22,9 @@ TEST(AttentionKernels, EveryIsaMatchesReference) {
   std::normal_distribution<float> nd(0.0f, 1.0f);
   const Case cases[] = {{1, 64, 1, 16, 1},   {3, 64, 17, 16, 3},  {3, 64, 300, 16, 3},
                         {9, 64, 33, 4, 1},   {8, 128, 77, 16, 2}, {2, 16, 5, 1, 4},
-                        {4, 32, 129, 8, 2},  {12, 64, 64, 16, 1}, {1, 256, 40, 16, 1}};
+                        {4, 32, 129, 8, 2},  {12, 64, 64, 16, 1}, {1, 256, 40, 16, 1},
+                        {2, 64, 50, 16, 2},  {4, 64, 23, 2, 1},   {4, 128, 70, 16, 1},
+                        {1, 128, 9, 16, 3},  {3, 128, 130, 16, 2}};
   for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
     if (!cpu_supports(isa)) continue;
     for (const Case& c : cases) {
