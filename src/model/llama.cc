@@ -77,6 +77,22 @@ Result<float> get_f32_or(const GgufFile& f, const std::string& key, float dflt) 
   return static_cast<float>(*v);
 }
 
+// Runs fn(t) for every row t < n: split across the pool for prompt-sized batches (the
+// per-row ops would otherwise be serial work between parallel matmuls), inline for the few
+// rows of a decode step, where waking the workers would cost more than the work.
+template <typename F>
+void for_rows(ThreadPool& pool, int32_t n, F&& fn) {
+  if (n < 16 || pool.size() == 1) {
+    for (int32_t t = 0; t < n; ++t) fn(t);
+    return;
+  }
+  pool.run([&](int ith, int nth) {
+    int64_t t0, t1;
+    split_range(n, ith, nth, &t0, &t1);
+    for (int64_t t = t0; t < t1; ++t) fn(static_cast<int32_t>(t));
+  });
+}
+
 }  // namespace
 
 Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const std::string& path) {
@@ -323,10 +339,10 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
   float* up = ws.up.data();      // [n, n_ff]
   void* act = ws.act.data();
 
-  for (int32_t t = 0; t < n; ++t) {
+  for_rows(pool, n, [&](int32_t t) {
     dequantize_row_ref(tok_embd_type_, tok_embd_ + batch.token[t] * tok_embd_row_bytes_,
                        x + t * E, E);
-  }
+  });
 
   AttentionArgs aa;
   aa.q = q;
@@ -341,7 +357,7 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
   for (int32_t il = 0; il < hp.n_layer; ++il) {
     const LlamaLayer& L = layers_[il];
     // attention block
-    for (int32_t t = 0; t < n; ++t) rms_norm(x + t * E, L.attn_norm, cur + t * E, E, hp.rms_eps);
+    for_rows(pool, n, [&](int32_t t) { rms_norm(x + t * E, L.attn_norm, cur + t * E, E, hp.rms_eps); });
     {
       const WeightView qkv[3] = {L.wq, L.wk, L.wv};
       float* const out[3] = {q, k, v};  // [n, d_q], [n, d_kv], [n, d_kv]
@@ -351,18 +367,22 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
         for (int i = 0; i < 3; ++i) matmul(pool, qkv[i], cur, n, out[i], act);
       }
     }
-    for (int32_t t = 0; t < n; ++t) {
+    for_rows(pool, n, [&](int32_t t) {
       rope(q + t * d_q, hp.n_head, hd, batch.pos[t], hp.rope);
       rope(k + t * d_kv, hp.n_head_kv, hd, batch.pos[t], hp.rope);
-    }
+    });
     kv_store(kv, il, batch, k, v);
     aa.layer = il;
     attention(pool, aa);                 // [n, d_q]
     matmul(pool, L.wo, attn, n, cur, act);  // [n, E]
-    for (int64_t i = 0; i < n * E; ++i) x[i] += cur[i];
 
-    // feed-forward block
-    for (int32_t t = 0; t < n; ++t) rms_norm(x + t * E, L.ffn_norm, cur + t * E, E, hp.rms_eps);
+    // feed-forward block: residual add fused with the norm that reads it
+    for_rows(pool, n, [&](int32_t t) {
+      float* xt = x + t * E;
+      const float* ct = cur + t * E;
+      for (int64_t i = 0; i < E; ++i) xt[i] += ct[i];
+      rms_norm(xt, L.ffn_norm, cur + t * E, E, hp.rms_eps);
+    });
     {
       const WeightView gu[2] = {L.w_gate, L.w_up};
       float* const out[2] = {gate, up};  // [n, n_ff] each
@@ -372,9 +392,14 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
         for (int i = 0; i < 2; ++i) matmul(pool, gu[i], cur, n, out[i], act);
       }
     }
-    swiglu(gate, up, gate, static_cast<int64_t>(n) * hp.n_ff);
+    for_rows(pool, n, [&](int32_t t) {
+      const int64_t o = static_cast<int64_t>(t) * hp.n_ff;
+      swiglu(gate + o, up + o, gate + o, hp.n_ff);
+    });
     matmul(pool, L.w_down, gate, n, cur, act);  // [n, E]
-    for (int64_t i = 0; i < n * E; ++i) x[i] += cur[i];
+    for_rows(pool, n, [&](int32_t t) {
+      for (int64_t i = t * E; i < (t + 1) * E; ++i) x[i] += cur[i];
+    });
   }
 
   // Output head on the rows that want logits only.
