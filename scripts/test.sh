@@ -22,4 +22,4 @@ done
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQILIN_SANITIZE=ON \
   -DQILIN_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j "$jobs" --target qilin_tests
-ASAN_OPTIONS=detect_leaks=1 build-asan/tests/qilin_tests --gtest_filter='Gguf*:Tokenizer*:ChatTemplate*:Quant*:Gemm*:Gemv*:AttentionKernels*:ActivationKernels*'
+ASAN_OPTIONS=detect_leaks=1 build-asan/tests/qilin_tests --gtest_filter='Gguf*:Tokenizer*:ChatTemplate*:Quant*:Gemm*:Gemv*:AttentionKernels*:ActivationKernels*:DotMixed*'

@@ -8,6 +8,7 @@
 
 #include "core/assert.h"
 #include "cpu/gemm.h"
+#include "cpu/dot_mixed.h"
 #include "cpu/gemv.h"
 #include "cpu/quants.h"
 #include "ops/ops.h"
@@ -39,8 +40,14 @@ void matmul_group(ThreadPool& pool, const WeightView* w, int n_w, const float* x
   const size_t act_bytes = row_bytes(k->vec_dot_type, n_in);
   auto* act = static_cast<uint8_t*>(scratch);
 
+  // F16 weights for one token: rows dot the F32 activation directly (cpu/dot_mixed.h).
+  const DotF16F32Fn f16dot =
+      n_tokens == 1 && w[0].type == DType::F16 ? dot_f16_f32_kernel(cpu_best_isa()) : nullptr;
+
   // Activations are converted once for every weight of the group.
-  if (n_tokens == 1) {
+  if (f16dot) {
+    // nothing to convert
+  } else if (n_tokens == 1) {
     k->quantize_act(x, act, n_in);  // too small to be worth waking the workers
   } else {
     pool.run([&](int ith, int nth) {
@@ -77,6 +84,10 @@ void matmul_group(ThreadPool& pool, const WeightView* w, int n_w, const float* x
       const int64_t n_out = wi.n_out;
       if (gemv) {
         gemv(n_in, wi.data + r0 * wi.row_bytes, wi.row_bytes, r1 - r0, act, yi + r0);
+        continue;
+      }
+      if (f16dot) {
+        for (int64_t r = r0; r < r1; ++r) yi[r] = f16dot(n_in, wi.data + r * wi.row_bytes, x);
         continue;
       }
       if (gemm) {

@@ -1,0 +1,10 @@
+// Dispatch for dot_mixed.h.
+#include "cpu/dot_mixed.h"
+
+namespace qilin {
+
+DotF16F32Fn dot_f16_f32_kernel(Isa isa) {
+  return isa == Isa::Avx512 ? avx512::dot_f16_f32 : nullptr;
+}
+
+}  // namespace qilin
