@@ -363,6 +363,34 @@ GgufValue GgufValue::of_strings(const std::vector<std::string>& v) {
 
 GgufFile::~GgufFile() {
   if (map_ != nullptr) munmap(map_, map_size_);
+  if (heap_ != nullptr) munmap(heap_, heap_size_);
+}
+
+Status GgufFile::load_into_memory() {
+  if (tensors_.empty() || heap_ != nullptr) return Status::ok();
+  const uint8_t* lo = tensors_[0].data;
+  const uint8_t* hi = tensors_[0].data + tensors_[0].size;
+  for (const GgufTensorInfo& t : tensors_) {
+    lo = std::min(lo, t.data);
+    hi = std::max(hi, t.data + t.size);
+  }
+  constexpr size_t kHuge = size_t{2} << 20;
+  const size_t size = (static_cast<size_t>(hi - lo) + kHuge - 1) / kHuge * kHuge;
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    return Status::error(cat("gguf: ", path_, ": cannot allocate ", size, " bytes for the weights"));
+  }
+  madvise(p, size, MADV_HUGEPAGE);  // a hint: without THP support it is plain memory
+  std::memcpy(p, lo, static_cast<size_t>(hi - lo));
+  auto* base = static_cast<uint8_t*>(p);
+  for (GgufTensorInfo& t : tensors_) t.data = base + (t.data - lo);
+  heap_ = p;
+  heap_size_ = size;
+  if (map_ != nullptr) {  // metadata strings were copied at parse time; tensors now point here
+    munmap(map_, map_size_);
+    map_ = nullptr;
+  }
+  return Status::ok();
 }
 
 Result<std::unique_ptr<GgufFile>> GgufFile::open(const std::string& path) {

@@ -94,6 +94,12 @@ class GgufFile {
   Result<const GgufValue*> get_array(const std::string& key, GgufType elem_type) const;
 
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
+
+  // Copies all tensor data into anonymous memory (asking for transparent huge pages) and
+  // points the tensor infos there; the file mapping is released. For machines where
+  // streaming weights through 4 KiB file pages costs bandwidth (llama.cpp's --no-mmap).
+  // Call before taking pointers to tensor data.
+  Status load_into_memory();
   const GgufTensorInfo* find_tensor(const std::string& name) const;
 
  private:
@@ -103,6 +109,8 @@ class GgufFile {
   std::string path_;
   void* map_ = nullptr;  // owned mapping (null when parsing a caller's buffer)
   size_t map_size_ = 0;
+  void* heap_ = nullptr;  // anonymous copy of the tensor data (load_into_memory)
+  size_t heap_size_ = 0;
   uint32_t version_ = 0;
   uint64_t alignment_ = 32;
   std::vector<std::pair<std::string, GgufValue>> kvs_;

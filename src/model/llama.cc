@@ -95,9 +95,10 @@ void for_rows(ThreadPool& pool, int32_t n, F&& fn) {
 
 }  // namespace
 
-Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const std::string& path) {
+Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const std::string& path, bool no_mmap) {
   auto file = GgufFile::open(path);
   QILIN_TRY(file);
+  if (no_mmap) QILIN_TRY((*file)->load_into_memory());
   std::unique_ptr<LlamaModel> m(new LlamaModel());
   m->file_ = std::move(*file);
   const GgufFile& f = *m->file_;

@@ -65,7 +65,9 @@ struct Workspace {
 class LlamaModel {
  public:
   // Opens and validates a GGUF file. Errors name the file, tensor or key at fault.
-  static Result<std::unique_ptr<LlamaModel>> load(const std::string& path);
+  // no_mmap: copy the weights into anonymous (huge-page) memory instead of reading them
+  // through the file mapping (GgufFile::load_into_memory).
+  static Result<std::unique_ptr<LlamaModel>> load(const std::string& path, bool no_mmap = false);
 
   const LlamaHparams& hparams() const { return hp_; }
   const GgufFile& gguf() const { return *file_; }

@@ -122,6 +122,18 @@ TEST_F(LlamaBatch, DecodeStepsAfterPrefillMatchOneShotPrefill) {
   EXPECT_LE(sum_err / n_vocab, 0.2);
 }
 
+TEST_F(LlamaBatch, WeightsCopiedIntoMemoryGiveIdenticalLogits) {
+  // --no-mmap: the same bytes at another address, so the same kernels give the same bits.
+  auto copy = LlamaModel::load(test::default_model_path(), /*no_mmap=*/true);
+  ASSERT_TRUE(copy.is_ok()) << copy.status().message();
+  ThreadPool pool(2);
+  const std::vector<int32_t> p = {504, 3575, 282, 4649, 314, 17, 260, 1345, 30, 2};
+  const std::vector<float> a = run_alone(*model_, pool, p);
+  const std::vector<float> b = run_alone(**copy, pool, p);
+  ASSERT_EQ(a, b);
+  EXPECT_NE((*copy)->gguf().tensors()[0].data, model_->gguf().tensors()[0].data);
+}
+
 TEST_F(LlamaBatch, BadBatchesAreRefused) {
   ThreadPool pool(1);
   auto kv = KvCache::create(model_->kv_config(64, 16));

@@ -52,6 +52,7 @@ struct Common {
   int threads = ThreadPool::physical_cores();
   int32_t ctx = 4096;
   int32_t batch = 512;
+  bool no_mmap = false;
 };
 
 void add_common(CLI::App* app, Common& c) {
@@ -62,6 +63,9 @@ void add_common(CLI::App* app, Common& c) {
   app->add_option("-c,--ctx-size", c.ctx, "context size in tokens")->check(CLI::Range(16, 1 << 20));
   app->add_option("-b,--batch-size", c.batch, "prompt tokens per forward pass")
       ->check(CLI::Range(1, 1 << 16));
+  app->add_flag("--no-mmap", c.no_mmap,
+                "copy the weights into memory (huge pages where the kernel allows) instead of "
+                "reading them through the file mapping");
 }
 
 void add_sampling(CLI::App* app, SamplingParams& s) {
@@ -82,7 +86,7 @@ struct Loaded {
   double load_ms = 0;
 };
 
-Result<Loaded> load(std::string path) {
+Result<Loaded> load(std::string path, bool no_mmap) {
   if (path.empty()) {
     path = default_model_path();
     if (access(path.c_str(), R_OK) != 0) {
@@ -94,7 +98,7 @@ Result<Loaded> load(std::string path) {
   }
   Loaded l;
   const double t0 = now_ms();
-  auto m = LlamaModel::load(path);
+  auto m = LlamaModel::load(path, no_mmap);
   QILIN_TRY(m);
   l.model = std::move(*m);
   auto t = Tokenizer::from_gguf(l.model->gguf());
@@ -153,7 +157,7 @@ int cmd_run(RunOpts& o) {
     o.prompt = ss.str();
   }
   if (Status st = o.s.validate(); !st) return fail(st.message());
-  auto l = load(o.c.model);
+  auto l = load(o.c.model, o.c.no_mmap);
   if (!l) return fail(l.status().message());
   std::string text = o.prompt;
   if (o.chat) {
@@ -193,7 +197,7 @@ struct ChatOpts {
 
 int cmd_chat(ChatOpts& o) {
   if (Status st = o.s.validate(); !st) return fail(st.message());
-  auto l = load(o.c.model);
+  auto l = load(o.c.model, o.c.no_mmap);
   if (!l) return fail(l.status().message());
   auto tmpl = model_template(*l);
   if (!tmpl) return fail(tmpl.status().message());
@@ -278,7 +282,7 @@ Summary summarize(std::vector<double> v) {
 }
 
 int cmd_bench(BenchOpts& o) {
-  auto l = load(o.c.model);
+  auto l = load(o.c.model, o.c.no_mmap);
   if (!l) return fail(l.status().message());
   GeneratorConfig gc;
   gc.n_ctx = std::max(o.c.ctx, o.n_prompt + o.n_gen + 1);
