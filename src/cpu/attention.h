@@ -28,11 +28,17 @@ struct AttnTask {
 using AttnFn = void (*)(const AttnTask& task, float* scores);
 
 void attention_ref(const AttnTask& task, float* scores);
-// The best kernel for `isa` that handles this head_dim (falls back to the reference).
+// FlashAttention reference: keys in tiles with an online softmax (running max and sum,
+// rescaling the partial output when the max grows); needs no scores scratch.
+void attention_flash_ref(const AttnTask& task, float* scores);
+// The best two-pass kernel for `isa` that handles this head_dim (else the reference).
 AttnFn attention_kernel(Isa isa, int32_t head_dim);
+// The best flash kernel for `isa` and head_dim (else the flash reference).
+AttnFn attention_flash_kernel(Isa isa, int32_t head_dim);
 
 namespace avx512 {
 void attention(const AttnTask& task, float* scores);  // head_dim % 16 == 0
+void attention_flash(const AttnTask& task, float* scores);  // head_dim % 16 == 0
 }  // namespace avx512
 namespace avx2 {
 void attention(const AttnTask& task, float* scores);  // head_dim % 8 == 0

@@ -8,6 +8,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "cpu/attention.h"
@@ -144,6 +145,92 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng_arg, float* scores) 
   }
 }
 
+// FlashAttention for one GQA group: keys in tiles of kTile, an online softmax per head (running
+// max m and sum l; when m grows, l and the partial output are rescaled by e^(m_old - m_new)),
+// so scratch is a few registers and a kTile-score array whatever the context length.
+constexpr int kTile = 16;
+
+template <int NG, int NV>
+void attend_group_flash(const AttnTask& t, int32_t g0, int32_t ng_arg) {
+  const int32_t ng = NG > 0 ? NG : ng_arg;
+  const int32_t nv = NV > 0 ? NV : t.head_dim / 16;
+  constexpr int kG = NG > 0 ? NG : kMaxGroup;
+  constexpr int kV = NV > 0 ? NV : kMaxVecs;
+  const int32_t n = t.n_ctx;
+  __m512 q[kG][kV], o[kG][kV];
+  float m[kG], l[kG];
+  alignas(64) float sc[kG][kTile];
+  for (int32_t g = 0; g < ng; ++g) {
+    for (int32_t j = 0; j < nv; ++j) {
+      q[g][j] = _mm512_loadu_ps(t.q + (g0 + g) * t.head_dim + 16 * j);
+      o[g][j] = _mm512_setzero_ps();
+    }
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+  }
+  const __m128 scale4 = _mm_set1_ps(t.scale);
+  SlotCursor keys{t, t.k}, values{t, t.v};
+  for (int32_t p0 = 0; p0 < n; p0 += kTile) {
+    const int32_t nt = n - p0 < kTile ? n - p0 : kTile;
+    // Scores of the tile: four keys at a time with one joint reduction, then single keys.
+    int32_t c = 0;
+    for (; c + 4 <= nt && ng <= 4; c += 4) {
+      const float* kp[4];
+      for (int u = 0; u < 4; ++u) kp[u] = keys.next();
+      __m512 acc[kG < 4 ? kG : 4][4];
+      for (int32_t g = 0; g < ng; ++g) {
+        for (int u = 0; u < 4; ++u) acc[g][u] = _mm512_setzero_ps();
+      }
+      for (int32_t j = 0; j < nv; ++j) {
+        for (int u = 0; u < 4; ++u) {
+          const __m512 kv = _mm512_loadu_ps(kp[u] + 16 * j);
+          for (int32_t g = 0; g < ng; ++g) acc[g][u] = _mm512_fmadd_ps(q[g][j], kv, acc[g][u]);
+        }
+      }
+      for (int32_t g = 0; g < ng; ++g) _mm_store_ps(&sc[g][c], _mm_mul_ps(reduce4(acc[g]), scale4));
+    }
+    for (; c < nt; ++c) {
+      const float* kp = keys.next();
+      __m512 acc[kG];
+      for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_setzero_ps();
+      for (int32_t j = 0; j < nv; ++j) {
+        const __m512 kv = _mm512_loadu_ps(kp + 16 * j);
+        for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_fmadd_ps(q[g][j], kv, acc[g]);
+      }
+      for (int32_t g = 0; g < ng; ++g) sc[g][c] = _mm512_reduce_add_ps(acc[g]) * t.scale;
+    }
+    // Online softmax update per head.
+    const __mmask16 live = static_cast<__mmask16>((1u << nt) - 1);
+    for (int32_t g = 0; g < ng; ++g) {
+      const __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), live, sc[g]);
+      const float m_new = std::max(m[g], _mm512_reduce_max_ps(s));
+      const float alpha = std::exp(m[g] - m_new);  // 0 on the first tile (m = -inf)
+      const __m512 pr = _mm512_maskz_mov_ps(live, exp_ps(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
+      _mm512_store_ps(sc[g], pr);
+      l[g] = l[g] * alpha + _mm512_reduce_add_ps(pr);
+      m[g] = m_new;
+      const __m512 av = _mm512_set1_ps(alpha);
+      for (int32_t j = 0; j < nv; ++j) o[g][j] = _mm512_mul_ps(o[g][j], av);
+    }
+    // Weighted values of the tile, each V slot read once for the group.
+    for (int32_t u = 0; u < nt; ++u) {
+      const float* vp = values.next();
+      for (int32_t j = 0; j < nv; ++j) {
+        const __m512 vv = _mm512_loadu_ps(vp + 16 * j);
+        for (int32_t g = 0; g < ng; ++g) {
+          o[g][j] = _mm512_fmadd_ps(_mm512_set1_ps(sc[g][u]), vv, o[g][j]);
+        }
+      }
+    }
+  }
+  for (int32_t g = 0; g < ng; ++g) {
+    const __m512 inv = _mm512_set1_ps(1.0f / l[g]);
+    for (int32_t j = 0; j < nv; ++j) {
+      _mm512_storeu_ps(t.out + (g0 + g) * t.head_dim + 16 * j, _mm512_mul_ps(o[g][j], inv));
+    }
+  }
+}
+
 }  // namespace
 
 void attention(const AttnTask& t, float* scores) {
@@ -160,6 +247,28 @@ void attention(const AttnTask& t, float* scores) {
   for (int32_t g0 = 0; g0 < t.n_q; g0 += kMaxGroup) {
     const int32_t ng = t.n_q - g0 < kMaxGroup ? t.n_q - g0 : kMaxGroup;
     attend_group<0, 0>(t, g0, ng, scores + static_cast<int64_t>(g0) * t.n_ctx);
+  }
+}
+
+}  // namespace qilin::avx512
+
+namespace qilin::avx512 {
+
+void attention_flash(const AttnTask& t, float* /*scores: unused, scratch is O(1)*/) {
+  using Fn = void (*)(const AttnTask&, int32_t, int32_t);
+  static constexpr Fn kFixed[2][4] = {
+      {attend_group_flash<1, 4>, attend_group_flash<2, 4>, attend_group_flash<3, 4>,
+       attend_group_flash<4, 4>},
+      {attend_group_flash<1, 8>, attend_group_flash<2, 8>, attend_group_flash<3, 8>,
+       attend_group_flash<4, 8>}};
+  const int hd_kind = t.head_dim == 64 ? 0 : t.head_dim == 128 ? 1 : -1;
+  if (hd_kind >= 0 && t.n_q <= 4) {
+    kFixed[hd_kind][t.n_q - 1](t, 0, t.n_q);
+    return;
+  }
+  for (int32_t g0 = 0; g0 < t.n_q; g0 += kMaxGroup) {
+    const int32_t ng = t.n_q - g0 < kMaxGroup ? t.n_q - g0 : kMaxGroup;
+    attend_group_flash<0, 0>(t, g0, ng);
   }
 }
 

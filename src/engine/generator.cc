@@ -49,6 +49,7 @@ Result<std::unique_ptr<Generator>> Generator::create(const LlamaModel& model,
   g->tokens_.reserve(config.n_ctx);
   const int32_t n_batch = std::min(config.n_batch, config.n_ctx);
   g->ws_ = model.make_workspace(n_batch, 1, config.n_ctx, config.n_threads);
+  g->ws_.flash_attn = config.flash_attn;
   g->batch_.token.reserve(n_batch);
   g->batch_.pos.reserve(n_batch);
   g->batch_.seq.reserve(n_batch);

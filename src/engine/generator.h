@@ -28,6 +28,9 @@ struct GeneratorConfig {
   int32_t n_batch = 512;    // prompt tokens per forward call
   int n_threads = 1;
   int32_t block_size = 16;
+  // --attn flash|naive. Naive (two-pass) stays the default until the flash kernel tiles
+  // several query rows per K/V tile: today it is ~4% slower at 512 tokens (docs/benchmarks.md).
+  bool flash_attn = false;
 };
 
 class Generator {

@@ -354,6 +354,7 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
   aa.scale = 1.0f / std::sqrt(static_cast<float>(hd));
   aa.scores = ws.scores.data();
   aa.max_ctx = ws.max_ctx;
+  aa.flash = ws.flash_attn;
 
   for (int32_t il = 0; il < hp.n_layer; ++il) {
     const LlamaLayer& L = layers_[il];

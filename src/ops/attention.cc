@@ -27,7 +27,8 @@ void attention(ThreadPool& pool, const AttentionArgs& a) {
   const KvCacheConfig& c = a.kv->config();
   const int32_t hd = c.head_dim, n_kv = c.n_head_kv;
   const int32_t group = a.n_head / n_kv;
-  const AttnFn kernel = attention_kernel(cpu_best_isa(), hd);
+  const AttnFn kernel =
+      a.flash ? attention_flash_kernel(cpu_best_isa(), hd) : attention_kernel(cpu_best_isa(), hd);
   // One work item = (row, KV head): the group of query heads that read the same K/V slots.
   const int64_t n_items = static_cast<int64_t>(a.batch->n_tokens()) * n_kv;
 

@@ -60,7 +60,8 @@ struct AttentionArgs {
   const Batch* batch = nullptr;
   int32_t n_head = 0;
   float scale = 1.0f;         // 1 / sqrt(head_dim)
-  float* scores = nullptr;    // [n_threads, n_head / n_head_kv, max_ctx] scratch
+  float* scores = nullptr;    // [n_threads, n_head / n_head_kv, max_ctx] scratch (naive only)
+  bool flash = false;         // tiled online softmax (no scores scratch) instead of two passes
   int32_t max_ctx = 0;
 };
 // Causal attention of every row over positions [0, pos] of its sequence, read from the cache

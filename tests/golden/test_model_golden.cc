@@ -268,5 +268,29 @@ TEST_F(ModelGoldenF32, DecodeStepsMatchOneShotPrefill) {
   for (int32_t i = 0; i < model_->hparams().n_vocab; ++i) ASSERT_NEAR(a[i], b[i], 1e-3f) << i;
 }
 
+// The flash attention path (tiled online softmax) against the naive two-pass one on F32
+// weights, where nothing re-quantizes: same logits to float precision, prefill and decode.
+TEST_F(ModelGoldenF32, FlashAttentionMatchesNaive) {
+  GeneratorConfig gc;
+  gc.n_ctx = 256;
+  gc.n_threads = 2;
+  auto naive = Generator::create(*model_, gc);
+  gc.flash_attn = true;
+  auto flash = Generator::create(*model_, gc);
+  ASSERT_TRUE(naive.is_ok() && flash.is_ok());
+  const auto toks = fixture_["cases"][4]["tokens"].get<std::vector<int32_t>>();
+  ASSERT_TRUE((*naive)->feed(toks).is_ok());
+  ASSERT_TRUE((*flash)->feed(toks).is_ok());
+  const int32_t n_vocab = model_->hparams().n_vocab;
+  for (int step = 0; step < 8; ++step) {  // prefill, then decode steps
+    const float* a = (*naive)->logits();
+    const float* b = (*flash)->logits();
+    for (int32_t i = 0; i < n_vocab; ++i) ASSERT_NEAR(a[i], b[i], 1e-3f) << "step " << step;
+    int32_t t = argmax(a, n_vocab);
+    ASSERT_TRUE((*naive)->feed(&t, 1).is_ok());
+    ASSERT_TRUE((*flash)->feed(&t, 1).is_ok());
+  }
+}
+
 }  // namespace
 }  // namespace qilin

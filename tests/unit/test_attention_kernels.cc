@@ -27,8 +27,10 @@ TEST(AttentionKernels, EveryIsaMatchesReference) {
                         {1, 128, 9, 16, 3},  {3, 128, 130, 16, 2}};
   for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
     if (!cpu_supports(isa)) continue;
+    for (bool flash : {false, true})
     for (const Case& c : cases) {
-      SCOPED_TRACE(testing::Message() << isa_name(isa) << " n_q " << c.n_q << " hd " << c.head_dim
+      SCOPED_TRACE(testing::Message() << isa_name(isa) << (flash ? " flash" : " two-pass")
+                                      << " n_q " << c.n_q << " hd " << c.head_dim
                                       << " ctx " << c.n_ctx << " bs " << c.block_size);
       const int32_t n_blocks = (c.n_ctx + c.block_size - 1) / c.block_size + 3;
       const int64_t se = static_cast<int64_t>(c.n_kv) * c.head_dim;
@@ -54,7 +56,8 @@ TEST(AttentionKernels, EveryIsaMatchesReference) {
       std::vector<float> out(c.n_q * c.head_dim, NAN), ref(out.size(), NAN);
       std::vector<float> scores(c.n_q * c.n_ctx);
       t.out = out.data();
-      attention_kernel(isa, c.head_dim)(t, scores.data());
+      (flash ? attention_flash_kernel(isa, c.head_dim) : attention_kernel(isa, c.head_dim))(
+          t, scores.data());
       t.out = ref.data();
       attention_ref(t, scores.data());
       for (int32_t g = 0; g < c.n_q; ++g) {
@@ -83,6 +86,53 @@ TEST(AttentionKernels, EveryIsaMatchesReference) {
           ASSERT_NEAR(got, ref[g * c.head_dim + i], 1e-4);
         }
       }
+    }
+  }
+}
+
+// Scores of +-1e4 (and a 1e4 spread) must not overflow the online softmax: the running max is
+// subtracted before every exp, so the result equals the naive softmax's.
+TEST(AttentionKernels, FlashHandlesHugeScores) {
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
+    if (!cpu_supports(isa)) continue;
+    const int32_t hd = 64, n_ctx = 100, bs = 16;
+    std::vector<float> k(8 * bs * hd, 0.0f), v(k.size()), q(hd, 0.0f);
+    std::vector<int32_t> table = {3, 1, 7, 0, 2, 5, 6};
+    for (int32_t p = 0; p < n_ctx; ++p) {
+      const int64_t slot = table[p / bs] * bs + p % bs;
+      // score(p) = q . k_p = 1e4 * ((p * 37) % 3 - 1): -1e4, 0 or +1e4
+      k[slot * hd] = static_cast<float>((p * 37) % 3 - 1);
+      for (int32_t i = 0; i < hd; ++i) v[slot * hd + i] = static_cast<float>(p % 7 + i);
+    }
+    q[0] = 1e4f;
+    AttnTask t;
+    t.q = q.data();
+    t.head_dim = hd;
+    t.n_ctx = n_ctx;
+    t.k = k.data();
+    t.v = v.data();
+    t.block_table = table.data();
+    t.block_size = bs;
+    t.slot_elems = hd;
+    std::vector<float> out(hd), ref(hd), scores(n_ctx);
+    t.out = out.data();
+    attention_flash_kernel(isa, hd)(t, scores.data());
+    t.out = ref.data();
+    attention_ref(t, scores.data());
+    for (int32_t i = 0; i < hd; ++i) {
+      ASSERT_TRUE(std::isfinite(out[i])) << isa_name(isa);
+      // Only the +1e4 positions carry weight, equally: the mean of their values.
+      double want = 0;
+      int cnt = 0;
+      for (int32_t p = 0; p < n_ctx; ++p) {
+        if ((p * 37) % 3 == 2) {
+          want += p % 7 + i;
+          ++cnt;
+        }
+      }
+      want /= cnt;
+      ASSERT_NEAR(out[i], want, 1e-4 * (1 + want)) << isa_name(isa) << " dim " << i;
+      ASSERT_NEAR(out[i], ref[i], 1e-4 * (1 + want));
     }
   }
 }

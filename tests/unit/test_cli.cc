@@ -84,6 +84,21 @@ TEST(Cli, RunGeneratesAndPrintsTimings) {
   EXPECT_NE(r.out.find("tokens/s"), std::string::npos);
 }
 
+TEST(Cli, AttentionSwitchSelectsKernelAndRejectsUnknown) {
+  ASSERT_TRUE(test::model_present());
+  // Greedy answers of both kernels agree on this prompt (they match to 1e-3 on F32 weights,
+  // ModelGoldenF32.FlashAttentionMatchesNaive; 12 tokens of Q4_1 here).
+  CliResult flash = run_cli("run --attn flash --chat -p 'What is 12 times 7?' -n 6 --temp 0 -t 2");
+  CliResult naive = run_cli("run --attn naive --chat -p 'What is 12 times 7?' -n 6 --temp 0 -t 2");
+  ASSERT_EQ(flash.code, 0) << flash.out;
+  ASSERT_EQ(naive.code, 0) << naive.out;
+  EXPECT_EQ(flash.out.substr(0, flash.out.find("load time")),
+            naive.out.substr(0, naive.out.find("load time")));
+  CliResult bad = run_cli("run --attn fast -p hi");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.out.find("fast"), std::string::npos) << bad.out;
+}
+
 TEST(Cli, BenchJsonHasBothTests) {
   ASSERT_TRUE(test::model_present());
   CliResult r = run_cli("bench -p 16 -n 4 -r 2 -t 1 -o json 2>/dev/null");

@@ -53,6 +53,7 @@ struct Common {
   int32_t ctx = 4096;
   int32_t batch = 512;
   bool no_mmap = false;
+  std::string attn = "naive";
 };
 
 void add_common(CLI::App* app, Common& c) {
@@ -63,6 +64,8 @@ void add_common(CLI::App* app, Common& c) {
   app->add_option("-c,--ctx-size", c.ctx, "context size in tokens")->check(CLI::Range(16, 1 << 20));
   app->add_option("-b,--batch-size", c.batch, "prompt tokens per forward pass")
       ->check(CLI::Range(1, 1 << 16));
+  app->add_option("--attn", c.attn, "attention kernel: naive (two-pass, default) or flash (tiled online softmax, O(1) scratch)")
+      ->check(CLI::IsMember({"flash", "naive"}));
   app->add_flag("--no-mmap", c.no_mmap,
                 "copy the weights into memory (huge pages where the kernel allows) instead of "
                 "reading them through the file mapping");
@@ -173,6 +176,7 @@ int cmd_run(RunOpts& o) {
   gc.n_ctx = o.c.ctx;
   gc.n_batch = o.c.batch;
   gc.n_threads = o.c.threads;
+  gc.flash_attn = o.c.attn == "flash";
   auto gen = Generator::create(*l->model, gc);
   if (!gen) return fail(gen.status().message());
   Sampler sampler(o.s, l->model->hparams().n_vocab);
@@ -205,6 +209,7 @@ int cmd_chat(ChatOpts& o) {
   gc.n_ctx = o.c.ctx;
   gc.n_batch = o.c.batch;
   gc.n_threads = o.c.threads;
+  gc.flash_attn = o.c.attn == "flash";
   auto gen = Generator::create(*l->model, gc);
   if (!gen) return fail(gen.status().message());
   Generator& g = **gen;
@@ -288,6 +293,7 @@ int cmd_bench(BenchOpts& o) {
   gc.n_ctx = std::max(o.c.ctx, o.n_prompt + o.n_gen + 1);
   gc.n_batch = std::max(o.c.batch, 1);
   gc.n_threads = o.c.threads;
+  gc.flash_attn = o.c.attn == "flash";
   auto gen = Generator::create(*l->model, gc);
   if (!gen) return fail(gen.status().message());
   Generator& g = **gen;
