@@ -50,6 +50,43 @@ struct SlotCursor {
   }
 };
 
+// scores[g * stride + c] = scale * q_g . k_c for the next `count` keys of the cursor and the
+// ng heads of q. Four keys at a time: their four per-head accumulators are reduced together
+// (one transpose-and-add tree instead of four full horizontal sums).
+template <int kG, int kV>
+inline void score_keys(const __m512 (&q)[kG][kV], int32_t ng, int32_t nv, float scale,
+                       SlotCursor& keys, int32_t count, float* scores, int64_t stride) {
+  const __m128 scale4 = _mm_set1_ps(scale);
+  int32_t c = 0;
+  for (; c + 4 <= count && ng <= 4; c += 4) {
+    const float* kp[4];
+    for (int u = 0; u < 4; ++u) kp[u] = keys.next();
+    __m512 acc[kG < 4 ? kG : 4][4];
+    for (int32_t g = 0; g < ng; ++g) {
+      for (int u = 0; u < 4; ++u) acc[g][u] = _mm512_setzero_ps();
+    }
+    for (int32_t j = 0; j < nv; ++j) {
+      for (int u = 0; u < 4; ++u) {
+        const __m512 kv = _mm512_loadu_ps(kp[u] + 16 * j);
+        for (int32_t g = 0; g < ng; ++g) acc[g][u] = _mm512_fmadd_ps(q[g][j], kv, acc[g][u]);
+      }
+    }
+    for (int32_t g = 0; g < ng; ++g) {
+      _mm_storeu_ps(scores + g * stride + c, _mm_mul_ps(reduce4(acc[g]), scale4));
+    }
+  }
+  for (; c < count; ++c) {
+    const float* kp = keys.next();
+    __m512 acc[kG];
+    for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_setzero_ps();
+    for (int32_t j = 0; j < nv; ++j) {
+      const __m512 kv = _mm512_loadu_ps(kp + 16 * j);
+      for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_fmadd_ps(q[g][j], kv, acc[g]);
+    }
+    for (int32_t g = 0; g < ng; ++g) scores[g * stride + c] = _mm512_reduce_add_ps(acc[g]) * scale;
+  }
+}
+
 // One pass for up to kMaxGroup heads starting at g0. NG/NV > 0 fix the group size and
 // head_dim / 16 at compile time: the loops then unroll and the q and output accumulators stay
 // in registers (with run-time bounds the compiler keeps them in memory, a load and a store per
@@ -66,38 +103,8 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng_arg, float* scores) 
   for (int32_t g = 0; g < ng; ++g) {
     for (int32_t j = 0; j < nv; ++j) q[g][j] = _mm512_loadu_ps(t.q + (g0 + g) * t.head_dim + 16 * j);
   }
-  // Four keys at a time: their four per-head accumulators are reduced together (one
-  // transpose-and-add tree instead of four full horizontal sums).
-  const __m128 scale4 = _mm_set1_ps(t.scale);
   SlotCursor keys{t, t.k};
-  int32_t p = 0;
-  for (; p + 4 <= n && ng <= 4; p += 4) {
-    const float* kp[4];
-    for (int c = 0; c < 4; ++c) kp[c] = keys.next();
-    __m512 acc[kG < 4 ? kG : 4][4];
-    for (int32_t g = 0; g < ng; ++g) {
-      for (int c = 0; c < 4; ++c) acc[g][c] = _mm512_setzero_ps();
-    }
-    for (int32_t j = 0; j < nv; ++j) {
-      for (int c = 0; c < 4; ++c) {
-        const __m512 kv = _mm512_loadu_ps(kp[c] + 16 * j);
-        for (int32_t g = 0; g < ng; ++g) acc[g][c] = _mm512_fmadd_ps(q[g][j], kv, acc[g][c]);
-      }
-    }
-    for (int32_t g = 0; g < ng; ++g) {
-      _mm_storeu_ps(scores + g * n + p, _mm_mul_ps(reduce4(acc[g]), scale4));
-    }
-  }
-  for (; p < n; ++p) {
-    const float* kp = keys.next();
-    __m512 acc[kG];
-    for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_setzero_ps();
-    for (int32_t j = 0; j < nv; ++j) {
-      const __m512 kv = _mm512_loadu_ps(kp + 16 * j);
-      for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_fmadd_ps(q[g][j], kv, acc[g]);
-    }
-    for (int32_t g = 0; g < ng; ++g) scores[g * n + p] = _mm512_reduce_add_ps(acc[g]) * t.scale;
-  }
+  score_keys(q, ng, nv, t.scale, keys, n, scores, n);
   // Softmax per head, vectorised over positions.
   float inv[kG];
   for (int32_t g = 0; g < ng; ++g) {
@@ -168,37 +175,10 @@ void attend_group_flash(const AttnTask& t, int32_t g0, int32_t ng_arg) {
     m[g] = -INFINITY;
     l[g] = 0.0f;
   }
-  const __m128 scale4 = _mm_set1_ps(t.scale);
   SlotCursor keys{t, t.k}, values{t, t.v};
   for (int32_t p0 = 0; p0 < n; p0 += kTile) {
     const int32_t nt = n - p0 < kTile ? n - p0 : kTile;
-    // Scores of the tile: four keys at a time with one joint reduction, then single keys.
-    int32_t c = 0;
-    for (; c + 4 <= nt && ng <= 4; c += 4) {
-      const float* kp[4];
-      for (int u = 0; u < 4; ++u) kp[u] = keys.next();
-      __m512 acc[kG < 4 ? kG : 4][4];
-      for (int32_t g = 0; g < ng; ++g) {
-        for (int u = 0; u < 4; ++u) acc[g][u] = _mm512_setzero_ps();
-      }
-      for (int32_t j = 0; j < nv; ++j) {
-        for (int u = 0; u < 4; ++u) {
-          const __m512 kv = _mm512_loadu_ps(kp[u] + 16 * j);
-          for (int32_t g = 0; g < ng; ++g) acc[g][u] = _mm512_fmadd_ps(q[g][j], kv, acc[g][u]);
-        }
-      }
-      for (int32_t g = 0; g < ng; ++g) _mm_store_ps(&sc[g][c], _mm_mul_ps(reduce4(acc[g]), scale4));
-    }
-    for (; c < nt; ++c) {
-      const float* kp = keys.next();
-      __m512 acc[kG];
-      for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_setzero_ps();
-      for (int32_t j = 0; j < nv; ++j) {
-        const __m512 kv = _mm512_loadu_ps(kp + 16 * j);
-        for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_fmadd_ps(q[g][j], kv, acc[g]);
-      }
-      for (int32_t g = 0; g < ng; ++g) sc[g][c] = _mm512_reduce_add_ps(acc[g]) * t.scale;
-    }
+    score_keys(q, ng, nv, t.scale, keys, nt, &sc[0][0], kTile);
     // Online softmax update per head.
     const __mmask16 live = static_cast<__mmask16>((1u << nt) - 1);
     for (int32_t g = 0; g < ng; ++g) {
