@@ -366,6 +366,17 @@ GgufFile::~GgufFile() {
   if (heap_ != nullptr) munmap(heap_, heap_size_);
 }
 
+size_t GgufFile::tensor_span_bytes() const {
+  if (tensors_.empty()) return 0;
+  const uint8_t* lo = tensors_[0].data;
+  const uint8_t* hi = tensors_[0].data + tensors_[0].size;
+  for (const GgufTensorInfo& t : tensors_) {
+    lo = std::min(lo, t.data);
+    hi = std::max(hi, t.data + t.size);
+  }
+  return static_cast<size_t>(hi - lo);
+}
+
 Status GgufFile::load_into_memory() {
   if (tensors_.empty() || heap_ != nullptr) return Status::ok();
   const uint8_t* lo = tensors_[0].data;

@@ -100,6 +100,10 @@ class GgufFile {
   // streaming weights through 4 KiB file pages costs bandwidth (llama.cpp's --no-mmap).
   // Call before taking pointers to tensor data.
   Status load_into_memory();
+  // True once load_into_memory() has moved the tensor data out of the file mapping.
+  bool in_memory() const { return heap_ != nullptr; }
+  // Bytes from the first tensor's data to the end of the last one (what load_into_memory copies).
+  size_t tensor_span_bytes() const;
   const GgufTensorInfo* find_tensor(const std::string& name) const;
 
  private:

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "cpu/quants.h"
 
@@ -95,10 +96,38 @@ void for_rows(ThreadPool& pool, int32_t n, F&& fn) {
 
 }  // namespace
 
-Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const std::string& path, bool no_mmap) {
+// MemAvailable from /proc/meminfo (0 when unknown: then Auto keeps the file mapping).
+static size_t available_memory_bytes() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  unsigned long long kib = 0;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+  }
+  std::fclose(f);
+  return static_cast<size_t>(kib) * 1024;
+}
+
+const char* placement_name(WeightPlacement p) {
+  switch (p) {
+    case WeightPlacement::Auto: return "auto";
+    case WeightPlacement::Mapped: return "mapped";
+    case WeightPlacement::Memory: return "memory";
+  }
+  return "?";
+}
+
+Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const std::string& path,
+                                                     WeightPlacement placement) {
   auto file = GgufFile::open(path);
   QILIN_TRY(file);
-  if (no_mmap) QILIN_TRY((*file)->load_into_memory());
+  if (placement == WeightPlacement::Auto) {
+    placement = (*file)->tensor_span_bytes() <= available_memory_bytes() / 2
+                    ? WeightPlacement::Memory
+                    : WeightPlacement::Mapped;
+  }
+  if (placement == WeightPlacement::Memory) QILIN_TRY((*file)->load_into_memory());
   std::unique_ptr<LlamaModel> m(new LlamaModel());
   m->file_ = std::move(*file);
   const GgufFile& f = *m->file_;

@@ -63,12 +63,26 @@ struct Workspace {
   std::vector<uint8_t> act;    // converted activations for the matmul kernels
 };
 
+// Where the weights live while the model runs.
+// - Mapped: read through the file mapping (4 KiB page-cache pages; starts instantly, shared
+//   between processes, fine for models larger than RAM).
+// - Memory: copied into anonymous memory with transparent huge pages requested. Generation
+//   streams every weight once per token, and on the machines measured (docs/benchmarks.md) the
+//   4 KiB pages of a file mapping cost 5-15% of the read bandwidth (TLB walks on a stream).
+// - Auto (the default): Memory when the weights take at most half of the memory available
+//   now, else Mapped.
+enum class WeightPlacement { Auto, Mapped, Memory };
+const char* placement_name(WeightPlacement p);
+
 class LlamaModel {
  public:
   // Opens and validates a GGUF file. Errors name the file, tensor or key at fault.
-  // no_mmap: copy the weights into anonymous (huge-page) memory instead of reading them
-  // through the file mapping (GgufFile::load_into_memory).
-  static Result<std::unique_ptr<LlamaModel>> load(const std::string& path, bool no_mmap = false);
+  static Result<std::unique_ptr<LlamaModel>> load(
+      const std::string& path, WeightPlacement placement = WeightPlacement::Auto);
+  // Where the weights ended up (Memory or Mapped, never Auto).
+  WeightPlacement placement() const {
+    return file_->in_memory() ? WeightPlacement::Memory : WeightPlacement::Mapped;
+  }
 
   const LlamaHparams& hparams() const { return hp_; }
   const GgufFile& gguf() const { return *file_; }

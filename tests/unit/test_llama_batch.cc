@@ -123,15 +123,25 @@ TEST_F(LlamaBatch, DecodeStepsAfterPrefillMatchOneShotPrefill) {
 }
 
 TEST_F(LlamaBatch, WeightsCopiedIntoMemoryGiveIdenticalLogits) {
-  // --no-mmap: the same bytes at another address, so the same kernels give the same bits.
-  auto copy = LlamaModel::load(test::default_model_path(), /*no_mmap=*/true);
+  // --no-mmap vs --mmap: the same bytes at another address, so the same kernels give the
+  // same bits.
+  auto copy = LlamaModel::load(test::default_model_path(), WeightPlacement::Memory);
   ASSERT_TRUE(copy.is_ok()) << copy.status().message();
+  auto mapped = LlamaModel::load(test::default_model_path(), WeightPlacement::Mapped);
+  ASSERT_TRUE(mapped.is_ok()) << mapped.status().message();
+  EXPECT_EQ((*copy)->placement(), WeightPlacement::Memory);
+  EXPECT_EQ((*mapped)->placement(), WeightPlacement::Mapped);
   ThreadPool pool(2);
   const std::vector<int32_t> p = {504, 3575, 282, 4649, 314, 17, 260, 1345, 30, 2};
-  const std::vector<float> a = run_alone(*model_, pool, p);
+  const std::vector<float> a = run_alone(**mapped, pool, p);
   const std::vector<float> b = run_alone(**copy, pool, p);
   ASSERT_EQ(a, b);
-  EXPECT_NE((*copy)->gguf().tensors()[0].data, model_->gguf().tensors()[0].data);
+  EXPECT_NE((*copy)->gguf().tensors()[0].data, (*mapped)->gguf().tensors()[0].data);
+}
+
+TEST_F(LlamaBatch, AutoPlacementCopiesASmallModelIntoMemory) {
+  // 98 MB of weights against the >= 1 GB free that any test machine has: Auto picks Memory.
+  EXPECT_EQ(model_->placement(), WeightPlacement::Memory);
 }
 
 TEST_F(LlamaBatch, BadBatchesAreRefused) {

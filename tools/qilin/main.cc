@@ -52,6 +52,7 @@ struct Common {
   int threads = ThreadPool::physical_cores();
   int32_t ctx = 4096;
   int32_t batch = 512;
+  bool mmap = false;
   bool no_mmap = false;
   std::string attn = "naive";
 };
@@ -66,9 +67,21 @@ void add_common(CLI::App* app, Common& c) {
       ->check(CLI::Range(1, 1 << 16));
   app->add_option("--attn", c.attn, "attention kernel: naive (two-pass, default) or flash (tiled online softmax, O(1) scratch)")
       ->check(CLI::IsMember({"flash", "naive"}));
+  // Default (neither flag): copy into memory when the weights take at most half of the
+  // available memory, else map the file (LlamaModel::load, WeightPlacement::Auto).
+  auto* mm = app->add_flag("--mmap", c.mmap,
+                           "read the weights through the file mapping (starts at once, shares "
+                           "pages between processes; default only for models larger than half "
+                           "the available memory)");
   app->add_flag("--no-mmap", c.no_mmap,
-                "copy the weights into memory (huge pages where the kernel allows) instead of "
-                "reading them through the file mapping");
+                "copy the weights into memory, huge pages where the kernel allows (the default "
+                "when they take at most half the available memory: faster generation)")
+      ->excludes(mm);
+}
+
+WeightPlacement placement_of(const Common& c) {
+  return c.mmap ? WeightPlacement::Mapped
+                : c.no_mmap ? WeightPlacement::Memory : WeightPlacement::Auto;
 }
 
 void add_sampling(CLI::App* app, SamplingParams& s) {
@@ -89,7 +102,7 @@ struct Loaded {
   double load_ms = 0;
 };
 
-Result<Loaded> load(std::string path, bool no_mmap) {
+Result<Loaded> load(std::string path, WeightPlacement placement) {
   if (path.empty()) {
     path = default_model_path();
     if (access(path.c_str(), R_OK) != 0) {
@@ -101,7 +114,7 @@ Result<Loaded> load(std::string path, bool no_mmap) {
   }
   Loaded l;
   const double t0 = now_ms();
-  auto m = LlamaModel::load(path, no_mmap);
+  auto m = LlamaModel::load(path, placement);
   QILIN_TRY(m);
   l.model = std::move(*m);
   auto t = Tokenizer::from_gguf(l.model->gguf());
@@ -160,7 +173,7 @@ int cmd_run(RunOpts& o) {
     o.prompt = ss.str();
   }
   if (Status st = o.s.validate(); !st) return fail(st.message());
-  auto l = load(o.c.model, o.c.no_mmap);
+  auto l = load(o.c.model, placement_of(o.c));
   if (!l) return fail(l.status().message());
   std::string text = o.prompt;
   if (o.chat) {
@@ -201,7 +214,7 @@ struct ChatOpts {
 
 int cmd_chat(ChatOpts& o) {
   if (Status st = o.s.validate(); !st) return fail(st.message());
-  auto l = load(o.c.model, o.c.no_mmap);
+  auto l = load(o.c.model, placement_of(o.c));
   if (!l) return fail(l.status().message());
   auto tmpl = model_template(*l);
   if (!tmpl) return fail(tmpl.status().message());
@@ -287,7 +300,7 @@ Summary summarize(std::vector<double> v) {
 }
 
 int cmd_bench(BenchOpts& o) {
-  auto l = load(o.c.model, o.c.no_mmap);
+  auto l = load(o.c.model, placement_of(o.c));
   if (!l) return fail(l.status().message());
   GeneratorConfig gc;
   gc.n_ctx = std::max(o.c.ctx, o.n_prompt + o.n_gen + 1);
@@ -357,6 +370,7 @@ int cmd_bench(BenchOpts& o) {
     j["threads"] = o.c.threads;
     j["isa"] = isa_name(cpu_best_isa());
     j["repetitions"] = o.reps;
+    j["weights"] = placement_name(l->model->placement());
     for (const Row& r : rows) {
       nlohmann::json e = {{"test", r.test}, {"t_s_median", r.s.median}, {"t_s_mean", r.s.mean},
                            {"t_s_stddev", r.s.stddev}, {"t_s_min", r.s.min},
@@ -369,13 +383,13 @@ int cmd_bench(BenchOpts& o) {
     }
     std::printf("%s\n", j.dump(2).c_str());
   } else {
-    std::printf("| model | size | threads | isa | test | t/s (median) | ± stddev | min | max | "
-                "GB/s read |\n");
-    std::printf("| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |\n");
+    std::printf("| model | size | weights | threads | isa | test | t/s (median) | ± stddev | min "
+                "| max | GB/s read |\n");
+    std::printf("| --- | ---: | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |\n");
     for (const Row& r : rows) {
-      std::printf("| %s | %.1f MiB | %d | %s | %s | %.2f | %.2f | %.2f | %.2f | %s |\n",
-                  model_name.c_str(), l->model->weight_bytes() / 1048576.0, o.c.threads,
-                  isa_name(cpu_best_isa()), r.test.c_str(), r.s.median, r.s.stddev, r.s.min,
+      std::printf("| %s | %.1f MiB | %s | %d | %s | %s | %.2f | %.2f | %.2f | %.2f | %s |\n",
+                  model_name.c_str(), l->model->weight_bytes() / 1048576.0,
+                  placement_name(l->model->placement()), o.c.threads, isa_name(cpu_best_isa()), r.test.c_str(), r.s.median, r.s.stddev, r.s.min,
                   r.s.max, r.gbps > 0 ? std::to_string(r.gbps).substr(0, 5).c_str() : "");
     }
   }
