@@ -9,6 +9,8 @@
 namespace qilin {
 namespace {
 
+constexpr SeqId kSeq = 0;  // the generator's one sequence
+
 double now_ms() {
   using namespace std::chrono;
   return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
@@ -44,8 +46,8 @@ Result<std::unique_ptr<Generator>> Generator::create(const LlamaModel& model,
   auto kv = KvCache::create(model.kv_config(config.n_ctx, config.block_size));
   QILIN_TRY(kv);
   g->kv_ = std::move(*kv);
-  g->alloc_ = std::make_unique<BlockAllocator>(g->kv_->config().n_blocks, config.block_size);
-  g->block_table_.reserve(g->kv_->config().n_blocks);
+  g->blocks_ = std::make_unique<BlockManager>(g->kv_->config().n_blocks, config.block_size,
+                                              config.prefix_cache);
   g->tokens_.reserve(config.n_ctx);
   const int32_t n_batch = std::min(config.n_batch, config.n_ctx);
   g->ws_ = model.make_workspace(n_batch, 1, config.n_ctx, config.n_threads);
@@ -70,22 +72,45 @@ Status Generator::feed(const int32_t* tokens, int32_t n) {
                     model_.hparams().n_vocab);
     }
   }
-  // NOTE: with one sequence and a pool sized for n_ctx this cannot fail; with shared pools the
-  // caller (the scheduler) decides what to do when it does.
-  if (!alloc_->reserve(block_table_, n_past_ + n)) return errorf("KV cache is full");
-  for (int32_t done = 0; done < n;) {
+  // Slots for the new tokens. A fresh sequence may find its leading blocks in the prefix cache:
+  // those tokens are not computed again.
+  // NOTE: with one sequence and a pool sized for n_ctx this cannot run out; with shared pools
+  // the caller (the scheduler) decides what to do when it does.
+  int32_t done = 0;
+  KvAllocResult r;
+  if (blocks_->has(kSeq) && n_past_ == 0) blocks_->free(kSeq);  // start over: look up the cache
+  if (!blocks_->has(kSeq)) {
+    r = blocks_->add_sequence(kSeq, tokens, n, &done);
+    if (r.ok()) blocks_->reserve(kSeq, cfg_.n_ctx);
+  } else {
+    copies_.clear();
+    r = blocks_->append(kSeq, tokens, n, &copies_);
+    for (const BlockCopy& c : copies_) kv_->copy_block(c.src, c.dst, c.n_slots);
+  }
+  if (!r.ok()) {
+    return errorf("KV cache is full: %d blocks needed, %d available", r.blocks_needed,
+                  r.blocks_available);
+  }
+  tokens_.insert(tokens_.end(), tokens, tokens + done);
+  n_past_ += done;
+  const std::vector<int32_t>& table = blocks_->block_table(kSeq);
+  while (done < n) {
     const int32_t chunk = std::min(n - done, ws_.max_tokens);
     batch_.clear();
-    batch_.seqs.push_back({block_table_.data(), static_cast<int32_t>(block_table_.size())});
+    batch_.seqs.push_back({table.data(), static_cast<int32_t>(table.size())});
     for (int32_t i = 0; i < chunk; ++i) {
       batch_.add(tokens[done + i], n_past_ + i, 0, done + i == n - 1);
     }
     auto logits = model_.forward(batch_, *kv_, ws_, *pool_);
-    QILIN_TRY(logits);
+    if (!logits) {
+      blocks_->truncate(kSeq, n_past_);  // forget the tokens that were not computed
+      return logits.status();
+    }
     last_logits_ = *logits;
     tokens_.insert(tokens_.end(), tokens + done, tokens + done + chunk);
     n_past_ += chunk;
     done += chunk;
+    blocks_->mark_computed(kSeq, n_past_);
   }
   return Status::ok();
 }
@@ -94,11 +119,12 @@ void Generator::truncate(int32_t n) {
   QILIN_ASSERT(n >= 0 && n <= n_past_);
   n_past_ = n;
   tokens_.resize(n);
+  if (blocks_->has(kSeq)) blocks_->truncate(kSeq, n);
   last_logits_ = nullptr;
 }
 
 void Generator::reset() {
-  alloc_->release(block_table_);
+  if (blocks_->has(kSeq)) blocks_->free(kSeq);
   n_past_ = 0;
   tokens_.clear();
   last_logits_ = nullptr;

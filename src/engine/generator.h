@@ -15,7 +15,7 @@
 #include "core/thread_pool.h"
 #include "engine/batch.h"
 #include "engine/sampler.h"
-#include "kv/block_allocator.h"
+#include "kv/block_manager.h"
 #include "kv/kv_cache.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
@@ -28,6 +28,10 @@ struct GeneratorConfig {
   int32_t n_batch = 512;    // prompt tokens per forward call
   int n_threads = 1;
   int32_t block_size = 16;
+  // Full blocks of K/V stay cached after reset() (until their slots are needed) and a later
+  // prompt that starts with the same tokens skips their prefill. Off for benchmarks that
+  // re-feed one prompt.
+  bool prefix_cache = true;
   // --attn flash|naive. Naive (two-pass) stays the default until the flash kernel tiles
   // several query rows per K/V tile: today it is ~4% slower at 512 tokens (docs/benchmarks.md).
   bool flash_attn = false;
@@ -48,6 +52,9 @@ class Generator {
   int32_t n_past() const { return n_past_; }
   // Tokens the sequence holds, in order (what the cache contains).
   const std::vector<int32_t>& tokens() const { return tokens_; }
+  // Prompt tokens whose prefill the prefix cache saved, since creation.
+  int64_t prefix_hit_tokens() const { return blocks_->stats().prefix_hit_tokens; }
+  const BlockManager& blocks() const { return *blocks_; }
   // Keeps the first n tokens and forgets the rest (their slots are overwritten later).
   void truncate(int32_t n);
   int32_t n_ctx() const { return cfg_.n_ctx; }
@@ -61,8 +68,8 @@ class Generator {
   GeneratorConfig cfg_;
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<KvCache> kv_;
-  std::unique_ptr<BlockAllocator> alloc_;
-  std::vector<int32_t> block_table_;
+  std::unique_ptr<BlockManager> blocks_;  // one sequence, kSeq
+  std::vector<BlockCopy> copies_;
   Workspace ws_;
   Batch batch_;
   int32_t n_past_ = 0;

@@ -33,6 +33,10 @@ BlockManager::BlockManager(int32_t n_blocks, int32_t block_size, bool prefix_cac
   blocks_.resize(n_blocks);
   block_tokens_.resize(static_cast<size_t>(n_blocks) * block_size);
   free_.reserve(n_blocks);
+  size_t cap = 16;
+  while (cap < 2 * static_cast<size_t>(n_blocks)) cap *= 2;
+  index_key_.assign(cap, 0);
+  index_block_.assign(cap, -1);
   // Lowest ids on top: a fresh manager hands out blocks 0, 1, 2, ... (exact ids in tests).
   for (int32_t b = n_blocks - 1; b >= 0; --b) free_.push_back(b);
 }
@@ -46,6 +50,52 @@ BlockManager::Seq& BlockManager::seq(SeqId id) {
   auto it = seqs_.find(id);
   QILIN_ASSERT(it != seqs_.end());
   return it->second;
+}
+
+// ---- prefix-cache index ----
+
+int32_t BlockManager::index_find(uint64_t hash) const {
+  const size_t mask = index_key_.size() - 1;
+  for (size_t i = hash & mask;; i = (i + 1) & mask) {
+    if (index_block_[i] < 0) return -1;
+    if (index_key_[i] == hash) return index_block_[i];
+  }
+}
+
+void BlockManager::index_insert(uint64_t hash, int32_t block) {
+  QILIN_ASSERT(static_cast<size_t>(index_size_) < index_key_.size() / 2 + 1);
+  const size_t mask = index_key_.size() - 1;
+  size_t i = hash & mask;
+  while (index_block_[i] >= 0) {
+    QILIN_ASSERT(index_key_[i] != hash);
+    i = (i + 1) & mask;
+  }
+  index_key_[i] = hash;
+  index_block_[i] = block;
+  ++index_size_;
+}
+
+void BlockManager::index_erase(uint64_t hash) {
+  const size_t mask = index_key_.size() - 1;
+  size_t i = hash & mask;
+  while (index_key_[i] != hash || index_block_[i] < 0) {
+    QILIN_ASSERT(index_block_[i] >= 0);  // present
+    i = (i + 1) & mask;
+  }
+  // Backward shift: pull later entries of the probe run into the hole so lookups never stop
+  // early at it.
+  for (size_t j = (i + 1) & mask; index_block_[j] >= 0; j = (j + 1) & mask) {
+    const size_t home = index_key_[j] & mask;
+    // Entry j may move to i if its home is not in the cyclic range (i, j].
+    const bool home_in_range = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+    if (!home_in_range) {
+      index_key_[i] = index_key_[j];
+      index_block_[i] = index_block_[j];
+      i = j;
+    }
+  }
+  index_block_[i] = -1;
+  --index_size_;
 }
 
 // ---- evictable list: intrusive, O(1) removal; head = least recently used ----
@@ -74,9 +124,8 @@ void BlockManager::lru_remove(int32_t b) {
 void BlockManager::unregister(int32_t b) {
   Block& k = blocks_[b];
   if (!k.registered) return;
-  auto it = index_.find(k.hash);
-  QILIN_ASSERT(it != index_.end() && it->second == b);
-  index_.erase(it);
+  QILIN_ASSERT(index_find(k.hash) == b);
+  index_erase(k.hash);
   k.registered = false;
 }
 
@@ -112,9 +161,8 @@ void BlockManager::release_block(int32_t b) {
 }
 
 int32_t BlockManager::lookup(uint64_t hash, uint64_t parent_hash, const int32_t* tokens) const {
-  auto it = index_.find(hash);
-  if (it == index_.end()) return -1;
-  const int32_t b = it->second;
+  const int32_t b = index_find(hash);
+  if (b < 0) return -1;
   const Block& k = blocks_[b];
   // A 64-bit hash can collide: the entry must also have the same parent and the same tokens.
   if (k.parent_hash != parent_hash) return -1;
@@ -225,13 +273,13 @@ void BlockManager::mark_computed(SeqId id, int32_t n) {
     const int32_t b = s.table[i];
     Block& k = blocks_[b];
     if (k.registered) continue;          // already the entry (a prefix hit, or a fork's block)
-    if (index_.count(h) != 0) continue;  // the same content computed elsewhere is the entry
+    if (index_find(h) >= 0) continue;  // the same content computed elsewhere is the entry
     k.registered = true;
     k.hash = h;
     k.parent_hash = parent;
     std::memcpy(&block_tokens_[static_cast<size_t>(b) * block_size_], t,
                 sizeof(int32_t) * block_size_);
-    index_.emplace(h, b);
+    index_insert(h, b);
   }
 }
 
@@ -274,6 +322,13 @@ void BlockManager::free(SeqId id) {
   const std::vector<int32_t>& t = it->second.table;
   for (auto b = t.rbegin(); b != t.rend(); ++b) release_block(*b);
   seqs_.erase(it);
+}
+
+void BlockManager::reserve(SeqId id, int32_t n) {
+  Seq& s = seq(id);
+  s.tokens.reserve(n);
+  s.table.reserve(blocks_for(n) + 1);
+  s.hashes.reserve(n / block_size_ + 1);
 }
 
 BlockManagerStats BlockManager::stats() const {
@@ -328,12 +383,11 @@ void BlockManager::check_invariants() const {
     QILIN_ASSERT(!cached || (k.registered && k.ref == 0));
     if (k.registered) {
       ++registered;
-      auto it = index_.find(k.hash);
-      QILIN_ASSERT(it != index_.end() && it->second == b);
+      QILIN_ASSERT(index_find(k.hash) == b);
       QILIN_ASSERT(k.fill == block_size_);
     }
   }
-  QILIN_ASSERT(registered == static_cast<int32_t>(index_.size()));
+  QILIN_ASSERT(registered == index_size_);
 }
 
 }  // namespace qilin

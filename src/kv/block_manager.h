@@ -85,6 +85,8 @@ class BlockManager {
   // Blocks that allocation can still obtain: free plus evictable.
   int32_t n_available() const { return static_cast<int32_t>(free_.size()) + n_lru_; }
   BlockManagerStats stats() const;
+  // Capacity for a sequence of up to n tokens, so that growing it allocates nothing.
+  void reserve(SeqId id, int32_t n);
   // Aborts (QILIN_ASSERT) if reference counts, lists or the hash index disagree with the
   // block tables. For tests; O(blocks + tokens).
   void check_invariants() const;
@@ -126,7 +128,15 @@ class BlockManager {
   std::vector<int32_t> block_tokens_;  // [n_blocks, block_size] tokens of registered blocks
   std::vector<int32_t> free_;          // stack, lowest id on top
   int32_t lru_head_ = -1, lru_tail_ = -1, n_lru_ = 0;
-  std::unordered_map<uint64_t, int32_t> index_;  // hash -> registered block
+  // The prefix-cache index, hash -> registered block: open addressing with linear probing and
+  // backward-shift deletion, sized once (2x the blocks), so registering a block while decoding
+  // allocates nothing.
+  int32_t index_find(uint64_t hash) const;
+  void index_insert(uint64_t hash, int32_t block);
+  void index_erase(uint64_t hash);
+  std::vector<uint64_t> index_key_;
+  std::vector<int32_t> index_block_;  // -1: empty
+  int32_t index_size_ = 0;
   std::unordered_map<SeqId, Seq> seqs_;
   int64_t query_tokens_ = 0, hit_tokens_ = 0, evictions_ = 0;
 };

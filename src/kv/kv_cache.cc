@@ -3,6 +3,10 @@
 
 #include <sys/mman.h>
 
+#include <cstring>
+
+#include "core/assert.h"
+
 namespace qilin {
 
 Result<std::unique_ptr<KvCache>> KvCache::create(const KvCacheConfig& c) {
@@ -27,6 +31,16 @@ Result<std::unique_ptr<KvCache>> KvCache::create(const KvCacheConfig& c) {
     *pool = static_cast<float*>(p);
   }
   return kv;
+}
+
+void KvCache::copy_block(int32_t src, int32_t dst, int32_t n_slots) {
+  QILIN_ASSERT(src >= 0 && src < cfg_.n_blocks && dst >= 0 && dst < cfg_.n_blocks);
+  QILIN_ASSERT(n_slots >= 0 && n_slots <= cfg_.block_size);
+  const size_t bytes = static_cast<size_t>(n_slots) * slot_elems() * sizeof(float);
+  for (int32_t l = 0; l < cfg_.n_layer; ++l) {
+    std::memcpy(k_block(l, dst), k_block(l, src), bytes);
+    std::memcpy(v_block(l, dst), v_block(l, src), bytes);
+  }
 }
 
 KvCache::~KvCache() {

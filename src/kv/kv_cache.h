@@ -1,6 +1,6 @@
 // The physical KV cache: per layer, K and V pools shaped [n_blocks, block_size, n_head_kv,
 // head_dim]. It stores and reads slots named by (block, offset) and knows nothing about
-// sequences; BlockAllocator (or a later BlockManager) decides which slot a token uses.
+// sequences; the BlockManager decides which slot a token uses.
 // NOTE: pools are anonymous mappings, so memory is committed only as slots are first written.
 #pragma once
 
@@ -38,6 +38,9 @@ class KvCache {
   const float* k_block(int32_t layer, int32_t block) const { return k_ + offset(layer, block); }
   const float* v_block(int32_t layer, int32_t block) const { return v_ + offset(layer, block); }
   size_t bytes() const { return bytes_; }
+  // Copies slots [0, n_slots) of block src into block dst, K and V, every layer (the
+  // BlockManager's copy-on-write).
+  void copy_block(int32_t src, int32_t dst, int32_t n_slots);
 
  private:
   KvCache() = default;

@@ -11,15 +11,7 @@ namespace {
 
 class GeneratorTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    ASSERT_TRUE(test::model_present());
-    auto m = LlamaModel::load(test::default_model_path());
-    ASSERT_TRUE(m.is_ok()) << m.status().message();
-    model_ = std::move(*m);
-    auto t = Tokenizer::from_gguf(model_->gguf());
-    ASSERT_TRUE(t.is_ok()) << t.status().message();
-    tok_ = std::move(*t);
-  }
+  void SetUp() override { ASSERT_NO_FATAL_FAILURE(test::load_default(&model_, &tok_)); }
   std::unique_ptr<Generator> make(int32_t n_ctx = 256) {
     GeneratorConfig gc;
     gc.n_ctx = n_ctx;

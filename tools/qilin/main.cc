@@ -307,6 +307,7 @@ int cmd_bench(BenchOpts& o) {
   gc.n_batch = std::max(o.c.batch, 1);
   gc.n_threads = o.c.threads;
   gc.flash_attn = o.c.attn == "flash";
+  gc.prefix_cache = false;  // every repetition re-feeds the same prompt: it must be computed
   auto gen = Generator::create(*l->model, gc);
   if (!gen) return fail(gen.status().message());
   Generator& g = **gen;
