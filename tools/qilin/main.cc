@@ -20,6 +20,7 @@
 
 #include "core/thread_pool.h"
 #include "cpu/quants.h"
+#include "engine/beam_search.h"
 #include "engine/generator.h"
 #include "engine/sampler.h"
 #include "model/chat_template.h"
@@ -162,7 +163,44 @@ struct RunOpts {
   std::vector<std::string> stop;
   bool chat = false;
   bool ignore_eos = false;
+  int32_t beams = 0;
+  float length_penalty = 1.0f;
 };
+
+// --beam N: beam search over the shared paged KV cache; prints the best hypothesis (and the
+// others with their scores on stderr).
+int run_beam(const RunOpts& o, const Loaded& l, const std::vector<int32_t>& prompt) {
+  BeamSearchOptions bo;
+  bo.n_beams = o.beams;
+  bo.max_tokens = o.n_predict < 0 ? std::max(1, o.c.ctx - static_cast<int32_t>(prompt.size()))
+                                  : std::max(1, o.n_predict);
+  bo.length_penalty = o.length_penalty;
+  bo.ignore_eos = o.ignore_eos;
+  bo.n_threads = o.c.threads;
+  bo.n_batch = o.c.batch;
+  bo.flash_attn = o.c.attn == "flash";
+  BeamSearchStats bst;
+  const double t0 = now_ms();
+  auto hyps = beam_search(*l.model, *l.tok, prompt, bo, &bst);
+  if (!hyps) return fail(hyps.status().message());
+  const double ms = now_ms() - t0;
+  if (hyps->empty()) return fail("beam search produced no hypothesis");
+  std::string best;
+  for (int32_t t : (*hyps)[0].tokens) best += l.tok->token_to_piece(t);
+  print_text(best);
+  std::fprintf(stderr, "\n\nload time: %.1f ms\nbeam search: %d beams, %d steps in %.1f ms; KV "
+               "blocks at peak %d shared vs %d unshared, %d copy-on-write copies\n",
+               l.load_ms, o.beams, bst.steps, ms, bst.peak_blocks, bst.unshared_blocks,
+               bst.block_copies);
+  for (size_t i = 0; i < hyps->size(); ++i) {
+    const BeamHypothesis& h = (*hyps)[i];
+    std::string text;
+    for (int32_t t : h.tokens) text += l.tok->token_to_piece(t);
+    std::fprintf(stderr, "  #%zu score %.4f logprob %.4f %s: %s\n", i + 1, h.score, h.logprob,
+                 h.finished ? "eos" : "length", text.c_str());
+  }
+  return 0;
+}
 
 int cmd_run(RunOpts& o) {
   if (!o.prompt_file.empty()) {
@@ -185,6 +223,7 @@ int cmd_run(RunOpts& o) {
   }
   std::vector<int32_t> prompt = l->tok->encode(text, true, true);
   if (prompt.empty()) return fail("the prompt is empty");
+  if (o.beams > 0) return run_beam(o, *l, prompt);
   GeneratorConfig gc;
   gc.n_ctx = o.c.ctx;
   gc.n_batch = o.c.batch;
@@ -414,6 +453,11 @@ int main(int argc, char** argv) {
   r->add_option("--stop", run.stop, "stop string (repeatable)");
   r->add_flag("--chat", run.chat, "wrap the prompt in the model's chat template as a user turn");
   r->add_flag("--ignore-eos", run.ignore_eos, "keep generating past end-of-generation tokens");
+  r->add_option("--beam", run.beams,
+                "beam search with N beams sharing the paged KV cache (sampling flags unused)")
+      ->check(CLI::Range(1, 64));
+  r->add_option("--length-penalty", run.length_penalty,
+                "beam score = log-probability / length^penalty (default 1)");
 
   ChatOpts chat;
   CLI::App* c = app.add_subcommand("chat", "multi-turn conversation using the model's chat template");
