@@ -107,6 +107,29 @@ TEST(Cli, BenchJsonHasBothTests) {
   EXPECT_NE(r.out.find("\"test\": \"tg4\""), std::string::npos) << r.out;
 }
 
+TEST(Cli, BenchPrefixRowAndWeightPlacement) {
+  ASSERT_TRUE(test::model_present());
+  CliResult r = run_cli("bench -p 40 --prefix 32 -n 0 -r 1 -t 1 -o json --mmap 2>/dev/null");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("\"test\": \"pp40 (first 32 cached)\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"weights\": \"mapped\""), std::string::npos) << r.out;
+  CliResult bad = run_cli("bench -p 16 --prefix 16 -n 0");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.out.find("--prefix 16"), std::string::npos) << bad.out;
+  CliResult both = run_cli("bench --mmap --no-mmap -p 16 -n 0");
+  EXPECT_NE(both.code, 0) << both.out;
+}
+
+TEST(Cli, RunBeamSearchPrintsHypotheses) {
+  ASSERT_TRUE(test::model_present());
+  CliResult r = run_cli("run --beam 3 -p 'The capital of France is' -n 8 -t 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("beam search: 3 beams"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("#3 score"), std::string::npos) << r.out;
+  CliResult bad = run_cli("run --beam 0 -p hi");
+  EXPECT_NE(bad.code, 0);
+}
+
 TEST(Cli, ChatHoldsATwoTurnConversationAndReusesTheCache) {
   ASSERT_TRUE(test::model_present());
   CliResult r = run_cli("chat --temp 0 -n 8 -t 2 < /dev/null");

@@ -318,6 +318,7 @@ struct BenchOpts {
   int32_t n_gen = 128;
   int reps = 5;
   std::string output = "md";
+  int32_t prefix = 0;  // leading prompt tokens shared with an earlier prompt (prefix cache test)
 };
 
 struct Summary {
@@ -339,6 +340,10 @@ Summary summarize(std::vector<double> v) {
 }
 
 int cmd_bench(BenchOpts& o) {
+  if (o.prefix > 0 && o.prefix >= o.n_prompt) {
+    return fail("--prefix " + std::to_string(o.prefix) + " must be below -p " +
+                std::to_string(o.n_prompt) + " (at least one prompt token is computed)");
+  }
   auto l = load(o.c.model, placement_of(o.c));
   if (!l) return fail(l.status().message());
   GeneratorConfig gc;
@@ -361,6 +366,23 @@ int cmd_bench(BenchOpts& o) {
     QILIN_TRY(g.feed(prompt));
     return now_ms() - t0;
   };
+  // --prefix N: the same prompt length, its first N tokens a prefix an earlier prompt left in
+  // the prefix cache and the rest new each time (a shared system prompt, then a new question).
+  std::unique_ptr<Generator> gp;
+  if (o.prefix > 0) {
+    GeneratorConfig pc = gc;
+    pc.prefix_cache = true;
+    auto made = Generator::create(*l->model, pc);
+    if (!made) return fail(made.status().message());
+    gp = std::move(*made);
+  }
+  auto run_pp_prefix = [&]() -> Result<double> {
+    gp->reset();
+    for (int32_t i = o.prefix; i < o.n_prompt; ++i) prompt[i] = dist(rng);
+    const double t0 = now_ms();
+    QILIN_TRY(gp->feed(prompt));
+    return now_ms() - t0;
+  };
   auto run_tg = [&]() -> Result<double> {
     g.reset();
     int32_t tok = l->tok->bos() >= 0 ? l->tok->bos() : 0;
@@ -374,8 +396,14 @@ int cmd_bench(BenchOpts& o) {
   // Warm-up: page in the weights, spin up the threads.
   if (o.n_prompt > 0) { auto w = run_pp(); if (!w) return fail(w.status().message()); }
   if (o.n_gen > 0) { auto w = run_tg(); if (!w) return fail(w.status().message()); }
-  std::vector<double> pp, tg;
+  if (gp) { auto w = run_pp_prefix(); if (!w) return fail(w.status().message()); }
+  std::vector<double> pp, tg, ppc;
   for (int r = 0; r < o.reps; ++r) {
+    if (gp) {
+      auto ms = run_pp_prefix();
+      if (!ms) return fail(ms.status().message());
+      ppc.push_back(1000.0 * o.n_prompt / *ms);
+    }
     if (o.n_prompt > 0) {
       auto ms = run_pp();
       if (!ms) return fail(ms.status().message());
@@ -398,6 +426,11 @@ int cmd_bench(BenchOpts& o) {
   struct Row { std::string test; Summary s; std::vector<double> runs; double gbps; };
   std::vector<Row> rows;
   if (!pp.empty()) rows.push_back({"pp" + std::to_string(o.n_prompt), summarize(pp), pp, 0.0});
+  if (!ppc.empty()) {
+    rows.push_back({"pp" + std::to_string(o.n_prompt) + " (first " + std::to_string(o.prefix) +
+                        " cached)",
+                    summarize(ppc), ppc, 0.0});
+  }
   if (!tg.empty()) {
     Summary s = summarize(tg);
     rows.push_back({"tg" + std::to_string(o.n_gen), s, tg, s.median * bytes_per_token / 1e9});
@@ -473,6 +506,10 @@ int main(int argc, char** argv) {
   b->add_option("-p,--n-prompt", bench.n_prompt, "prompt tokens (pp test)")->check(CLI::Range(0, 1 << 20));
   b->add_option("-n,--n-gen", bench.n_gen, "generated tokens (tg test)")->check(CLI::Range(0, 1 << 20));
   b->add_option("-r,--repetitions", bench.reps, "repetitions")->check(CLI::Range(1, 1000));
+  b->add_option("--prefix", bench.prefix,
+                "also time the prompt with its first N tokens found in the prefix cache (a "
+                "shared system prompt); t/s counts all prompt tokens")
+      ->check(CLI::Range(0, 1 << 20));
   b->add_option("-o,--output", bench.output, "output format")->check(CLI::IsMember({"md", "json"}));
 
   CLI11_PARSE(app, argc, argv);
