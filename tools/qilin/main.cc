@@ -18,6 +18,8 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
+#include "common.h"
+#include "serve.h"
 #include "core/thread_pool.h"
 #include "cpu/quants.h"
 #include "engine/beam_search.h"
@@ -28,102 +30,9 @@
 #include "model/tokenizer.h"
 
 using namespace qilin;
+using namespace qilin::cli;
 
 namespace {
-
-constexpr const char* kDefaultModel = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-double now_ms() {
-  using namespace std::chrono;
-  return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
-}
-
-std::string default_model_path() {
-  const char* dir = std::getenv("QILIN_MODELS");
-  return std::string(dir && *dir ? dir : QILIN_MODEL_DIR) + "/" + kDefaultModel;
-}
-
-int fail(const std::string& msg) {
-  std::fprintf(stderr, "qilin: error: %s\n", msg.c_str());
-  return 1;
-}
-
-struct Common {
-  std::string model;
-  int threads = ThreadPool::physical_cores();
-  int32_t ctx = 4096;
-  int32_t batch = 512;
-  bool mmap = false;
-  bool no_mmap = false;
-  std::string attn = "naive";
-};
-
-void add_common(CLI::App* app, Common& c) {
-  app->add_option("-m,--model", c.model,
-                  "GGUF model file (default: the fetched SmolLM2-135M-Instruct Q4_1)");
-  app->add_option("-t,--threads", c.threads, "worker threads (default: physical cores)")
-      ->check(CLI::Range(1, 1024));
-  app->add_option("-c,--ctx-size", c.ctx, "context size in tokens")->check(CLI::Range(16, 1 << 20));
-  app->add_option("-b,--batch-size", c.batch, "prompt tokens per forward pass")
-      ->check(CLI::Range(1, 1 << 16));
-  app->add_option("--attn", c.attn, "attention kernel: naive (two-pass, default) or flash (tiled online softmax, O(1) scratch)")
-      ->check(CLI::IsMember({"flash", "naive"}));
-  // Default (neither flag): copy into memory when the weights take at most half of the
-  // available memory, else map the file (LlamaModel::load, WeightPlacement::Auto).
-  auto* mm = app->add_flag("--mmap", c.mmap,
-                           "read the weights through the file mapping (starts at once, shares "
-                           "pages between processes; default only for models larger than half "
-                           "the available memory)");
-  app->add_flag("--no-mmap", c.no_mmap,
-                "copy the weights into memory, huge pages where the kernel allows (the default "
-                "when they take at most half the available memory: faster generation)")
-      ->excludes(mm);
-}
-
-WeightPlacement placement_of(const Common& c) {
-  return c.mmap ? WeightPlacement::Mapped
-                : c.no_mmap ? WeightPlacement::Memory : WeightPlacement::Auto;
-}
-
-void add_sampling(CLI::App* app, SamplingParams& s) {
-  app->add_option("--temp", s.temperature, "temperature (0 = greedy)");
-  app->add_option("--top-k", s.top_k, "top-k (0 = off)");
-  app->add_option("--top-p", s.top_p, "top-p (1 = off)");
-  app->add_option("--min-p", s.min_p, "min-p (0 = off)");
-  app->add_option("--repeat-penalty", s.repeat_penalty, "repetition penalty (1 = off)");
-  app->add_option("--repeat-last-n", s.repeat_last_n, "tokens the penalties look back over");
-  app->add_option("--frequency-penalty", s.frequency_penalty, "frequency penalty");
-  app->add_option("--presence-penalty", s.presence_penalty, "presence penalty");
-  app->add_option("-s,--seed", s.seed, "random seed");
-}
-
-struct Loaded {
-  std::unique_ptr<LlamaModel> model;
-  std::unique_ptr<Tokenizer> tok;
-  double load_ms = 0;
-};
-
-Result<Loaded> load(std::string path, WeightPlacement placement) {
-  if (path.empty()) {
-    path = default_model_path();
-    if (access(path.c_str(), R_OK) != 0) {
-      return errorf("the default model %s is not there; fetch it with scripts/fetch_model.sh "
-                    "(or pass -m MODEL.gguf)", path.c_str());
-    }
-  } else if (access(path.c_str(), R_OK) != 0) {
-    return errorf("cannot read model file '%s'", path.c_str());
-  }
-  Loaded l;
-  const double t0 = now_ms();
-  auto m = LlamaModel::load(path, placement);
-  QILIN_TRY(m);
-  l.model = std::move(*m);
-  auto t = Tokenizer::from_gguf(l.model->gguf());
-  QILIN_TRY(t);
-  l.tok = std::move(*t);
-  l.load_ms = now_ms() - t0;
-  return l;
-}
 
 void print_stats(double load_ms, const GenerateStats& st) {
   std::fprintf(stderr, "\n\nload time: %.1f ms\n", load_ms);
@@ -139,18 +48,6 @@ bool print_text(std::string_view s) {
   std::fwrite(s.data(), 1, s.size(), stdout);
   std::fflush(stdout);
   return true;
-}
-
-Result<ChatTemplate> model_template(const Loaded& l) {
-  const GgufFile& f = l.model->gguf();
-  if (!f.find("tokenizer.chat_template")) {
-    return errorf("%s has no tokenizer.chat_template", f.path().c_str());
-  }
-  auto src = f.get_string("tokenizer.chat_template");
-  QILIN_TRY(src);
-  // The tokenizer adds BOS itself when the file asks for it; the template must not repeat it.
-  const std::string eos = l.tok->eos() >= 0 ? l.tok->token_text(l.tok->eos()) : "";
-  return ChatTemplate::from_string(*src, "", eos);
 }
 
 // ---- run ----------------------------------------------------------------------------------
@@ -512,7 +409,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 1 << 20));
   b->add_option("-o,--output", bench.output, "output format")->check(CLI::IsMember({"md", "json"}));
 
+  CLI::App* sv = add_serve(app);
+
   CLI11_PARSE(app, argc, argv);
+  if (sv->parsed()) return run_serve();
   if (r->parsed()) {
     if (run.prompt.empty() && run.prompt_file.empty()) return fail("run: give a prompt with -p or -f");
     return cmd_run(run);

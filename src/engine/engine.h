@@ -1,0 +1,193 @@
+// Engine: continuous batching of many requests over one model and one paged KV cache.
+// Every step the scheduler builds one Batch from the running sequences (one decode token each)
+// and from prompts still being prefilled (chunked, under a token budget), runs it, samples,
+// and streams each choice's new text to its request's callback. Requests join and leave at
+// every step. When the KV pool runs out, the most recently admitted sequences are preempted
+// (their blocks freed) and recomputed later; nothing fails because the pool was briefly full.
+// The scheduling rule (vLLM v1's): each sequence's computed-token count catches up with its
+// token count, which covers prefill, chunked prefill, prefix-cache hits and recompute alike.
+// NOTE: callbacks run on the engine thread, between steps: they must be quick (queue the event
+// and return) and must not call back into the Engine.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "engine/batch.h"
+#include "engine/sampler.h"
+#include "kv/block_manager.h"
+#include "kv/kv_cache.h"
+#include "model/llama.h"
+#include "model/tokenizer.h"
+
+namespace qilin {
+
+using RequestId = uint64_t;
+
+struct RequestParams {
+  std::vector<int32_t> prompt;    // token ids, BOS included when the model wants one
+  int32_t max_tokens = 16;        // generated tokens per choice at most
+  int32_t n = 1;                  // choices: parallel samples sharing the prompt's KV blocks
+  SamplingParams sampling;        // choice i samples with seed + i
+  std::vector<std::string> stop;  // stop strings: the text is cut before them
+  bool ignore_eos = false;
+  bool logprobs = false;          // report each generated token's log-probability
+  int32_t top_logprobs = 0;       // and this many most likely alternatives (0..20)
+};
+
+enum class FinishReason { None, Stop, Length, Cancelled, Error };
+const char* finish_reason_name(FinishReason r);  // "stop", "length", "cancelled", "error"
+
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0;  // natural log, of the model's distribution before sampling transforms
+};
+
+struct GeneratedToken {
+  int32_t token = 0;
+  float logprob = 0;
+  std::vector<TokenLogprob> top;  // top_logprobs alternatives, most likely first
+};
+
+// One step's news for one choice of a request.
+struct ChoiceEvent {
+  RequestId id = 0;
+  int32_t index = 0;                   // choice index in [0, n)
+  std::string text;                    // new final text (held back while it may start a stop
+                                       // string or ends in an incomplete UTF-8 sequence)
+  std::vector<GeneratedToken> tokens;  // tokens generated since the last event
+  FinishReason finish = FinishReason::None;  // set on the choice's last event
+  std::string error;                   // FinishReason::Error: what went wrong
+  int32_t n_prompt = 0;                // prompt tokens of the request
+  int32_t n_generated = 0;             // tokens this choice generated so far
+};
+
+using EventFn = std::function<void(const ChoiceEvent&)>;
+
+// Why submit() refused a request; the server maps these to HTTP statuses.
+enum class SubmitError { None, Invalid, TooLong, QueueFull, ShuttingDown };
+
+struct SubmitResult {
+  RequestId id = 0;
+  SubmitError error = SubmitError::None;
+  std::string message;  // names the field and value at fault
+  bool ok() const { return error == SubmitError::None; }
+};
+
+struct EngineConfig {
+  int n_threads = 1;
+  size_t kv_cache_bytes = size_t{512} << 20;  // KV pool size (ignored when kv_blocks > 0)
+  int32_t kv_blocks = 0;
+  int32_t block_size = 16;
+  int32_t max_batch_tokens = 512;  // tokens per step (decode rows + prefill chunks)
+  int32_t max_running = 64;        // sequences in flight (each choice counts)
+  int32_t max_queue = 1024;        // waiting requests before QueueFull
+  int32_t max_seq_len = 0;         // prompt + generated per sequence; 0: the model's context
+  bool flash_attn = false;
+  bool prefix_cache = true;
+};
+
+// Cumulative counts and a histogram with fixed bounds (Prometheus-style, seconds).
+struct Histogram {
+  std::vector<double> bounds;      // upper bounds, ascending; +Inf implied
+  std::vector<uint64_t> counts;    // [bounds.size() + 1], not cumulative
+  double sum = 0;
+  uint64_t count = 0;
+  void observe(double v);
+};
+
+struct EngineMetrics {
+  uint64_t requests_received = 0;
+  uint64_t requests_finished = 0;   // every choice finished (any reason but cancelled)
+  uint64_t requests_cancelled = 0;
+  uint64_t requests_rejected = 0;
+  uint64_t prompt_tokens = 0;       // of accepted requests
+  uint64_t generated_tokens = 0;
+  uint64_t prefix_hit_tokens = 0;
+  uint64_t preemptions = 0;
+  uint64_t steps = 0;
+  int32_t waiting = 0;              // requests not yet admitted (or preempted)
+  int32_t running = 0;              // sequences admitted
+  BlockManagerStats kv;
+  Histogram ttft;                   // submit -> first token, seconds
+  Histogram itl;                    // between a choice's consecutive tokens, seconds
+};
+
+class Engine {
+ public:
+  static Result<std::unique_ptr<Engine>> create(const LlamaModel& model, const Tokenizer& tok,
+                                                const EngineConfig& config);
+  ~Engine();  // stops the loop thread if started
+
+  // Thread-safe. Queues the request; on_event receives every choice's events until each has
+  // finished. Refuses at once what can never run (a prompt plus max_tokens longer than a
+  // sequence may be, or than the whole pool holds) and what the full queue cannot take.
+  SubmitResult submit(RequestParams params, EventFn on_event);
+  // Thread-safe. The request's choices finish with FinishReason::Cancelled at the next step
+  // and their blocks are freed. Unknown or finished ids are ignored.
+  void cancel(RequestId id);
+  EngineMetrics metrics() const;  // thread-safe snapshot
+
+  // The loop on its own thread (start/stop), or driven by hand (step) in tests.
+  void start();
+  void stop();  // finishes nothing: pending requests are cancelled
+  // One iteration: admits, schedules, runs one batch, samples, emits. Returns false when
+  // there was nothing to do.
+  bool step();
+  // Blocks until no request is waiting or running (tests, shutdown).
+  void wait_idle();
+
+  const EngineConfig& config() const { return cfg_; }
+  int32_t max_seq_len() const { return max_seq_len_; }
+
+ private:
+  struct Request;
+  struct Seq;
+  Engine(const LlamaModel& model, const Tokenizer& tok, const EngineConfig& config);
+  void admit_new_requests();
+  bool schedule_and_run();
+  void preempt(Seq* s);
+  void finish_seq(Seq* s, FinishReason why, const std::string& error = "");
+  void sample_and_emit(Seq* s, const float* logits);
+  void fork_choices(Seq* s, const float* logits);
+  void drop_cancelled();
+
+  const LlamaModel& model_;
+  const Tokenizer& tok_;
+  EngineConfig cfg_;
+  int32_t max_seq_len_ = 0;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<KvCache> kv_;
+  std::unique_ptr<BlockManager> blocks_;
+  Workspace ws_;
+  Batch batch_;
+  std::vector<BlockCopy> copies_;
+
+  // Shared with submitters (mu_).
+  mutable std::mutex mu_;
+  std::condition_variable cv_;       // work arrived / engine idle
+  std::deque<std::shared_ptr<Request>> inbox_;
+  std::vector<RequestId> cancels_;
+  EngineMetrics metrics_;
+  RequestId next_id_ = 1;
+  bool stopping_ = false;
+  bool idle_ = true;
+
+  // Engine-thread only.
+  std::vector<std::unique_ptr<Seq>> running_;   // admission order
+  std::deque<std::unique_ptr<Seq>> waiting_;    // new and preempted, front first
+  SeqId next_seq_ = 1;
+  std::thread thread_;
+  std::atomic<bool> started_{false};
+};
+
+}  // namespace qilin
