@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "core/assert.h"
+#include "engine/text_stream.h"
 
 namespace qilin {
 namespace {
@@ -14,19 +15,6 @@ constexpr SeqId kSeq = 0;  // the generator's one sequence
 double now_ms() {
   using namespace std::chrono;
   return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
-}
-
-// Length of the longest prefix of `text` that is complete UTF-8 (an unfinished multi-byte
-// sequence at the end is held back until its remaining bytes arrive).
-size_t complete_utf8_prefix(std::string_view text) {
-  const size_t n = text.size();
-  for (size_t back = 1; back <= 4 && back <= n; ++back) {
-    const unsigned char c = static_cast<unsigned char>(text[n - back]);
-    if ((c & 0xC0) == 0x80) continue;  // continuation byte: look further back
-    size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
-    return len > back ? n - back : n;
-  }
-  return n;
 }
 
 }  // namespace
@@ -145,15 +133,11 @@ Result<GenerateStats> generate(Generator& gen, const Tokenizer& tok, Sampler& sa
   st.prompt_ms = now_ms() - t0;
   for (int32_t t : prompt) sampler.accept(t);
 
-  std::string text;     // generated text not yet handed to on_text
-  size_t max_stop = 0;
-  for (const std::string& s : opt.stop) max_stop = std::max(max_stop, s.size());
-  text.reserve(256 + max_stop);
+  TextStream text(opt.stop);
   const double t1 = now_ms();
   st.stop_reason = "length";
   const int32_t limit = opt.max_tokens < 0 ? gen.n_ctx() : opt.max_tokens;
-  bool stopped = false;
-  for (int32_t i = 0; i < limit && !stopped; ++i) {
+  for (int32_t i = 0; i < limit; ++i) {
     const int32_t id = sampler.sample(gen.logits());
     if (id == Sampler::kNoToken) return errorf("the model produced only NaN logits");
     sampler.accept(id);
@@ -162,37 +146,13 @@ Result<GenerateStats> generate(Generator& gen, const Tokenizer& tok, Sampler& sa
       break;
     }
     ++st.n_generated;
-    text += tok.token_to_piece(id);
-    // Stop strings: cut at the first match; otherwise hold back a tail that could start one.
-    size_t emit = text.size();
-    for (const std::string& s : opt.stop) {
-      if (s.empty()) continue;
-      const size_t at = text.find(s);
-      if (at != std::string::npos) {
-        emit = std::min(emit, at);
-        stopped = true;
-        st.stop_reason = "stop";
-      }
+    const std::string_view emit = text.push(tok.token_to_piece(id));
+    if (text.stopped()) st.stop_reason = "stop";
+    if (!emit.empty() && !on_text(emit)) {
+      st.stop_reason = "cancelled";
+      break;
     }
-    if (!stopped) {
-      for (const std::string& s : opt.stop) {
-        for (size_t k = std::min(s.size() - 1, text.size()); k > 0; --k) {
-          if (text.compare(text.size() - k, k, s, 0, k) == 0) {
-            emit = std::min(emit, text.size() - k);
-            break;
-          }
-        }
-      }
-      emit = std::min(emit, complete_utf8_prefix(text));
-    }
-    if (emit > 0) {
-      if (!on_text(std::string_view(text.data(), emit))) {
-        st.stop_reason = "cancelled";
-        stopped = true;
-      }
-      text.erase(0, emit);
-    }
-    if (stopped) break;
+    if (text.stopped()) break;
     if (i + 1 < limit) {
       if (gen.n_past() + 1 >= gen.n_ctx()) {
         st.stop_reason = "context";
@@ -201,7 +161,10 @@ Result<GenerateStats> generate(Generator& gen, const Tokenizer& tok, Sampler& sa
       QILIN_TRY(gen.feed(&id, 1));
     }
   }
-  if (st.stop_reason != "stop" && st.stop_reason != "cancelled" && !text.empty()) on_text(text);
+  if (st.stop_reason != "stop" && st.stop_reason != "cancelled") {
+    const std::string_view rest = text.flush();
+    if (!rest.empty()) on_text(rest);
+  }
   st.gen_ms = now_ms() - t1;
   return st;
 }

@@ -107,7 +107,9 @@ TEST_F(BeamSearchTest, HypothesesMatchTeacherForcingThroughAnUnsharedCache) {
     const BeamHypothesis& h = (*hyps)[i];
     SCOPED_TRACE(i);
     ASSERT_FALSE(h.tokens.empty());
-    if (i > 0) EXPECT_GE((*hyps)[i - 1].score, h.score);  // best first
+    if (i > 0) {
+      EXPECT_GE((*hyps)[i - 1].score, h.score);  // best first
+    }
     const double want = teacher_forced_logprob(prompt, h.tokens, h.finished);
     EXPECT_NEAR(h.logprob, want, 1e-3 * std::max(1.0, std::fabs(want)));
     const double len = static_cast<double>(h.tokens.size() + (h.finished ? 1 : 0));
