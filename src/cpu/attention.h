@@ -1,47 +1,77 @@
-// The attention kernel for one group of query heads that share a KV head (grouped-query
+// The attention kernels for one group of query heads that share a KV head (grouped-query
 // attention), over positions reached through a block table. One call reads each K and V slot
 // of the group once, whatever the group size. Scalar reference plus per-ISA versions.
+// The flash kernels also take a block of consecutive query rows of one sequence (causal: row r
+// sees one position more than row r - 1) and a KV range, so that prefill reads each K/V tile
+// once for rows x heads query vectors and decode can split the context across threads.
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 #include "cpu/quants.h"
 
 namespace qilin {
 
 struct AttnTask {
-  const float* q = nullptr;    // [n_q, head_dim] query heads of the group, RoPE applied
-  float* out = nullptr;        // [n_q, head_dim]
-  int32_t n_q = 1;             // heads in the group (n_head / n_head_kv)
+  const float* q = nullptr;  // head g of row r at q + r * q_stride + g * head_dim, RoPE applied
+  float* out = nullptr;      // head g of row r at out + r * out_stride + g * head_dim
+  int32_t n_q = 1;           // heads per row (a GQA group, n_head / n_head_kv)
+  int32_t n_rows = 1;        // consecutive query rows of one sequence (flash kernels only)
+  int64_t q_stride = 0;      // elements from one row's q to the next's (n_rows > 1)
+  int64_t out_stride = 0;    // elements from one row's out to the next's (n_rows > 1)
   int32_t head_dim = 0;
-  int32_t n_ctx = 0;           // attends to positions [0, n_ctx)
-  float scale = 1.0f;          // applied to q.k before the softmax
-  const float* k = nullptr;    // the layer's K pool [n_blocks, block_size, slot_elems]
-  const float* v = nullptr;    // the layer's V pool, same shape
+  int32_t n_ctx = 0;                     // row r attends to positions [0, n_ctx + r)
+  float scale = 1.0f;                    // applied to q.k before the softmax
+  const float* k = nullptr;              // the layer's K pool [n_blocks, block_size, slot_elems]
+  const float* v = nullptr;              // the layer's V pool, same shape
   const int32_t* block_table = nullptr;  // position p lives in block block_table[p / block_size]
   int32_t block_size = 16;
-  int64_t slot_elems = 0;      // n_head_kv * head_dim
-  int64_t head_offset = 0;     // kv_head * head_dim within a slot
+  int64_t slot_elems = 0;   // n_head_kv * head_dim
+  int64_t head_offset = 0;  // kv_head * head_dim within a slot
+  // Flash-decoding (flash kernels only): attend to [kv_begin, kv_end) of each row's range and,
+  // when ml is set, leave the output unnormalised: out = sum_p e^(s_p - m) v_p, with the
+  // running max m and sum l = sum_p e^(s_p - m) of query vector i = r * n_q + g in
+  // ml[2i], ml[2i + 1] (m = -inf, l = 0, out = 0 when the range is empty for that row).
+  // Partial results of disjoint ranges merge with attention_merge.
+  int32_t kv_begin = 0;
+  int32_t kv_end = std::numeric_limits<int32_t>::max();
+  float* ml = nullptr;  // [n_rows * n_q, 2] or null (normalised output)
 };
 
-// scores: scratch of at least n_q * n_ctx floats.
+// scores: scratch of at least n_q * n_ctx floats (two-pass kernels; flash kernels ignore it).
+// Two-pass kernels take one row (n_rows == 1) over its whole range.
 using AttnFn = void (*)(const AttnTask& task, float* scores);
 
 void attention_ref(const AttnTask& task, float* scores);
 // FlashAttention reference: keys in tiles with an online softmax (running max and sum,
-// rescaling the partial output when the max grows); needs no scores scratch.
+// rescaling the partial output when the max grows); needs no scores scratch. Any n_rows, KV
+// range and partial output.
 void attention_flash_ref(const AttnTask& task, float* scores);
 // The best two-pass kernel for `isa` that handles this head_dim (else the reference).
 AttnFn attention_kernel(Isa isa, int32_t head_dim);
 // The best flash kernel for `isa` and head_dim (else the flash reference).
 AttnFn attention_flash_kernel(Isa isa, int32_t head_dim);
+// Query rows per flash task that the kernel for `isa` uses best with n_q heads per row (its
+// register tile); callers may pass fewer or more.
+int32_t attention_flash_rows(Isa isa, int32_t n_q);
+
+// Merges n_parts partial results of disjoint KV ranges (each as written with AttnTask::ml) for
+// n_vec query vectors: out[i] = sum_j e^(m_j - M) o_j[i] / sum_j e^(m_j - M) l_j.
+// o: [n_parts][n_vec][head_dim], ml: [n_parts][n_vec][2]; vector i = r * n_q + g goes to
+// out + r * out_stride + g * head_dim.
+void attention_merge(const float* o, const float* ml, int32_t n_parts, int32_t n_vec,
+                     int32_t head_dim, int32_t n_q, int64_t out_stride, float* out);
 
 namespace avx512 {
-void attention(const AttnTask& task, float* scores);  // head_dim % 16 == 0
-void attention_flash(const AttnTask& task, float* scores);  // head_dim % 16 == 0
+void attention(const AttnTask& task, float* scores);        // head_dim % 16 == 0
+void attention_flash(const AttnTask& task, float* scores);  // head_dim % 16 == 0, <= 256
+int32_t attention_flash_rows(int32_t n_q);
 }  // namespace avx512
 namespace avx2 {
-void attention(const AttnTask& task, float* scores);  // head_dim % 8 == 0
+void attention(const AttnTask& task, float* scores);        // head_dim % 8 == 0
+void attention_flash(const AttnTask& task, float* scores);  // head_dim % 8 == 0, <= 256
+int32_t attention_flash_rows(int32_t n_q);
 }  // namespace avx2
 
 }  // namespace qilin

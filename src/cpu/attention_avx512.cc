@@ -17,8 +17,8 @@
 namespace qilin::avx512 {
 namespace {
 
-constexpr int kMaxGroup = 8;   // query heads processed together (larger groups loop)
-constexpr int kMaxVecs = 16;   // head_dim / 16 <= 16
+constexpr int kMaxGroup = 8;  // query heads processed together (larger groups loop)
+constexpr int kMaxVecs = 16;  // head_dim / 16 <= 16
 
 // The four horizontal sums of a[0..3], as one vector {sum a0, sum a1, sum a2, sum a3}.
 inline __m128 reduce4(const __m512 a[4]) {
@@ -40,8 +40,9 @@ struct SlotCursor {
   int32_t block = 0;
   int32_t offset = 0;
   const float* next() {
-    const float* p = pool + (static_cast<int64_t>(t.block_table[block]) * t.block_size + offset) *
-                                t.slot_elems + t.head_offset;
+    const float* p =
+        pool + (static_cast<int64_t>(t.block_table[block]) * t.block_size + offset) * t.slot_elems +
+        t.head_offset;
     if (++offset == t.block_size) {
       offset = 0;
       ++block;
@@ -49,6 +50,26 @@ struct SlotCursor {
     return p;
   }
 };
+
+// Element offsets (slot * slot_elems + head_offset) of the keys p0 .. p0 + n - 1 in both
+// pools: one divide per tile.
+inline void tile_offsets(const AttnTask& t, int32_t p0, int32_t n, int64_t* off) {
+  int32_t b = p0 / t.block_size, o = p0 % t.block_size;
+  if (o + n <= t.block_size) {  // the common case: the tile lies in one block
+    const int64_t base =
+        (static_cast<int64_t>(t.block_table[b]) * t.block_size + o) * t.slot_elems + t.head_offset;
+    for (int32_t c = 0; c < n; ++c) off[c] = base + c * t.slot_elems;
+    return;
+  }
+  for (int32_t c = 0; c < n; ++c) {
+    off[c] =
+        (static_cast<int64_t>(t.block_table[b]) * t.block_size + o) * t.slot_elems + t.head_offset;
+    if (++o == t.block_size) {
+      o = 0;
+      ++b;
+    }
+  }
+}
 
 // scores[g * stride + c] = scale * q_g . k_c for the next `count` keys of the cursor and the
 // ng heads of q. Four keys at a time: their four per-head accumulators are reduced together
@@ -101,7 +122,8 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng_arg, float* scores) 
   // Scores: q . k for every head of the group, K slot read once.
   __m512 q[kG][kV];
   for (int32_t g = 0; g < ng; ++g) {
-    for (int32_t j = 0; j < nv; ++j) q[g][j] = _mm512_loadu_ps(t.q + (g0 + g) * t.head_dim + 16 * j);
+    for (int32_t j = 0; j < nv; ++j)
+      q[g][j] = _mm512_loadu_ps(t.q + (g0 + g) * t.head_dim + 16 * j);
   }
   SlotCursor keys{t, t.k};
   score_keys(q, ng, nv, t.scale, keys, n, scores, n);
@@ -152,47 +174,72 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng_arg, float* scores) 
   }
 }
 
-// FlashAttention for one GQA group: keys in tiles of kTile, an online softmax per head (running
-// max m and sum l; when m grows, l and the partial output are rescaled by e^(m_old - m_new)),
-// so scratch is a few registers and a kTile-score array whatever the context length.
+// FlashAttention, one query vector per register set ("vec" kernel, for decode and small
+// blocks): keys in tiles of kTile, an online softmax per query vector (running max m and sum l;
+// when m grows, l and the partial output are rescaled by e^(m_old - m_new)), so scratch is a
+// few registers and a kTile-score array whatever the context length. The query vectors are
+// i0 .. i0 + ng - 1 of the task's rows x heads (i = r * n_q + g), each with its own causal end.
 constexpr int kTile = 16;
 
+// Query vector i of a task: its q and out rows and the end of its KV range.
+struct QueryVec {
+  const float* q;
+  float* out;
+  int32_t hi;
+};
+inline QueryVec query_vec(const AttnTask& t, int32_t i) {
+  const int32_t r = i / t.n_q, g = i % t.n_q;
+  const int64_t g_off = static_cast<int64_t>(g) * t.head_dim;
+  return {t.q + r * t.q_stride + g_off, t.out + r * t.out_stride + g_off,
+          std::min(t.kv_end, t.n_ctx + r)};
+}
+
 template <int NG, int NV>
-void attend_group_flash(const AttnTask& t, int32_t g0, int32_t ng_arg) {
+void flash_vec(const AttnTask& t, int32_t i0, int32_t ng_arg) {
   const int32_t ng = NG > 0 ? NG : ng_arg;
   const int32_t nv = NV > 0 ? NV : t.head_dim / 16;
   constexpr int kG = NG > 0 ? NG : kMaxGroup;
   constexpr int kV = NV > 0 ? NV : kMaxVecs;
-  const int32_t n = t.n_ctx;
-  __m512 q[kG][kV], o[kG][kV];
-  float m[kG], l[kG];
+  const int32_t lo = std::max(t.kv_begin, 0);
+  __m512 q[kG][kV], o[kG][kV], l[kG];
+  float m[kG];
+  int32_t hi[kG];
+  int32_t hi_max = lo;
   alignas(64) float sc[kG][kTile];
   for (int32_t g = 0; g < ng; ++g) {
+    const QueryVec qv = query_vec(t, i0 + g);
     for (int32_t j = 0; j < nv; ++j) {
-      q[g][j] = _mm512_loadu_ps(t.q + (g0 + g) * t.head_dim + 16 * j);
+      q[g][j] = _mm512_loadu_ps(qv.q + 16 * j);
       o[g][j] = _mm512_setzero_ps();
     }
     m[g] = -INFINITY;
-    l[g] = 0.0f;
+    l[g] = _mm512_setzero_ps();
+    hi[g] = qv.hi;
+    hi_max = std::max(hi_max, qv.hi);
   }
-  SlotCursor keys{t, t.k}, values{t, t.v};
-  for (int32_t p0 = 0; p0 < n; p0 += kTile) {
-    const int32_t nt = n - p0 < kTile ? n - p0 : kTile;
+  SlotCursor keys{t, t.k, lo / t.block_size, lo % t.block_size};
+  SlotCursor values{t, t.v, lo / t.block_size, lo % t.block_size};
+  for (int32_t p0 = lo; p0 < hi_max; p0 += kTile) {
+    const int32_t nt = hi_max - p0 < kTile ? hi_max - p0 : kTile;
     score_keys(q, ng, nv, t.scale, keys, nt, &sc[0][0], kTile);
-    // Online softmax update per head.
-    const __mmask16 live = static_cast<__mmask16>((1u << nt) - 1);
+    // Online softmax update per query vector; keys past its end weigh 0.
     for (int32_t g = 0; g < ng; ++g) {
+      const int32_t n_live = std::clamp(hi[g] - p0, 0, nt);
+      const __mmask16 live = static_cast<__mmask16>((1u << n_live) - 1);
       const __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), live, sc[g]);
       const float m_new = std::max(m[g], _mm512_reduce_max_ps(s));
-      const float alpha = std::exp(m[g] - m_new);  // 0 on the first tile (m = -inf)
-      const __m512 pr = _mm512_maskz_mov_ps(live, exp_ps(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet
+      const __m512 pr = _mm512_maskz_mov_ps(live, exp_ps(_mm512_sub_ps(s, _mm512_set1_ps(m_use))));
       _mm512_store_ps(sc[g], pr);
-      l[g] = l[g] * alpha + _mm512_reduce_add_ps(pr);
-      m[g] = m_new;
-      const __m512 av = _mm512_set1_ps(alpha);
-      for (int32_t j = 0; j < nv; ++j) o[g][j] = _mm512_mul_ps(o[g][j], av);
+      if (m_new != m[g]) {  // the max grew: rescale (skipped once the max has settled)
+        const __m512 av = _mm512_set1_ps(std::exp(m[g] - m_use));
+        l[g] = _mm512_mul_ps(l[g], av);
+        for (int32_t j = 0; j < nv; ++j) o[g][j] = _mm512_mul_ps(o[g][j], av);
+        m[g] = m_new;
+      }
+      l[g] = _mm512_add_ps(l[g], pr);
     }
-    // Weighted values of the tile, each V slot read once for the group.
+    // Weighted values of the tile, each V slot read once for all query vectors.
     for (int32_t u = 0; u < nt; ++u) {
       const float* vp = values.next();
       for (int32_t j = 0; j < nv; ++j) {
@@ -204,11 +251,201 @@ void attend_group_flash(const AttnTask& t, int32_t g0, int32_t ng_arg) {
     }
   }
   for (int32_t g = 0; g < ng; ++g) {
-    const __m512 inv = _mm512_set1_ps(1.0f / l[g]);
-    for (int32_t j = 0; j < nv; ++j) {
-      _mm512_storeu_ps(t.out + (g0 + g) * t.head_dim + 16 * j, _mm512_mul_ps(o[g][j], inv));
+    const QueryVec qv = query_vec(t, i0 + g);
+    const float lsum = _mm512_reduce_add_ps(l[g]);
+    float mul = 1.0f;
+    if (t.ml) {
+      t.ml[2 * (i0 + g)] = m[g];
+      t.ml[2 * (i0 + g) + 1] = lsum;
+    } else {
+      mul = 1.0f / lsum;
+    }
+    const __m512 s = _mm512_set1_ps(mul);
+    for (int32_t j = 0; j < nv; ++j) _mm512_storeu_ps(qv.out + 16 * j, _mm512_mul_ps(o[g][j], s));
+  }
+}
+
+// FlashAttention with the query vectors in the 16 lanes of a register ("lanes" kernel, for
+// prefill blocks): rows x heads of the task, transposed once into qt[d][lane], so a tile's
+// scores come out as one vector per key (S = K_tile . Q^T, each K element broadcast against
+// a qt row, no horizontal sums), the online softmax is lane-wise (per query vector, no
+// reductions), and the output accumulates transposed, ot[d][lane] += v[key][d] * p[key].
+// Each K and V element of a tile is loaded once for up to 16 query vectors: like a small
+// GEMM, 2 x head_dim FMAs per key for 16 vectors. Scratch: qt and ot (head_dim x 16 floats
+// each) and a 16 x 16 probability tile, on the stack.
+constexpr int kLanes = 16;
+constexpr int kGroups = 2;  // lane groups sharing each K/V tile (flash_lanes)
+
+// Query vectors i0 .. i0 + n - 1 (n <= 16) of a task in the lanes of a register, with their
+// online-softmax state. HDMAX: room for head_dim.
+template <int HDMAX>
+struct LaneGroup {
+  alignas(64) float qt[HDMAX * kLanes];  // [hd][lane] q * scale
+  alignas(64) float ot[HDMAX * kLanes];  // [hd][lane] output accumulators, unnormalised
+  __m512 m, l;                           // running max and sum per lane
+  __m512i lim;                           // lane's keys end here (exclusive)
+  int32_t hi_min, hi_max;                // smallest and largest lim over the used lanes
+  int32_t i0, n;
+
+  void init(const AttnTask& t, int32_t hd, int32_t first, int32_t count) {
+    i0 = first;
+    n = count;
+    alignas(64) int32_t li[kLanes];
+    hi_min = INT32_MAX;
+    hi_max = 0;
+    for (int32_t lane = 0; lane < kLanes; ++lane) {
+      if (lane < n) {
+        const QueryVec qv = query_vec(t, i0 + lane);
+        for (int32_t d = 0; d < hd; ++d) qt[d * kLanes + lane] = qv.q[d] * t.scale;
+        li[lane] = qv.hi;
+        hi_min = std::min(hi_min, qv.hi);
+        hi_max = std::max(hi_max, qv.hi);
+      } else {  // idle lane: q = 0 (finite scores), never masked, output dropped
+        for (int32_t d = 0; d < hd; ++d) qt[d * kLanes + lane] = 0.0f;
+        li[lane] = INT32_MAX;
+      }
+    }
+    for (int32_t d = 0; d < hd; ++d) _mm512_store_ps(ot + d * kLanes, _mm512_setzero_ps());
+    lim = _mm512_load_si512(li);
+    m = _mm512_set1_ps(-INFINITY);
+    l = _mm512_setzero_ps();
+  }
+
+  // One tile of kTile keys (kp, vp: their K and V rows; those past the end repeat the last
+  // key and are masked off), keys p0 .. p0 + kTile - 1. pt: [kTile][lane] scratch.
+  // NOTE: the unroll pragmas keep s[] and o[] in registers; without them GCC 12 leaves the
+  // key loops rolled and the accumulators on the stack (a store-to-load chain per FMA group).
+  __attribute__((always_inline)) inline void tile(const float* const* kp, const float* const* vp,
+                                                  int32_t p0, int32_t hd, float* pt) {
+    // Scores, one vector (16 query vectors) per key: S = K_tile . Q^T.
+    __m512 s[kTile];
+    for (int c = 0; c < kTile; ++c) s[c] = _mm512_setzero_ps();
+    for (int32_t d0 = 0; d0 < hd; d0 += 8) {
+      __m512 qv[8];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) qv[i] = _mm512_load_ps(qt + (d0 + i) * kLanes);
+#pragma GCC unroll 4
+      for (int c = 0; c < kTile; c += 4) {  // 4 keys interleaved: independent FMAs in a row
+        const float* k0 = kp[c] + d0;
+        const float* k1 = kp[c + 1] + d0;
+        const float* k2 = kp[c + 2] + d0;
+        const float* k3 = kp[c + 3] + d0;
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) {
+          s[c] = _mm512_fmadd_ps(qv[i], _mm512_set1_ps(k0[i]), s[c]);
+          s[c + 1] = _mm512_fmadd_ps(qv[i], _mm512_set1_ps(k1[i]), s[c + 1]);
+          s[c + 2] = _mm512_fmadd_ps(qv[i], _mm512_set1_ps(k2[i]), s[c + 2]);
+          s[c + 3] = _mm512_fmadd_ps(qv[i], _mm512_set1_ps(k3[i]), s[c + 3]);
+        }
+      }
+    }
+    // Causal and range mask: only the last tiles of a block reach past some lane's end.
+    const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
+    __mmask16 live[kTile];
+    const bool masked = p0 + kTile > hi_min;
+    if (masked) {
+      for (int c = 0; c < kTile; ++c) {
+        live[c] = _mm512_cmpgt_epi32_mask(lim, _mm512_set1_epi32(p0 + c));
+        s[c] = _mm512_mask_mov_ps(neg_inf, live[c], s[c]);
+      }
+    }
+    // Online softmax, lane-wise.
+    __m512 mx = s[0];
+    for (int c = 1; c < kTile; ++c) mx = _mm512_max_ps(mx, s[c]);
+    const __m512 m_new = _mm512_max_ps(m, mx);
+    // Lanes with no key yet (m_new = -inf) subtract 0 instead: their p and alpha are then 0.
+    const __m512 m_use =
+        _mm512_mask_mov_ps(m_new, _mm512_cmpeq_ps_mask(m_new, neg_inf), _mm512_setzero_ps());
+    const __m512 alpha = exp_ps(_mm512_sub_ps(m, m_use));
+    __m512 sum = _mm512_setzero_ps();
+    for (int c = 0; c < kTile; ++c) {
+      __m512 p = exp_ps(_mm512_sub_ps(s[c], m_use));
+      if (masked) p = _mm512_maskz_mov_ps(live[c], p);
+      _mm512_store_ps(pt + c * kLanes, p);
+      sum = _mm512_add_ps(sum, p);
+    }
+    l = _mm512_fmadd_ps(l, alpha, sum);
+    m = m_new;
+    // Output: ot[d] = alpha * ot[d] + sum_c v_c[d] * p_c, 16 dims at a time in registers.
+    for (int32_t d0 = 0; d0 < hd; d0 += 16) {
+      __m512 o[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i)
+        o[i] = _mm512_mul_ps(_mm512_load_ps(ot + (d0 + i) * kLanes), alpha);
+#pragma GCC unroll 16
+      for (int c = 0; c < kTile; ++c) {
+        const __m512 p = _mm512_load_ps(pt + c * kLanes);
+        const float* v = vp[c] + d0;
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) o[i] = _mm512_fmadd_ps(p, _mm512_set1_ps(v[i]), o[i]);
+      }
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) _mm512_store_ps(ot + (d0 + i) * kLanes, o[i]);
     }
   }
+
+  void finish(const AttnTask& t, int32_t hd) const {
+    alignas(64) float mv[kLanes], lv[kLanes];
+    _mm512_store_ps(mv, m);
+    _mm512_store_ps(lv, l);
+    for (int32_t lane = 0; lane < n; ++lane) {
+      const QueryVec qv = query_vec(t, i0 + lane);
+      float mul = 1.0f;
+      if (t.ml) {
+        t.ml[2 * (i0 + lane)] = mv[lane];
+        t.ml[2 * (i0 + lane) + 1] = lv[lane];
+      } else {
+        mul = 1.0f / lv[lane];
+      }
+      for (int32_t d = 0; d < hd; ++d) qv.out[d] = ot[d * kLanes + lane] * mul;
+    }
+  }
+};
+
+// Query vectors i0 .. i0 + n - 1 (n <= NL * 16) in NL lane groups that share each K/V tile:
+// the tile is read from the cache once and then from L1 for the other groups. HD: head_dim
+// fixed at compile time, 0 = run time (a multiple of 16, <= 256).
+template <int HD, int NL>
+void flash_lanes(const AttnTask& t, int32_t i0, int32_t n) {
+  const int32_t hd = HD > 0 ? HD : t.head_dim;
+  const int32_t lo = std::max(t.kv_begin, 0);
+  LaneGroup<(HD > 0 ? HD : 256)> grp[NL];
+  alignas(64) float pt[kTile * kLanes];
+  const int32_t n_grp = (n + kLanes - 1) / kLanes;
+  int32_t hi_max = lo;
+  for (int32_t gi = 0; gi < n_grp; ++gi) {
+    grp[gi].init(t, hd, i0 + gi * kLanes, std::min(kLanes, n - gi * kLanes));
+    hi_max = std::max(hi_max, grp[gi].hi_max);
+  }
+  int64_t off[2][kTile];  // this tile's and the next tile's slot offsets
+  int cur = 0;
+  if (lo < hi_max) tile_offsets(t, lo, std::min(kTile, hi_max - lo), off[0]);
+  for (int32_t p0 = lo; p0 < hi_max; p0 += kTile, cur ^= 1) {
+    const int32_t nt = hi_max - p0 < kTile ? hi_max - p0 : kTile;
+    // The next tile's K and V rows are fetched while this one computes: the block table
+    // scatters tiles over the pools, which the hardware prefetcher cannot follow.
+    if (p0 + kTile < hi_max) {
+      const int32_t nn = std::min(kTile, hi_max - p0 - kTile);
+      tile_offsets(t, p0 + kTile, nn, off[cur ^ 1]);
+      for (int32_t c = 0; c < nn; ++c) {
+        for (int32_t d = 0; d < hd; d += 16) {
+          _mm_prefetch(reinterpret_cast<const char*>(t.k + off[cur ^ 1][c] + d), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(t.v + off[cur ^ 1][c] + d), _MM_HINT_T0);
+        }
+      }
+    }
+    const float* kp[kTile];
+    const float* vp[kTile];
+    for (int32_t c = 0; c < kTile; ++c) {  // past the end: repeat the last key, masked
+      const int64_t o = off[cur][c < nt ? c : nt - 1];
+      kp[c] = t.k + o;
+      vp[c] = t.v + o;
+    }
+    for (int32_t gi = 0; gi < n_grp; ++gi) {
+      if (p0 < grp[gi].hi_max) grp[gi].tile(kp, vp, p0, hd, pt);
+    }
+  }
+  for (int32_t gi = 0; gi < n_grp; ++gi) grp[gi].finish(t, hd);
 }
 
 }  // namespace
@@ -234,21 +471,39 @@ void attention(const AttnTask& t, float* scores) {
 
 namespace qilin::avx512 {
 
+int32_t attention_flash_rows(int32_t n_q) { return std::max(1, kGroups * kLanes / n_q); }
+
 void attention_flash(const AttnTask& t, float* /*scores: unused, scratch is O(1)*/) {
-  using Fn = void (*)(const AttnTask&, int32_t, int32_t);
-  static constexpr Fn kFixed[2][4] = {
-      {attend_group_flash<1, 4>, attend_group_flash<2, 4>, attend_group_flash<3, 4>,
-       attend_group_flash<4, 4>},
-      {attend_group_flash<1, 8>, attend_group_flash<2, 8>, attend_group_flash<3, 8>,
-       attend_group_flash<4, 8>}};
+  const int32_t n_vec = t.n_rows * t.n_q;
   const int hd_kind = t.head_dim == 64 ? 0 : t.head_dim == 128 ? 1 : -1;
-  if (hd_kind >= 0 && t.n_q <= 4) {
-    kFixed[hd_kind][t.n_q - 1](t, 0, t.n_q);
+  if (n_vec <= 4) {
+    // Few query vectors (decode): lanes over head_dim, vectors held in registers.
+    using Fn = void (*)(const AttnTask&, int32_t, int32_t);
+    static constexpr Fn kFixed[2][4] = {
+        {flash_vec<1, 4>, flash_vec<2, 4>, flash_vec<3, 4>, flash_vec<4, 4>},
+        {flash_vec<1, 8>, flash_vec<2, 8>, flash_vec<3, 8>, flash_vec<4, 8>}};
+    if (hd_kind >= 0) {
+      kFixed[hd_kind][n_vec - 1](t, 0, n_vec);
+    } else {
+      flash_vec<0, 0>(t, 0, n_vec);
+    }
     return;
   }
-  for (int32_t g0 = 0; g0 < t.n_q; g0 += kMaxGroup) {
-    const int32_t ng = t.n_q - g0 < kMaxGroup ? t.n_q - g0 : kMaxGroup;
-    attend_group_flash<0, 0>(t, g0, ng);
+  // Prefill blocks: up to kGroups x 16 query vectors per pass over the keys, whole rows
+  // where the group fits (a row's heads share its causal end), else a row's heads 16 at a time.
+  using Fn = void (*)(const AttnTask&, int32_t, int32_t);
+  const Fn lanes = hd_kind == 0   ? flash_lanes<64, kGroups>
+                   : hd_kind == 1 ? flash_lanes<128, kGroups>
+                                  : flash_lanes<0, kGroups>;
+  if (t.n_q <= kLanes) {
+    const int32_t per = (kGroups * kLanes / t.n_q) * t.n_q;
+    for (int32_t i0 = 0; i0 < n_vec; i0 += per) lanes(t, i0, std::min(per, n_vec - i0));
+  } else {
+    for (int32_t r = 0; r < t.n_rows; ++r) {
+      for (int32_t g0 = 0; g0 < t.n_q; g0 += kGroups * kLanes) {
+        lanes(t, r * t.n_q + g0, std::min(kGroups * kLanes, t.n_q - g0));
+      }
+    }
   }
 }
 

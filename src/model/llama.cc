@@ -288,6 +288,10 @@ Workspace LlamaModel::make_workspace(int32_t max_tokens, int32_t max_logit_rows,
   ws.up.resize(nt * hp_.n_ff);
   ws.scores.resize(static_cast<size_t>(std::max(n_threads, 1)) * (hp_.n_head / hp_.n_head_kv) *
                    max_ctx);
+  ws.n_threads = std::max(n_threads, 1);
+  ws.attn_row_blocks.resize(nt + 1);
+  ws.attn_partial.resize(
+      attention_flash_partial_floats(ws.n_threads, hp_.n_head / hp_.n_head_kv, hp_.head_dim));
   ws.logits.resize(static_cast<size_t>(max_logit_rows) * hp_.n_vocab);
   ws.out_rows.resize(max_logit_rows);
   size_t act = 0;
@@ -384,6 +388,9 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
   aa.scores = ws.scores.data();
   aa.max_ctx = ws.max_ctx;
   aa.flash = ws.flash_attn;
+  aa.max_threads = ws.n_threads;
+  aa.row_blocks = ws.attn_row_blocks.data();
+  aa.partial = ws.attn_partial.data();
 
   for (int32_t il = 0; il < hp.n_layer; ++il) {
     const LlamaLayer& L = layers_[il];

@@ -58,6 +58,9 @@ struct Workspace {
   std::vector<float> gate;     // [max_tokens, n_ff]
   std::vector<float> up;       // [max_tokens, n_ff]
   std::vector<float> scores;   // [n_threads, n_head / n_head_kv, max_ctx]
+  int n_threads = 1;           // threads the attention scratch is sized for
+  std::vector<int32_t> attn_row_blocks;  // [max_tokens + 1] flash attention row blocks
+  std::vector<float> attn_partial;       // flash-decoding partials, independent of max_ctx
   std::vector<float> logits;   // [max_logit_rows, n_vocab]
   std::vector<int32_t> out_rows;  // [max_logit_rows] batch rows that want logits
   std::vector<uint8_t> act;    // converted activations for the matmul kernels

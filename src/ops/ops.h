@@ -63,10 +63,17 @@ struct AttentionArgs {
   float* scores = nullptr;    // [n_threads, n_head / n_head_kv, max_ctx] scratch (naive only)
   bool flash = false;         // tiled online softmax (no scores scratch) instead of two passes
   int32_t max_ctx = 0;
+  // Flash only, sized for max_tokens rows and up to max_threads threads:
+  int32_t max_threads = 1;
+  int32_t* row_blocks = nullptr;  // [max_tokens + 1] first row of each row block
+  float* partial = nullptr;       // flash-decoding partial results, attention_flash_partial_floats
 };
 // Causal attention of every row over positions [0, pos] of its sequence, read from the cache
 // through the sequence's block table. Grouped-query: head h reads KV head h / (n_head / n_head_kv).
 void attention(ThreadPool& pool, const AttentionArgs& a);
+// Floats of AttentionArgs::partial for n_threads: split-KV partial outputs plus (max, sum) per
+// query vector, a fixed number of parts per thread (independent of the context length).
+size_t attention_flash_partial_floats(int n_threads, int32_t group, int32_t head_dim);
 
 // Writes k, v [n_tokens, n_head_kv, head_dim] into each row's slot (block of pos, pos % block).
 void kv_store(KvCache& kv, int32_t layer, const Batch& batch, const float* k, const float* v);
