@@ -173,37 +173,12 @@ TEST_F(ModelGolden, FreeRunningGreedyPartsOnlyAtNearTies) {
 class ModelGoldenF32 : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    ASSERT_TRUE(test::model_present());
-    auto q = GgufFile::open(test::default_model_path());
-    ASSERT_TRUE(q.is_ok()) << q.status().message();
-    GgufWriter w;
-    for (const auto& [key, value] : (*q)->kvs()) {
-      w.set(key, key == "general.file_type" ? GgufValue::of_u32(0) : value);
-    }
-    std::vector<std::vector<float>> data;
-    data.reserve((*q)->tensors().size());
-    for (const GgufTensorInfo& t : (*q)->tensors()) {
-      const int64_t n_row = t.ne[0], n_rows = t.n_elements() / t.ne[0];
-      std::vector<float>& d = data.emplace_back(t.n_elements());
-      for (int64_t r = 0; r < n_rows; ++r) {
-        dequantize_row_ref(t.type, t.data + r * row_bytes(t.type, n_row), d.data() + r * n_row, n_row);
-      }
-      w.add_tensor(t.name, DType::F32, std::vector<int64_t>(t.ne, t.ne + t.n_dims), d.data(),
-                   d.size() * sizeof(float));
-    }
-    char dir[] = "/tmp/qilin-f32-XXXXXX";
-    ASSERT_NE(mkdtemp(dir), nullptr);
-    path_ = new std::string(std::string(dir) + "/smollm2-f32.gguf");
-    Status st = w.write(*path_);
-    ASSERT_TRUE(st.is_ok()) << st.message();
+    path_ = new std::string(test::f32_model_path());
+    ASSERT_FALSE(path_->empty());
   }
   static void TearDownTestSuite() {
-    if (path_) {
-      unlink(path_->c_str());
-      rmdir(path_->substr(0, path_->rfind('/')).c_str());
-      delete path_;
-      path_ = nullptr;
-    }
+    delete path_;
+    path_ = nullptr;
   }
   void SetUp() override {
     ASSERT_NE(path_, nullptr);
