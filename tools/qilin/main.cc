@@ -23,6 +23,7 @@
 #include "core/thread_pool.h"
 #include "cpu/quants.h"
 #include "engine/beam_search.h"
+#include "engine/engine.h"
 #include "engine/generator.h"
 #include "engine/sampler.h"
 #include "model/chat_template.h"
@@ -216,7 +217,59 @@ struct BenchOpts {
   int reps = 5;
   std::string output = "md";
   int32_t prefix = 0;  // leading prompt tokens shared with an earlier prompt (prefix cache test)
+  int32_t parallel = 0;  // > 0: that many requests at once through the continuous-batching Engine
 };
+
+// --parallel N: N requests of -p random prompt tokens and -n generated tokens submitted at
+// once to the Engine (continuous batching, greedy, EOS ignored); per repetition the wall time
+// from submission to the last token. t/s = generated tokens of all requests / that time.
+int bench_parallel(const BenchOpts& o, const Loaded& l) {
+  EngineConfig ec;
+  ec.n_threads = o.c.threads;
+  ec.max_batch_tokens = std::max(o.c.batch, 1);
+  ec.max_running = std::max(o.parallel, 1);
+  ec.flash_attn = o.c.attn == "flash";
+  ec.prefix_cache = false;
+  ec.kv_cache_bytes = size_t{2} << 30;
+  auto made = Engine::create(*l.model, *l.tok, ec);
+  if (!made) return fail(made.status().message());
+  Engine& e = **made;
+  std::mt19937 rng(42);
+  std::uniform_int_distribution<int32_t> dist(0, l.model->hparams().n_vocab - 1);
+  auto once = [&]() -> Result<double> {
+    const double t0 = now_ms();
+    for (int32_t i = 0; i < o.parallel; ++i) {
+      RequestParams p;
+      p.prompt.resize(std::max(o.n_prompt, 1));
+      for (int32_t& t : p.prompt) t = dist(rng);
+      p.max_tokens = std::max(o.n_gen, 1);
+      p.sampling.temperature = 0;
+      p.ignore_eos = true;
+      SubmitResult r = e.submit(std::move(p), nullptr);
+      if (!r.ok()) return Status::error(r.message);
+    }
+    while (e.step()) {
+    }
+    return now_ms() - t0;
+  };
+  if (auto w = once(); !w) return fail(w.status().message());  // warm-up
+  std::vector<double> tps;
+  for (int r = 0; r < o.reps; ++r) {
+    auto ms = once();
+    if (!ms) return fail(ms.status().message());
+    tps.push_back(1000.0 * o.parallel * std::max(o.n_gen, 1) / *ms);
+  }
+  std::sort(tps.begin(), tps.end());
+  const EngineMetrics m = e.metrics();
+  std::printf("| model | threads | clients | test | output t/s (median) | min | max | steps |\n");
+  std::printf("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |\n");
+  const std::string& path = l.model->gguf().path();
+  std::printf("| %s | %d | %d | pp%d+tg%d | %.1f | %.1f | %.1f | %llu |\n",
+              path.substr(path.rfind('/') + 1).c_str(), o.c.threads, o.parallel, o.n_prompt,
+              o.n_gen, tps[tps.size() / 2], tps.front(), tps.back(),
+              static_cast<unsigned long long>(m.steps));
+  return 0;
+}
 
 struct Summary {
   double median = 0, mean = 0, stddev = 0, min = 0, max = 0;
@@ -243,6 +296,7 @@ int cmd_bench(BenchOpts& o) {
   }
   auto l = load(o.c.model, placement_of(o.c));
   if (!l) return fail(l.status().message());
+  if (o.parallel > 0) return bench_parallel(o, *l);
   GeneratorConfig gc;
   gc.n_ctx = std::max(o.c.ctx, o.n_prompt + o.n_gen + 1);
   gc.n_batch = std::max(o.c.batch, 1);
@@ -407,6 +461,10 @@ int main(int argc, char** argv) {
                 "also time the prompt with its first N tokens found in the prefix cache (a "
                 "shared system prompt); t/s counts all prompt tokens")
       ->check(CLI::Range(0, 1 << 20));
+  b->add_option("--parallel", bench.parallel,
+                "N requests at once through the continuous-batching engine: aggregate output "
+                "tokens/s (prompt -p, output -n each)")
+      ->check(CLI::Range(0, 4096));
   b->add_option("-o,--output", bench.output, "output format")->check(CLI::IsMember({"md", "json"}));
 
   CLI::App* sv = add_serve(app);
