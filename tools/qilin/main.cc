@@ -25,6 +25,7 @@
 #include "engine/beam_search.h"
 #include "engine/engine.h"
 #include "engine/generator.h"
+#include "engine/perplexity.h"
 #include "engine/sampler.h"
 #include "model/chat_template.h"
 #include "model/llama.h"
@@ -137,6 +138,49 @@ int cmd_run(RunOpts& o) {
   auto st = generate(**gen, *l->tok, sampler, prompt, go, print_text);
   if (!st) return fail(st.status().message());
   print_stats(l->load_ms, *st);
+  return 0;
+}
+
+// ---- perplexity --------------------------------------------------------------------------
+
+struct PplOpts {
+  Common c;
+  std::string file;
+  int32_t chunks = -1;
+};
+
+int cmd_perplexity(PplOpts& o) {
+  std::ifstream in(o.file, std::ios::binary);
+  if (!in) return fail("cannot read text file '" + o.file + "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto l = load(o.c.model, placement_of(o.c));
+  if (!l) return fail(l.status().message());
+  const double t0 = now_ms();
+  const std::vector<int32_t> tokens = l->tok->encode(ss.str(), true, false);
+  std::fprintf(stderr, "perplexity: tokenized %s: %zu tokens in %.0f ms; windows of %d tokens, "
+               "the second half of each scored\n", o.file.c_str(), tokens.size(),
+               now_ms() - t0, o.c.ctx);
+  PerplexityOptions po;
+  po.n_ctx = o.c.ctx;
+  po.n_batch = o.c.batch;
+  po.n_chunks = o.chunks;
+  po.n_threads = o.c.threads;
+  po.flash_attn = o.c.attn == "flash";
+  const double t1 = now_ms();
+  auto r = perplexity(*l->model, *l->tok, tokens, po, [&](int done, int total, double ppl) {
+    if (done == 1) {
+      const double per = (now_ms() - t1) / 1000.0;
+      std::fprintf(stderr, "perplexity: %.2f s per window, %d windows, ETA %.1f s\n", per, total,
+                   per * total);
+    }
+    std::printf("[%d]%.4f,", done, ppl);
+    std::fflush(stdout);
+  });
+  if (!r) return fail(r.status().message());
+  std::printf("\nFinal estimate: PPL = %.4f +/- %.5f\n", r->ppl, r->ppl_stderr);
+  std::fprintf(stderr, "perplexity: %lld tokens scored in %d windows, %.1f s\n",
+               static_cast<long long>(r->n_scored), r->n_chunks, (now_ms() - t1) / 1000.0);
   return 0;
 }
 
@@ -467,10 +511,20 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 4096));
   b->add_option("-o,--output", bench.output, "output format")->check(CLI::IsMember({"md", "json"}));
 
+  PplOpts ppl;
+  CLI::App* pp = app.add_subcommand(
+      "perplexity", "perplexity of a text, llama-perplexity's method (windows of -c tokens)");
+  add_common(pp, ppl.c);
+  pp->get_option("--ctx-size")->default_val(512);
+  pp->add_option("-f,--file", ppl.file, "text file")->required();
+  pp->add_option("--chunks", ppl.chunks, "windows to evaluate (default: all)")
+      ->check(CLI::Range(1, 1 << 24));
+
   CLI::App* sv = add_serve(app);
 
   CLI11_PARSE(app, argc, argv);
   if (sv->parsed()) return run_serve();
+  if (pp->parsed()) return cmd_perplexity(ppl);
   if (r->parsed()) {
     if (run.prompt.empty() && run.prompt_file.empty()) return fail("run: give a prompt with -p or -f");
     return cmd_run(run);
