@@ -2,7 +2,8 @@
 # Installs the Debian packages Qilin builds and tests with. Safe to re-run.
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config git unzip
-      libcli11-dev nlohmann-json3-dev libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev)
+      libcli11-dev nlohmann-json3-dev libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev
+      python3.11-doc)  # python3.11-doc: English text for perplexity (tests/golden/model/perplexity.json)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
