@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "train/layers.h"
+#include "train/lora_llama.h"
 
 namespace qilin::train {
 namespace {
@@ -176,6 +177,73 @@ TEST(TrainLayers, CrossEntropyFusedWithSoftmax) {
   const int32_t t1 = 2;
   Vec dbig(V);
   EXPECT_NEAR(cross_entropy_forward_backward(big.data(), &t1, 1, V, dbig.data()), 1e4, 1e-6);
+}
+
+}  // namespace
+}  // namespace qilin::train
+
+// ---- a whole tiny random Llama ---------------------------------------------------------------
+
+namespace qilin::train {
+namespace {
+
+TEST(TrainLoraLlama, AdapterGradientsMatchFiniteDifferences) {
+  LlamaShape s;
+  s.n_vocab = 11;
+  s.n_embd = 8;
+  s.n_layer = 2;
+  s.n_head = 4;
+  s.n_head_kv = 2;
+  s.head_dim = 4;
+  s.n_ff = 12;
+  s.n_rot = 4;
+  s.tied_output = false;
+  LoraConfig lc;
+  lc.rank = 2;
+  lc.alpha = 3;
+  LoraLlama<double> m(s, lc);
+  m.init_random_base(1, 0.5);
+  m.init_lora(2, /*b_sd=*/0.3);  // B nonzero so every adapter gradient is exercised
+  const int32_t tokens[6] = {3, 1, 4, 1, 5, 9};
+  const int32_t targets[6] = {1, 4, -1, 5, 9, 2};
+  m.zero_grad();
+  m.forward(tokens, targets, 6);
+  m.backward();
+  auto loss = [&] { return m.forward(tokens, targets, 6); };
+  int checked = 0;
+  for (int32_t l = 0; l < s.n_layer; ++l) {
+    for (int p = 0; p < kNumProj; ++p) {
+      const std::vector<double> gA = m.grad()[l].A[p], gB = m.grad()[l].B[p];
+      expect_fd(m.lora()[l].A[p], gA, loss, "A", 1e-5);
+      expect_fd(m.lora()[l].B[p], gB, loss, "B", 1e-5);
+      if (HasFatalFailure()) return;
+      checked += static_cast<int>(gA.size() + gB.size());
+    }
+  }
+  EXPECT_GT(checked, 300);
+}
+
+TEST(TrainLoraLlama, ZeroInitializedAdapterLeavesTheBaseModel) {
+  LlamaShape s;
+  s.n_vocab = 7;
+  s.n_embd = 8;
+  s.n_layer = 1;
+  s.n_head = 2;
+  s.n_head_kv = 1;
+  s.head_dim = 4;
+  s.n_ff = 8;
+  s.n_rot = 4;
+  LoraConfig off;
+  off.targets.fill(false);
+  LoraLlama<double> base(s, off), adapted(s, LoraConfig{});
+  base.init_random_base(5, 0.5);
+  adapted.init_random_base(5, 0.5);
+  adapted.init_lora(6);  // B = 0
+  const int32_t tokens[4] = {1, 2, 3, 4};
+  const int32_t targets[4] = {2, 3, 4, 5};
+  std::vector<double> la, lb;
+  EXPECT_EQ(base.forward(tokens, targets, 4, &la), adapted.forward(tokens, targets, 4, &lb));
+  EXPECT_EQ(la, lb);
 }
 
 }  // namespace
