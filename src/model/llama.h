@@ -88,6 +88,20 @@ class LlamaModel {
   }
 
   const LlamaHparams& hparams() const { return hp_; }
+  // The weights as loaded (views into the file or memory), for tools that read them whole:
+  // training, quantization.
+  const std::vector<LlamaLayer>& layers() const { return layers_; }
+  const float* output_norm() const { return output_norm_; }
+  const WeightView& output() const { return output_; }
+  WeightView tok_embd() const {
+    WeightView w;
+    w.type = tok_embd_type_;
+    w.data = tok_embd_;
+    w.n_in = hp_.n_embd;
+    w.n_out = hp_.n_vocab;
+    w.row_bytes = tok_embd_row_bytes_;
+    return w;
+  }
   const GgufFile& gguf() const { return *file_; }
   // Bytes of weights (as stored).
   size_t weight_bytes() const { return weight_bytes_; }

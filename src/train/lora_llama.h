@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "train/layers.h"
@@ -32,6 +33,16 @@ struct LoraConfig {
   int32_t rank = 8;
   float alpha = 16;                                  // scale = alpha / rank
   std::array<bool, kNumProj> targets = {true, true, true, true, true, true, true};
+};
+
+// Dense float products with the frozen base run by a faster backend when one is set (the
+// tiled F32 gemm: train/gemm_linear.h). p = kNumProj names the output head.
+struct FloatLinear {
+  virtual ~FloatLinear() = default;
+  // y[n, out] = x[n, in] W^T
+  virtual void forward(int32_t layer, int p, const float* x, int64_t n, float* y) = 0;
+  // dx[n, in] += dy[n, out] W
+  virtual void backward_input(int32_t layer, int p, const float* dy, int64_t n, float* dx) = 0;
 };
 
 template <typename T>
@@ -73,6 +84,11 @@ class LoraLlama {
   std::vector<BaseLayer<T>>& base() { return base_; }
   std::vector<LoraLayer<T>>& lora() { return lora_; }
   std::vector<LoraLayer<T>>& grad() { return grad_; }  // same shapes as lora()
+  // Optional faster base products (float only); not owned.
+  void set_fast_linear(FloatLinear* f) {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
+    fast_ = f;
+  }
 
   // Random base (for tests) with the given standard deviation.
   void init_random_base(uint32_t seed, T sd) {
@@ -169,7 +185,7 @@ class LoraLlama {
     rstdf_.resize(n);
     rmsnorm_forward(x->data(), out_norm.data(), n, E, static_cast<T>(s_.rms_eps), xnf_.data(), rstdf_.data());
     logits_.resize(n * V);
-    linear_forward(xnf_.data(), head().data(), n, E, V, logits_.data());
+    base_forward(-1, kNumProj, xnf_.data(), n, E, V, logits_.data());
     dlogits_.resize(n * V);
     const T loss = cross_entropy_forward_backward(logits_.data(), targets, n, V, dlogits_.data());
     if (logits_out) *logits_out = logits_;
@@ -182,7 +198,7 @@ class LoraLlama {
     const int32_t H = s_.n_head, Hkv = s_.n_head_kv, hd = s_.head_dim;
     (void)V;
     std::vector<T> dxnf(n * E, T(0)), dx(n * E, T(0));
-    linear_backward(dlogits_.data(), xnf_.data(), head().data(), n, E, s_.n_vocab, dxnf.data(), static_cast<T*>(nullptr));
+    base_backward_input(-1, kNumProj, dlogits_.data(), xnf_.data(), n, E, s_.n_vocab, dxnf.data());
     rmsnorm_backward(dxnf.data(), xf_->data(), out_norm.data(), rstdf_.data(), n, E, dx.data(), static_cast<T*>(nullptr));
     for (int32_t il = s_.n_layer - 1; il >= 0; --il) {
       Acts& a = acts_[il];
@@ -225,7 +241,7 @@ class LoraLlama {
   void proj(int32_t il, int p, const std::vector<T>& x, std::vector<T>& y) {
     const int64_t in = proj_in(p), out = proj_out(p);
     y.assign(n_ * out, T(0));
-    linear_forward(x.data(), base_[il].w[p].data(), n_, in, out, y.data());
+    base_forward(il, p, x.data(), n_, in, out, y.data());
     if (lc_.targets[p]) {
       std::vector<T>& xa = acts_[il].xa[p];
       xa.resize(n_ * lc_.rank);
@@ -234,13 +250,28 @@ class LoraLlama {
   }
   void proj_backward(int32_t il, int p, const std::vector<T>& dy, const std::vector<T>& x, std::vector<T>* dx) {
     const int64_t in = proj_in(p), out = proj_out(p);
-    linear_backward(dy.data(), x.data(), base_[il].w[p].data(), n_, in, out, dx->data(), static_cast<T*>(nullptr));
+    base_backward_input(il, p, dy.data(), x.data(), n_, in, out, dx->data());
     if (lc_.targets[p]) {
       lora_backward(dy.data(), x.data(), lora_[il].A[p].data(), lora_[il].B[p].data(), acts_[il].xa[p].data(), n_, in,
                     lc_.rank, out, scale(), dx->data(), grad_[il].A[p].data(), grad_[il].B[p].data());
     }
   }
 
+  const std::vector<T>& base_w(int32_t il, int p) const { return p == kNumProj ? head() : base_[il].w[p]; }
+  void base_forward(int32_t il, int p, const T* x, int64_t n, int64_t in, int64_t out, T* y) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (fast_) return fast_->forward(il, p, x, n, y);
+    }
+    linear_forward(x, base_w(il, p).data(), n, in, out, y);
+  }
+  void base_backward_input(int32_t il, int p, const T* dy, const T* x, int64_t n, int64_t in, int64_t out, T* dx) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (fast_) return fast_->backward_input(il, p, dy, n, dx);
+    }
+    linear_backward(dy, x, base_w(il, p).data(), n, in, out, dx, static_cast<T*>(nullptr));
+  }
+
+  FloatLinear* fast_ = nullptr;
   LlamaShape s_;
   LoraConfig lc_;
   std::vector<BaseLayer<T>> base_;
