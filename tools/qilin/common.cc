@@ -22,7 +22,10 @@ double now_ms() {
 
 std::string default_model_path() {
   const char* dir = std::getenv("QILIN_MODELS");
-  return std::string(dir && *dir ? dir : QILIN_MODEL_DIR) + "/" + kDefaultModel;
+  std::string path = dir && *dir ? dir : QILIN_MODEL_DIR;
+  path += '/';
+  path += kDefaultModel;
+  return path;
 }
 
 int fail(const std::string& msg) {
