@@ -10,6 +10,11 @@ jobs=$(nproc)
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs"
+# `qilin serve` end to end: the real server on a loopback port, the official openai client,
+# concurrency, disconnects, bad input and a 64-client soak (~30 s).
+echo "== server integration tests"
+QILIN_BUILD=build "${QILIN_VENV:-$here/.cache/venv}/bin/python" -m unittest -v \
+  tests/integration/test_server.py
 # The model end to end on the ISA paths this CPU would not pick by itself (the kernel tests
 # already cover every path one kernel at a time).
 for isa in avx2 scalar; do
@@ -22,4 +27,4 @@ done
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQILIN_SANITIZE=ON \
   -DQILIN_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j "$jobs" --target qilin_tests
-ASAN_OPTIONS=detect_leaks=1 build-asan/tests/qilin_tests --gtest_filter='Gguf*:Tokenizer*:ChatTemplate*:Quant*:Gemm*:Gemv*:AttentionKernels*:ActivationKernels*:DotMixed*'
+ASAN_OPTIONS=detect_leaks=1 build-asan/tests/qilin_tests --gtest_filter='Gguf*:Tokenizer*:ChatTemplate*:Quant*:Gemm*:Gemv*:AttentionKernels*:ActivationKernels*:DotMixed*:ServerHttp*'
