@@ -37,6 +37,11 @@ constexpr DTypeInfo kTypes[] = {
     {DType::TQ1_0, "TQ1_0", 256, 54, false},
     {DType::TQ2_0, "TQ2_0", 256, 66, false},
     {DType::MXFP4, "MXFP4", 32, 17, false},
+    {DType::QI4_G32, "QI4_G32", 32, 19, true},
+    {DType::QI4_G64, "QI4_G64", 64, 35, true},
+    {DType::QI4_G128, "QI4_G128", 128, 67, true},
+    {DType::NF4, "NF4", 64, 36, true},
+    {DType::NF4_DQ, "NF4_DQ", 64, 33, true, 256, 4},
 };
 
 }  // namespace
@@ -46,6 +51,25 @@ const DTypeInfo* dtype_info(uint32_t id) {
     if (static_cast<uint32_t>(t.type) == id) return &t;
   }
   return nullptr;
+}
+
+bool tensor_bytes(const DTypeInfo& info, uint64_t ne0, uint64_t n_elements, uint64_t* bytes) {
+  const uint64_t bs = static_cast<uint64_t>(info.block_size);
+  const uint64_t n_blocks = n_elements / bs;
+  uint64_t b = 0;
+  if (__builtin_mul_overflow(n_blocks, static_cast<uint64_t>(info.block_bytes), &b)) return false;
+  if (info.group_blocks > 0 && ne0 > 0) {
+    const uint64_t row_blocks = ne0 / bs, gb = static_cast<uint64_t>(info.group_blocks);
+    const uint64_t groups_per_row = (row_blocks + gb - 1) / gb;
+    uint64_t h = 0;
+    if (__builtin_mul_overflow(n_elements / ne0, groups_per_row, &h) ||
+        __builtin_mul_overflow(h, static_cast<uint64_t>(info.group_bytes), &h) ||
+        __builtin_add_overflow(b, h, &b)) {
+      return false;
+    }
+  }
+  *bytes = b;
+  return true;
 }
 
 }  // namespace qilin

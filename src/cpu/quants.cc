@@ -14,6 +14,7 @@
 #include "core/assert.h"
 #include "core/fp16.h"
 #include "cpu/quants_impl.h"
+#include "cpu/quants_int4.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -160,7 +161,8 @@ void dequantize_row_ref(DType type, const void* src, float* dst, int64_t n) {
       return;
     }
     default:
-      QILIN_ASSERT(!"dequantize_row_ref: unsupported type");
+      QILIN_ASSERT(is_int4_type(type) && "dequantize_row_ref: unsupported type");
+      dequantize_row_int4(type, src, dst, n);
   }
 }
 
@@ -201,7 +203,8 @@ void quantize_row_ref(DType type, const float* src, void* dst, int64_t n) {
         quantize_block_q8_1(src + i * kQK, static_cast<BlockQ8_1*>(dst) + i);
       return;
     default:
-      QILIN_ASSERT(!"quantize_row_ref: unsupported type");
+      QILIN_ASSERT(is_int4_type(type) && "quantize_row_ref: unsupported type");
+      quantize_row_int4(type, src, dst, n);
   }
 }
 
@@ -359,6 +362,11 @@ Isa detect_best_isa() {
         {DType::F16, DType::F16, ns::vec_dot_f16_f16, ns::quantize_row_f16},      \
         {DType::BF16, DType::BF16, ns::vec_dot_bf16_bf16, ns::quantize_row_bf16}, \
         {DType::F32, DType::F32, ns::vec_dot_f32_f32, copy_row_f32},              \
+        {DType::QI4_G32, DType::Q8_1, ns::vec_dot_qi4_g32_q8_1, ns::quantize_row_q8_1},   \
+        {DType::QI4_G64, DType::Q8_1, ns::vec_dot_qi4_g64_q8_1, ns::quantize_row_q8_1},   \
+        {DType::QI4_G128, DType::Q8_1, ns::vec_dot_qi4_g128_q8_1, ns::quantize_row_q8_1}, \
+        {DType::NF4, DType::Q8_0, ns::vec_dot_nf4_q8_0, ns::quantize_row_q8_0},           \
+        {DType::NF4_DQ, DType::Q8_0, ns::vec_dot_nf4dq_q8_0, ns::quantize_row_q8_0},      \
   }
 
 const MatmulKernels kScalarKernels[] = QILIN_KERNEL_TABLE(scalar);

@@ -563,12 +563,9 @@ Status GgufFile::parse_into(const uint8_t* data, size_t size) {
                         " block size ", info->block_size));
     }
     // ne[0] is a multiple of the block size, so the element count is too.
-    const uint64_t n_blocks = n_elements / static_cast<uint64_t>(info->block_size);
-    const uint64_t block_bytes = static_cast<uint64_t>(info->block_bytes);
-    if (n_blocks > std::numeric_limits<uint64_t>::max() / block_bytes) {
+    if (!tensor_bytes(*info, static_cast<uint64_t>(t.ne[0]), n_elements, &t.size)) {
       return r.fail(cat("byte size of ", n_elements, " ", info->name, " elements overflows"));
     }
-    t.size = n_blocks * block_bytes;
     QILIN_TRY(r.read(&t.offset, "data offset"));
     if (t.offset % alignment_ != 0) {
       return r.fail(
@@ -837,7 +834,10 @@ Status GgufWriter::validate() const {
       return Status::error(cat(where, ": ne[0] = ", ne0, " is not a multiple of the ", info->name,
                                " block size ", info->block_size));
     }
-    const uint64_t expected = n_elements / info->block_size * info->block_bytes;
+    uint64_t expected = 0;
+    if (!tensor_bytes(*info, static_cast<uint64_t>(ne0), n_elements, &expected)) {
+      return Status::error(where + ": byte size overflows");
+    }
     if (t.size != expected) {
       return Status::error(
           cat(where, ": ", t.size, " bytes of data given, the shape needs ", expected));
