@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "quantize.h"
 #include "serve.h"
 #include "core/thread_pool.h"
 #include "cpu/quants.h"
@@ -521,9 +522,11 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1 << 24));
 
   CLI::App* sv = add_serve(app);
+  CLI::App* qz = add_quantize(app);
 
   CLI11_PARSE(app, argc, argv);
   if (sv->parsed()) return run_serve();
+  if (qz->parsed()) return run_quantize();
   if (pp->parsed()) return cmd_perplexity(ppl);
   if (r->parsed()) {
     if (run.prompt.empty() && run.prompt_file.empty()) return fail("run: give a prompt with -p or -f");
