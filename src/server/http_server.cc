@@ -6,6 +6,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -518,7 +519,10 @@ bool HttpServer::Impl::pump_stream(StreamState& s, httplib::DataSink& sink) {
       }
       if (!chat && !started[i]) ev.text = s.meta.echo + ev.text;
       started[i] = true;
-      const bool has_payload = !ev.text.empty() || (s.meta.logprobs && !ev.tokens.empty());
+      auto visible = [&](const GeneratedToken& g) { return !tok.is_eog(g.token); };
+      const bool has_payload =
+          !ev.text.empty() ||
+          (s.meta.logprobs && std::any_of(ev.tokens.begin(), ev.tokens.end(), visible));
       if (chat) {
         // OpenAI's order: content deltas, then a chunk with an empty delta and the reason.
         if (has_payload) {

@@ -33,7 +33,7 @@ class HttpServer {
   // tmpl may be null: /v1/chat/completions then answers that the model has no chat template.
   HttpServer(const ServerOptions& opts, Backend& backend, const Tokenizer& tok,
              const ChatTemplate* tmpl);
-  ~HttpServer();  // stops and waits for listen() to return, if it runs
+  ~HttpServer();  // stop()s; a thread running listen() must have returned (joined) first
 
   // Binds the listening socket; returns the port (the chosen one when opts.port is 0).
   Result<int> bind();

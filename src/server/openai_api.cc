@@ -491,6 +491,7 @@ json completion_logprobs_json(const std::vector<GeneratedToken>& tokens, const T
                               int64_t* text_offset) {
   json toks = json::array(), lps = json::array(), tops = json::array(), offs = json::array();
   for (const GeneratedToken& g : tokens) {
+    if (tok.is_eog(g.token)) continue;  // the end-of-generation token is not in the text
     const std::string piece = tok.token_to_piece(g.token);
     toks.push_back(piece);
     lps.push_back(g.logprob);
@@ -509,6 +510,7 @@ json completion_logprobs_json(const std::vector<GeneratedToken>& tokens, const T
 json chat_logprobs_json(const std::vector<GeneratedToken>& tokens, const Tokenizer& tok) {
   json content = json::array();
   for (const GeneratedToken& g : tokens) {
+    if (tok.is_eog(g.token)) continue;  // the end-of-generation token is not in the text
     const std::string piece = tok.token_to_piece(g.token);
     json top = json::array();
     for (const TokenLogprob& t : g.top) {

@@ -117,7 +117,8 @@ json event_chunk(const ResponseMeta& meta, const ChoiceEvent& ev, const Tokenize
 // stream_options.include_usage: the last chunk, choices empty.
 json usage_chunk(const ResponseMeta& meta, int32_t n_prompt, int32_t n_completion);
 
-// Logprobs in each endpoint's format, for the tokens of one response or chunk.
+// Logprobs in each endpoint's format, for the tokens of one response or chunk (end-of-generation
+// tokens, which the Engine reports but the text leaves out, are skipped).
 json completion_logprobs_json(const std::vector<GeneratedToken>& tokens, const Tokenizer& tok,
                               int64_t* text_offset);
 json chat_logprobs_json(const std::vector<GeneratedToken>& tokens, const Tokenizer& tok);
