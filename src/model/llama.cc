@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "core/assert.h"
 #include "cpu/quants.h"
 
 namespace qilin {
@@ -356,6 +357,46 @@ Status LlamaModel::validate(const Batch& b, const KvCache& kv, const Workspace& 
   return Status::ok();
 }
 
+// y[n, out] += scale * (x A^T) B^T for the adapter's projection p of layer il (no-op when that
+// projection is not adapted). Rank r is small: plain loops, rows split across threads.
+void LlamaModel::apply_lora(ThreadPool& pool, int32_t il, int p, const float* x, int32_t n,
+                            float* y) const {
+  const std::vector<float>& A = adapter_->A[il][p];
+  const std::vector<float>& B = adapter_->B[il][p];
+  if (A.empty()) return;
+  const int32_t r = adapter_->rank;
+  const int64_t in = static_cast<int64_t>(A.size()) / r, out = static_cast<int64_t>(B.size()) / r;
+  const float scale = adapter_->scale;
+  for_rows(pool, n, [&](int32_t t) {
+    float xa[256];
+    QILIN_ASSERT(r <= 256);
+    const float* xt = x + t * in;
+    for (int32_t k = 0; k < r; ++k) {
+      float s = 0;
+      for (int64_t i = 0; i < in; ++i) s += xt[i] * A[k * in + i];
+      xa[k] = s * scale;
+    }
+    float* yt = y + t * out;
+    for (int64_t o = 0; o < out; ++o) {
+      float s = 0;
+      for (int32_t k = 0; k < r; ++k) s += xa[k] * B[o * r + k];
+      yt[o] += s;
+    }
+  });
+}
+
+Status LlamaModel::set_adapter(std::shared_ptr<const LoraAdapter> adapter) {
+  if (adapter) {
+    if (static_cast<int32_t>(adapter->A.size()) != hp_.n_layer || adapter->rank < 1 ||
+        adapter->rank > 256) {
+      return errorf("lora: the adapter has %zu layers and rank %d; the model has %d layers "
+                    "(rank must be 1..256)", adapter->A.size(), adapter->rank, hp_.n_layer);
+    }
+  }
+  adapter_ = std::move(adapter);
+  return Status::ok();
+}
+
 Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Workspace& ws,
                                          ThreadPool& pool) const {
   QILIN_TRY(validate(batch, kv, ws));
@@ -405,6 +446,11 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
         for (int i = 0; i < 3; ++i) matmul(pool, qkv[i], cur, n, out[i], act);
       }
     }
+    if (adapter_) {  // before RoPE, as in training
+      apply_lora(pool, il, kLoraQ, cur, n, q);
+      apply_lora(pool, il, kLoraK, cur, n, k);
+      apply_lora(pool, il, kLoraV, cur, n, v);
+    }
     for_rows(pool, n, [&](int32_t t) {
       rope(q + t * d_q, hp.n_head, hd, batch.pos[t], hp.rope);
       rope(k + t * d_kv, hp.n_head_kv, hd, batch.pos[t], hp.rope);
@@ -413,6 +459,7 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
     aa.layer = il;
     attention(pool, aa);                 // [n, d_q]
     matmul(pool, L.wo, attn, n, cur, act);  // [n, E]
+    if (adapter_) apply_lora(pool, il, kLoraO, attn, n, cur);
 
     // feed-forward block: residual add fused with the norm that reads it
     for_rows(pool, n, [&](int32_t t) {
@@ -430,11 +477,16 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
         for (int i = 0; i < 2; ++i) matmul(pool, gu[i], cur, n, out[i], act);
       }
     }
+    if (adapter_) {
+      apply_lora(pool, il, kLoraGate, cur, n, gate);
+      apply_lora(pool, il, kLoraUp, cur, n, up);
+    }
     for_rows(pool, n, [&](int32_t t) {
       const int64_t o = static_cast<int64_t>(t) * hp.n_ff;
       swiglu(gate + o, up + o, gate + o, hp.n_ff);
     });
     matmul(pool, L.w_down, gate, n, cur, act);  // [n, E]
+    if (adapter_) apply_lora(pool, il, kLoraDown, gate, n, cur);
     for_rows(pool, n, [&](int32_t t) {
       for (int64_t i = t * E; i < (t + 1) * E; ++i) x[i] += cur[i];
     });

@@ -12,6 +12,7 @@
 #include "engine/batch.h"
 #include "formats/gguf.h"
 #include "kv/kv_cache.h"
+#include "model/lora_adapter.h"
 #include "ops/ops.h"
 #include "qilin/status.h"
 
@@ -102,6 +103,9 @@ class LlamaModel {
     w.row_bytes = tok_embd_row_bytes_;
     return w;
   }
+  // A LoRA adapter applied unmerged by every forward() from now on (null removes it).
+  // Checked against the model's layers; shapes were checked when it was read.
+  Status set_adapter(std::shared_ptr<const LoraAdapter> adapter);
   const GgufFile& gguf() const { return *file_; }
   // Bytes of weights (as stored).
   size_t weight_bytes() const { return weight_bytes_; }
@@ -126,6 +130,8 @@ class LlamaModel {
   DType tok_embd_type_ = DType::F32;
   size_t tok_embd_row_bytes_ = 0;
   std::vector<LlamaLayer> layers_;
+  std::shared_ptr<const LoraAdapter> adapter_;
+  void apply_lora(ThreadPool& pool, int32_t il, int p, const float* x, int32_t n, float* y) const;
   const float* output_norm_ = nullptr;  // [n_embd]
   WeightView output_;                   // [n_embd] -> [n_vocab], token_embd when tied
   size_t weight_bytes_ = 0;

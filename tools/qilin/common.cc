@@ -4,10 +4,12 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 
 #include <unistd.h>
 
 #include "core/thread_pool.h"
+#include "model/lora_adapter.h"
 
 namespace qilin::cli {
 
@@ -50,6 +52,9 @@ void add_common(CLI::App* app, Common& c) {
                            "read the weights through the file mapping (starts at once, shares "
                            "pages between processes; default only for models larger than half "
                            "the available memory)");
+  app->add_option("--lora", c.lora,
+                  "GGUF LoRA adapter applied unmerged (qilin finetune's adapter.gguf), FILE or "
+                  "FILE:SCALE");
   app->add_flag("--no-mmap", c.no_mmap,
                 "copy the weights into memory, huge pages where the kernel allows (the default "
                 "when they take at most half the available memory: faster generation)")
@@ -73,7 +78,7 @@ void add_sampling(CLI::App* app, SamplingParams& s) {
   app->add_option("-s,--seed", s.seed, "random seed");
 }
 
-Result<Loaded> load(std::string path, WeightPlacement placement) {
+Result<Loaded> load(std::string path, WeightPlacement placement, const std::string& lora) {
   if (path.empty()) {
     path = default_model_path();
     if (access(path.c_str(), R_OK) != 0) {
@@ -91,6 +96,22 @@ Result<Loaded> load(std::string path, WeightPlacement placement) {
   auto t = Tokenizer::from_gguf(l.model->gguf());
   QILIN_TRY(t);
   l.tok = std::move(*t);
+  if (!lora.empty()) {
+    std::string file = lora;
+    float scale = 1.0f;
+    const size_t colon = lora.rfind(':');
+    if (colon != std::string::npos && colon + 1 < lora.size()) {
+      char* end = nullptr;
+      const float v = std::strtof(lora.c_str() + colon + 1, &end);
+      if (end && *end == '\0') {
+        file = lora.substr(0, colon);
+        scale = v;
+      }
+    }
+    auto ad = load_lora_adapter(file, *l.model, scale);
+    QILIN_TRY(ad);
+    QILIN_TRY(l.model->set_adapter(std::make_shared<const LoraAdapter>(std::move(*ad))));
+  }
   l.load_ms = now_ms() - t0;
   return l;
 }

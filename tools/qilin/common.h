@@ -28,6 +28,7 @@ struct Common {
   bool mmap = false;
   bool no_mmap = false;
   std::string attn = "naive";
+  std::string lora;  // FILE[:scale], a GGUF LoRA adapter applied unmerged
 };
 void add_common(CLI::App* app, Common& c);
 WeightPlacement placement_of(const Common& c);
@@ -39,7 +40,8 @@ struct Loaded {
   double load_ms = 0;
 };
 // The model (default: the fetched SmolLM2) and its tokenizer; errors say how to fix them.
-Result<Loaded> load(std::string path, WeightPlacement placement);
+// lora: "" or FILE[:scale], a GGUF LoRA adapter applied at inference (unmerged).
+Result<Loaded> load(std::string path, WeightPlacement placement, const std::string& lora = "");
 // The GGUF's tokenizer.chat_template, recognised (or a message quoting it).
 Result<ChatTemplate> model_template(const Loaded& l);
 

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "finetune.h"
 #include "quantize.h"
 #include "serve.h"
 #include "core/thread_pool.h"
@@ -111,7 +112,7 @@ int cmd_run(RunOpts& o) {
     o.prompt = ss.str();
   }
   if (Status st = o.s.validate(); !st) return fail(st.message());
-  auto l = load(o.c.model, placement_of(o.c));
+  auto l = load(o.c.model, placement_of(o.c), o.c.lora);
   if (!l) return fail(l.status().message());
   std::string text = o.prompt;
   if (o.chat) {
@@ -155,7 +156,7 @@ int cmd_perplexity(PplOpts& o) {
   if (!in) return fail("cannot read text file '" + o.file + "'");
   std::stringstream ss;
   ss << in.rdbuf();
-  auto l = load(o.c.model, placement_of(o.c));
+  auto l = load(o.c.model, placement_of(o.c), o.c.lora);
   if (!l) return fail(l.status().message());
   const double t0 = now_ms();
   const std::vector<int32_t> tokens = l->tok->encode(ss.str(), true, false);
@@ -196,7 +197,7 @@ struct ChatOpts {
 
 int cmd_chat(ChatOpts& o) {
   if (Status st = o.s.validate(); !st) return fail(st.message());
-  auto l = load(o.c.model, placement_of(o.c));
+  auto l = load(o.c.model, placement_of(o.c), o.c.lora);
   if (!l) return fail(l.status().message());
   auto tmpl = model_template(*l);
   if (!tmpl) return fail(tmpl.status().message());
@@ -339,7 +340,7 @@ int cmd_bench(BenchOpts& o) {
     return fail("--prefix " + std::to_string(o.prefix) + " must be below -p " +
                 std::to_string(o.n_prompt) + " (at least one prompt token is computed)");
   }
-  auto l = load(o.c.model, placement_of(o.c));
+  auto l = load(o.c.model, placement_of(o.c), o.c.lora);
   if (!l) return fail(l.status().message());
   if (o.parallel > 0) return bench_parallel(o, *l);
   GeneratorConfig gc;
@@ -523,10 +524,12 @@ int main(int argc, char** argv) {
 
   CLI::App* sv = add_serve(app);
   CLI::App* qz = add_quantize(app);
+  CLI::App* ftc = add_finetune(app);
 
   CLI11_PARSE(app, argc, argv);
   if (sv->parsed()) return run_serve();
   if (qz->parsed()) return run_quantize();
+  if (ftc->parsed()) return run_finetune();
   if (pp->parsed()) return cmd_perplexity(ppl);
   if (r->parsed()) {
     if (run.prompt.empty() && run.prompt_file.empty()) return fail("run: give a prompt with -p or -f");

@@ -87,7 +87,7 @@ int run_serve() {
   sigaddset(&sigs, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
-  auto l = load(o.c.model, placement_of(o.c));
+  auto l = load(o.c.model, placement_of(o.c), o.c.lora);
   if (!l) return fail(l.status().message());
   auto tmpl = model_template(*l);
   if (!tmpl) {

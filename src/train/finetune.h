@@ -1,0 +1,97 @@
+// Fine-tuning: data (JSONL of prompt/completion, chat messages or plain text, with the loss on
+// the completion / assistant tokens only), the LoRA training loop (AdamW, warmup + cosine,
+// clipping, gradient accumulation, held-out evaluation), atomic checkpoints that resume with
+// identical losses, and adapter export (PEFT safetensors and llama.cpp's GGUF LoRA format).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/chat_template.h"
+#include "model/llama.h"
+#include "model/tokenizer.h"
+#include "qilin/status.h"
+#include "train/lora_llama.h"
+#include "train/optimizer.h"
+
+namespace qilin::train {
+
+// One training sequence: targets[i] is the token that should follow tokens[i], or -1 where no
+// loss is taken (prompt, user turns, across packed examples).
+struct Example {
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> targets;
+};
+
+// Reads JSONL: each line {"prompt","completion"}, {"messages":[{"role","content"}...]} (the
+// chat template `tmpl` renders it; loss on assistant turns) or {"text"} (loss everywhere).
+// Errors name the file, line and field. Sequences longer than max_len are cut.
+Result<std::vector<Example>> load_jsonl(const std::string& path, const Tokenizer& tok,
+                                        const ChatTemplate* tmpl, int32_t max_len);
+
+// Concatenates examples (in order) into sequences of at most max_len tokens; a target that
+// would cross into the next example is masked.
+std::vector<Example> pack(const std::vector<Example>& examples, int32_t max_len);
+
+struct FinetuneConfig {
+  LoraConfig lora;
+  AdamWConfig adam;
+  int64_t steps = 100;           // optimizer steps
+  int32_t grad_accum = 1;        // examples per optimizer step
+  int64_t warmup = 10;
+  float min_lr_ratio = 0.1f;     // cosine decays to lr * this
+  double clip_norm = 1.0;        // <= 0: no clipping
+  int64_t eval_every = 0;        // 0: only at the end
+  int64_t checkpoint_every = 0;  // 0: none
+  std::string checkpoint_path;   // written atomically (temp + rename)
+  uint64_t seed = 1;
+  int n_threads = 1;
+};
+
+struct StepLog {
+  int64_t step = 0;
+  float loss = 0;        // mean training loss of the step's examples
+  float lr = 0;
+  double grad_norm = 0;
+  int64_t tokens = 0;    // scored tokens this step
+  double seconds = 0;
+  float eval_loss = -1;  // held-out mean loss when evaluated this step, else -1
+};
+
+class Finetuner {
+ public:
+  // base: the frozen model; train/eval: the data (eval may be empty).
+  static Result<std::unique_ptr<Finetuner>> create(const LlamaModel& base, const FinetuneConfig& cfg,
+                                                   std::vector<Example> train, std::vector<Example> eval);
+  ~Finetuner();
+  // Runs until cfg.steps (from wherever a resume left off). on_step gets every step's log.
+  Status run(const std::function<void(const StepLog&)>& on_step);
+  // Mean loss over the held-out examples.
+  float evaluate();
+  Status save_checkpoint(const std::string& path) const;
+  Status load_checkpoint(const std::string& path);
+  // PEFT layout: dir/adapter_config.json + dir/adapter_model.safetensors (Hugging Face names;
+  // Q/K output rows un-permuted from GGUF's RoPE pair order to Hugging Face's halves).
+  Status save_peft(const std::string& dir, const std::string& base_name) const;
+  // llama.cpp's GGUF LoRA adapter (general.type = adapter, blk.N.attn_q.weight.lora_a/_b).
+  Status save_gguf_adapter(const std::string& path) const;
+  int64_t step() const { return step_; }
+  LoraLlama<float>& model() { return *model_; }
+
+ private:
+  Finetuner() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::unique_ptr<LoraLlama<float>> model_;
+  FinetuneConfig cfg_;
+  std::vector<Example> train_, eval_;
+  std::vector<AdamWState> states_;  // [n_layer * kNumProj * 2] (A, B)
+  int64_t step_ = 0;
+  std::vector<uint32_t> order_;     // example order of epoch order_epoch_
+  int64_t order_epoch_ = -1;
+  int64_t cursor_ = 0;              // examples consumed in total
+};
+
+}  // namespace qilin::train

@@ -1,0 +1,148 @@
+// `qilin finetune`: see finetune.h. Writes OUT/adapter.gguf (llama.cpp's LoRA format, for
+// `qilin run --lora` and llama.cpp's --lora), OUT/peft/ (adapter_config.json and
+// adapter_model.safetensors for PEFT) and OUT/checkpoint.gguf (for --resume).
+#include "finetune.h"
+
+#include <cstdio>
+#include <random>
+#include <sstream>
+
+#include <sys/stat.h>
+
+#include "common.h"
+#include "train/finetune.h"
+
+namespace qilin::cli {
+namespace {
+
+struct FinetuneOpts {
+  Common c;
+  std::string data, out = "finetune-out";
+  int32_t rank = 8;
+  float alpha = 16;
+  std::string targets = "q,k,v,o,gate,up,down";
+  float lr = 2e-4f;
+  float weight_decay = 0.0f;
+  int64_t steps = 100;
+  int32_t grad_accum = 1;
+  int64_t warmup = 10;
+  int32_t seq_len = 512;
+  double val_fraction = 0.1;
+  int64_t eval_every = 0;
+  int64_t checkpoint_every = 0;
+  bool resume = false;
+  bool pack = false;
+  uint64_t seed = 1;
+  std::string precision = "fp32";
+};
+FinetuneOpts g_opts;
+
+}  // namespace
+
+CLI::App* add_finetune(CLI::App& app) {
+  FinetuneOpts& o = g_opts;
+  CLI::App* f = app.add_subcommand("finetune", "LoRA fine-tuning on JSONL data (prompt/completion, chat messages or text)");
+  add_common(f, o.c);
+  f->add_option("--data", o.data, "training data, JSONL")->required();
+  f->add_option("-o,--out", o.out, "output folder (adapter.gguf, peft/, checkpoint.gguf)");
+  f->add_option("--lora-r", o.rank, "LoRA rank")->check(CLI::Range(1, 256));
+  f->add_option("--lora-alpha", o.alpha, "LoRA alpha (scale = alpha / rank)");
+  f->add_option("--lora-targets", o.targets, "adapted projections, comma-separated from q,k,v,o,gate,up,down");
+  f->add_option("--lr", o.lr, "peak learning rate");
+  f->add_option("--weight-decay", o.weight_decay, "AdamW weight decay");
+  f->add_option("--steps", o.steps, "optimizer steps")->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  f->add_option("--grad-accum", o.grad_accum, "examples per optimizer step")->check(CLI::Range(1, 1 << 20));
+  f->add_option("--warmup", o.warmup, "warmup steps (then cosine decay to lr/10)");
+  f->add_option("--seq-len", o.seq_len, "tokens per training sequence at most")->check(CLI::Range(8, 1 << 16));
+  f->add_option("--val-fraction", o.val_fraction, "held-out fraction of the examples")->check(CLI::Range(0.0, 0.9));
+  f->add_option("--eval-every", o.eval_every, "evaluate the held-out split every N steps (0: at the end)");
+  f->add_option("--checkpoint-every", o.checkpoint_every, "save OUT/checkpoint.gguf every N steps");
+  f->add_flag("--resume", o.resume, "continue from OUT/checkpoint.gguf");
+  f->add_flag("--pack", o.pack, "pack several examples into each sequence");
+  f->add_option("--seed", o.seed, "seed for LoRA init, the split and the data order");
+  f->add_option("--precision", o.precision, "compute precision (fp32; bf16/fp16 not built yet)")
+      ->check(CLI::IsMember({"fp32"}));
+  return f;
+}
+
+int run_finetune() {
+  FinetuneOpts& o = g_opts;
+  using namespace qilin::train;
+  FinetuneConfig fc;
+  fc.lora.rank = o.rank;
+  fc.lora.alpha = o.alpha;
+  fc.lora.targets.fill(false);
+  {
+    const char* names[kNumProj] = {"q", "k", "v", "o", "gate", "up", "down"};
+    std::stringstream ss(o.targets);
+    std::string t;
+    while (std::getline(ss, t, ',')) {
+      int found = -1;
+      for (int p = 0; p < kNumProj; ++p) found = t == names[p] ? p : found;
+      if (found < 0) return fail("--lora-targets: unknown projection '" + t + "' (q,k,v,o,gate,up,down)");
+      fc.lora.targets[found] = true;
+    }
+  }
+  fc.adam.lr = o.lr;
+  fc.adam.weight_decay = o.weight_decay;
+  fc.steps = o.steps;
+  fc.grad_accum = o.grad_accum;
+  fc.warmup = o.warmup;
+  fc.eval_every = o.eval_every;
+  fc.checkpoint_every = o.checkpoint_every;
+  fc.seed = o.seed;
+  fc.n_threads = o.c.threads;
+  if (mkdir(o.out.c_str(), 0755) != 0 && errno != EEXIST) return fail("cannot create " + o.out);
+  fc.checkpoint_path = o.out + "/checkpoint.gguf";
+
+  auto l = load(o.c.model, placement_of(o.c));
+  if (!l) return fail(l.status().message());
+  auto tmpl = model_template(*l);
+  auto ex = load_jsonl(o.data, *l->tok, tmpl ? &*tmpl : nullptr, o.seq_len);
+  if (!ex) return fail(ex.status().message());
+  // Seeded split, then packing within each side.
+  std::vector<Example> all = std::move(*ex), train, eval;
+  std::mt19937_64 rng(o.seed);
+  std::shuffle(all.begin(), all.end(), rng);
+  const size_t n_eval = static_cast<size_t>(all.size() * o.val_fraction);
+  eval.assign(all.begin(), all.begin() + n_eval);
+  train.assign(all.begin() + n_eval, all.end());
+  if (o.pack) {
+    train = pack(train, o.seq_len);
+    eval = pack(eval, o.seq_len);
+  }
+  std::fprintf(stderr, "finetune: %zu training and %zu held-out sequences from %s; LoRA r=%d alpha=%g on %s\n",
+               train.size(), eval.size(), o.data.c_str(), o.rank, o.alpha, o.targets.c_str());
+  auto ft = Finetuner::create(*l->model, fc, std::move(train), std::move(eval));
+  if (!ft) return fail(ft.status().message());
+  Finetuner& f = **ft;
+  if (o.resume) {
+    if (Status s = f.load_checkpoint(fc.checkpoint_path); !s) return fail(s.message());
+    std::fprintf(stderr, "finetune: resumed at step %lld\n", static_cast<long long>(f.step()));
+  } else {
+    const float e0 = f.evaluate();
+    if (e0 >= 0) std::fprintf(stderr, "finetune: held-out loss before training %.4f (ppl %.2f)\n", e0, std::exp(e0));
+  }
+  double elapsed = 0;
+  int64_t done = 0;
+  Status st = f.run([&](const StepLog& s) {
+    elapsed += s.seconds;
+    ++done;
+    const double eta = elapsed / done * static_cast<double>(o.steps - s.step);
+    std::fprintf(stderr, "step %lld/%lld  loss %.4f  lr %.2e  |g| %.3f  %.0f tok/s  ETA %.0f s%s",
+                 static_cast<long long>(s.step), static_cast<long long>(o.steps), s.loss, s.lr,
+                 s.grad_norm, s.tokens / std::max(s.seconds, 1e-9), eta,
+                 s.eval_loss >= 0 ? "" : "\n");
+    if (s.eval_loss >= 0) std::fprintf(stderr, "  held-out loss %.4f (ppl %.2f)\n", s.eval_loss, std::exp(s.eval_loss));
+  });
+  if (!st) return fail(st.message());
+  if (Status s = f.save_checkpoint(fc.checkpoint_path); !s) return fail(s.message());
+  if (Status s = f.save_gguf_adapter(o.out + "/adapter.gguf"); !s) return fail(s.message());
+  const std::string& mp = l->model->gguf().path();
+  if (Status s = f.save_peft(o.out + "/peft", mp.substr(mp.rfind('/') + 1)); !s) return fail(s.message());
+  std::fprintf(stderr, "finetune: wrote %s/adapter.gguf, %s/peft/, %s\n", o.out.c_str(), o.out.c_str(),
+               fc.checkpoint_path.c_str());
+  return 0;
+}
+
+}  // namespace qilin::cli
