@@ -24,6 +24,7 @@
 #include "serve.h"
 #include "core/thread_pool.h"
 #include "cpu/quants.h"
+#include "dist/topology.h"
 #include "engine/beam_search.h"
 #include "engine/engine.h"
 #include "engine/generator.h"
@@ -522,12 +523,24 @@ int main(int argc, char** argv) {
   pp->add_option("--chunks", ppl.chunks, "windows to evaluate (default: all)")
       ->check(CLI::Range(1, 1 << 24));
 
+  int32_t topo_world = 1, topo_tp = 1, topo_pp = 1;
+  CLI::App* tp = app.add_subcommand("topology", "print the 3D rank grid (pipeline x data x tensor)");
+  tp->add_option("--world", topo_world, "ranks in all")->required()->check(CLI::Range(1, 1 << 20));
+  tp->add_option("--tp", topo_tp, "tensor-parallel degree")->check(CLI::Range(1, 1 << 20));
+  tp->add_option("--pp", topo_pp, "pipeline-parallel degree")->check(CLI::Range(1, 1 << 20));
+
   CLI::App* sv = add_serve(app);
   CLI::App* qz = add_quantize(app);
   CLI::App* ftc = add_finetune(app);
 
   CLI11_PARSE(app, argc, argv);
   if (sv->parsed()) return run_serve();
+  if (tp->parsed()) {
+    auto t = Topology::create(topo_world, topo_tp, topo_pp);
+    if (!t) return fail(t.status().message());
+    std::printf("%s", t->describe().c_str());
+    return 0;
+  }
   if (qz->parsed()) return run_quantize();
   if (ftc->parsed()) return run_finetune();
   if (pp->parsed()) return cmd_perplexity(ppl);
