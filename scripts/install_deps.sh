@@ -5,7 +5,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 pkgs=(build-essential cmake ninja-build pkg-config git unzip
       libcli11-dev nlohmann-json3-dev libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev
-      libcpp-httplib-dev python3-venv
+      libcpp-httplib-dev python3-venv libopenmpi-dev openmpi-bin
       python3.11-doc)  # python3.11-doc: English text for perplexity (tests/golden/model/perplexity.json)
 missing=()
 for p in "${pkgs[@]}"; do
