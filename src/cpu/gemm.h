@@ -27,6 +27,22 @@ void gemm_ref(const MatmulKernels& k, int64_t n, const void* w, size_t w_stride,
               int64_t n_rows, const void* a, size_t a_stride, int64_t n_tok, float* c,
               int64_t ldc);
 
+// Weights that do not change while registered (a loaded model's tensors). The quantized gemms
+// keep such weights in their packed layout after the first call (a one-time copy about the size
+// of the weights) instead of repacking them on every call, which dominates when a call has few
+// tokens (batched decoding). Unregistering drops what was packed from the range; raw buffers
+// that are never registered are repacked per call as before.
+void gemm_register_immutable(const void* begin, size_t bytes);
+void gemm_unregister_immutable(const void* begin);
+
+namespace gemm_cache {
+// The packed copy of n_rows weight rows at w (row_bytes_packed each), or null if w is not in a
+// registered range. pack(dst) fills a new copy on first use. Thread-safe.
+const uint8_t* get(const void* w, size_t w_stride, int64_t n_rows, int64_t n, int kind,
+                   size_t row_bytes_packed, void (*pack)(const void* ctx, uint8_t* dst),
+                   const void* ctx);
+}  // namespace gemm_cache
+
 // Sub-dispatchers, one per family (gemm_quant.cc: Q4_0, Q4_1, Q8_0; gemm_float.cc: F16,
 // BF16, F32). Null for types they do not cover.
 GemmFn gemm_quant_kernel(DType weight, Isa isa);

@@ -7,6 +7,11 @@
 #include "cpu/gemm.h"
 #include "cpu/gemm_quant_impl.h"
 
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
 namespace qilin {
 
 GemmFn gemm_quant_kernel(DType weight, Isa isa) {
@@ -27,6 +32,73 @@ GemmFn gemm_quant_kernel(DType weight, Isa isa) {
   }
   return nullptr;
 }
+
+namespace {
+
+struct CacheKey {
+  const void* w;
+  size_t stride;
+  int64_t n_rows, n;
+  int kind;
+  bool operator<(const CacheKey& o) const {
+    return std::tie(w, stride, n_rows, n, kind) < std::tie(o.w, o.stride, o.n_rows, o.n, o.kind);
+  }
+};
+struct Cache {
+  std::mutex mu;
+  std::map<const uint8_t*, size_t> ranges;  // registered [begin, begin + bytes)
+  std::map<CacheKey, std::vector<uint8_t>> packed;
+};
+Cache& cache() {
+  static Cache c;
+  return c;
+}
+
+}  // namespace
+
+void gemm_register_immutable(const void* begin, size_t bytes) {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  c.ranges[static_cast<const uint8_t*>(begin)] = bytes;
+}
+
+void gemm_unregister_immutable(const void* begin) {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  auto it = c.ranges.find(static_cast<const uint8_t*>(begin));
+  if (it == c.ranges.end()) return;
+  const uint8_t* lo = it->first;
+  const uint8_t* hi = lo + it->second;
+  for (auto p = c.packed.begin(); p != c.packed.end();) {
+    const auto* w = static_cast<const uint8_t*>(p->first.w);
+    p = w >= lo && w < hi ? c.packed.erase(p) : std::next(p);
+  }
+  c.ranges.erase(it);
+}
+
+namespace gemm_cache {
+
+const uint8_t* get(const void* w, size_t w_stride, int64_t n_rows, int64_t n, int kind,
+                   size_t row_bytes_packed, void (*pack)(const void* ctx, uint8_t* dst),
+                   const void* ctx) {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  if (c.ranges.empty()) return nullptr;
+  const auto* p = static_cast<const uint8_t*>(w);
+  auto r = c.ranges.upper_bound(p);
+  if (r == c.ranges.begin()) return nullptr;
+  --r;
+  if (p + (n_rows - 1) * w_stride >= r->first + r->second) return nullptr;  // not inside
+  std::vector<uint8_t>& buf = c.packed[CacheKey{w, w_stride, n_rows, n, kind}];
+  if (buf.empty()) {
+    // Packed under the lock: each thread packs its own row range once, on its first call.
+    buf.resize(static_cast<size_t>(n_rows) * row_bytes_packed + 64);
+    pack(ctx, buf.data());
+  }
+  return buf.data();
+}
+
+}  // namespace gemm_cache
 
 namespace gemm_quant {
 

@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "core/assert.h"
+#include "cpu/gemm.h"
 #include "cpu/quants.h"
 
 namespace qilin {
@@ -119,6 +120,10 @@ const char* placement_name(WeightPlacement p) {
   return "?";
 }
 
+LlamaModel::~LlamaModel() {
+  if (registered_weights_) gemm_unregister_immutable(registered_weights_);
+}
+
 Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const std::string& path,
                                                      WeightPlacement placement) {
   auto file = GgufFile::open(path);
@@ -131,6 +136,13 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const std::string& path,
   if (placement == WeightPlacement::Memory) QILIN_TRY((*file)->load_into_memory());
   std::unique_ptr<LlamaModel> m(new LlamaModel());
   m->file_ = std::move(*file);
+  // The tensors never change while the model lives: the tiled gemms may keep them packed.
+  if (!m->file_->tensors().empty()) {
+    const uint8_t* lo = m->file_->tensors()[0].data;
+    for (const GgufTensorInfo& t : m->file_->tensors()) lo = std::min(lo, t.data);
+    gemm_register_immutable(lo, m->file_->tensor_span_bytes());
+    m->registered_weights_ = lo;
+  }
   const GgufFile& f = *m->file_;
   LlamaHparams& hp = m->hp_;
 

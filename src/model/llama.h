@@ -88,6 +88,7 @@ class LlamaModel {
     return file_->in_memory() ? WeightPlacement::Memory : WeightPlacement::Mapped;
   }
 
+  ~LlamaModel();
   const LlamaHparams& hparams() const { return hp_; }
   // The weights as loaded (views into the file or memory), for tools that read them whole:
   // training, quantization.
@@ -122,6 +123,7 @@ class LlamaModel {
 
  private:
   LlamaModel() = default;
+  const uint8_t* registered_weights_ = nullptr;  // gemm_register_immutable'd tensor span
   Status validate(const Batch& batch, const KvCache& kv, const Workspace& ws) const;
 
   std::unique_ptr<GgufFile> file_;
