@@ -410,7 +410,7 @@ Status LlamaModel::set_adapter(std::shared_ptr<const LoraAdapter> adapter) {
 }
 
 Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Workspace& ws,
-                                         ThreadPool& pool) const {
+                                         ThreadPool& pool, ForwardTap* tap) const {
   QILIN_TRY(validate(batch, kv, ws));
   const LlamaHparams& hp = hp_;
   const int32_t n = batch.n_tokens();
@@ -449,6 +449,7 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
     const LlamaLayer& L = layers_[il];
     // attention block
     for_rows(pool, n, [&](int32_t t) { rms_norm(x + t * E, L.attn_norm, cur + t * E, E, hp.rms_eps); });
+    if (tap) tap->linear_input(il, LinearInput::Attn, cur, n, E);
     {
       const WeightView qkv[3] = {L.wq, L.wk, L.wv};
       float* const out[3] = {q, k, v};  // [n, d_q], [n, d_kv], [n, d_kv]
@@ -470,6 +471,7 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
     kv_store(kv, il, batch, k, v);
     aa.layer = il;
     attention(pool, aa);                 // [n, d_q]
+    if (tap) tap->linear_input(il, LinearInput::Out, attn, n, d_q);
     matmul(pool, L.wo, attn, n, cur, act);  // [n, E]
     if (adapter_) apply_lora(pool, il, kLoraO, attn, n, cur);
 
@@ -480,6 +482,7 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
       for (int64_t i = 0; i < E; ++i) xt[i] += ct[i];
       rms_norm(xt, L.ffn_norm, cur + t * E, E, hp.rms_eps);
     });
+    if (tap) tap->linear_input(il, LinearInput::Ffn, cur, n, E);
     {
       const WeightView gu[2] = {L.w_gate, L.w_up};
       float* const out[2] = {gate, up};  // [n, n_ff] each
@@ -497,6 +500,7 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
       const int64_t o = static_cast<int64_t>(t) * hp.n_ff;
       swiglu(gate + o, up + o, gate + o, hp.n_ff);
     });
+    if (tap) tap->linear_input(il, LinearInput::Down, gate, n, hp.n_ff);
     matmul(pool, L.w_down, gate, n, cur, act);  // [n, E]
     if (adapter_) apply_lora(pool, il, kLoraDown, gate, n, cur);
     for_rows(pool, n, [&](int32_t t) {

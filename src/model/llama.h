@@ -67,6 +67,21 @@ struct Workspace {
   std::vector<uint8_t> act;    // converted activations for the matmul kernels
 };
 
+// The inputs of a layer's linear weights, as forward() computes them (calibration: AWQ).
+enum class LinearInput {
+  Attn,  // [n_tokens, n_embd] attn_norm output: input of q, k, v
+  Out,   // [n_tokens, n_head * head_dim] attention output: input of attn_output
+  Ffn,   // [n_tokens, n_embd] ffn_norm output: input of ffn_gate, ffn_up
+  Down,  // [n_tokens, n_ff] SwiGLU output: input of ffn_down
+};
+// Sees every linear input during forward(), on the calling thread between operators (so it may
+// use the same ThreadPool). Not for the serving path: it only observes.
+struct ForwardTap {
+  virtual ~ForwardTap() = default;
+  virtual void linear_input(int32_t il, LinearInput site, const float* x, int32_t n_tokens,
+                            int64_t n) = 0;
+};
+
 // Where the weights live while the model runs.
 // - Mapped: read through the file mapping (4 KiB page-cache pages; starts instantly, shared
 //   between processes, fine for models larger than RAM).
@@ -118,8 +133,9 @@ class LlamaModel {
   // Runs the batch. Returns logits [n_logit_rows, n_vocab] for the rows that want them, in
   // batch order, pointing into ws. Bad batches (token ids, positions outside the block tables,
   // more rows than the workspace holds) return an error without touching the cache.
+  // `tap`, when given, is shown each linear layer's input (see ForwardTap).
   Result<const float*> forward(const Batch& batch, KvCache& kv, Workspace& ws,
-                               ThreadPool& pool) const;
+                               ThreadPool& pool, ForwardTap* tap = nullptr) const;
 
  private:
   LlamaModel() = default;

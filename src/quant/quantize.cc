@@ -126,6 +126,11 @@ Result<QuantizeReport> quantize_gguf(const GgufFile& in, const std::string& out,
   rep.n_elements = prog.n_elements;
 
   ThreadPool pool(std::max(opt.n_threads, 1));
+  struct Fallback {
+    int count = 0;
+    std::string example;
+  };
+  std::map<std::string, Fallback> fallbacks;  // "columns type" -> tensors
   std::vector<std::vector<uint8_t>> bufs;  // outputs, alive until write()
   bufs.reserve(in.tensors().size());
   bool noted_requant = false;
@@ -162,7 +167,7 @@ Result<QuantizeReport> quantize_gguf(const GgufFile& in, const std::string& out,
         QILIN_TRY(f);
         storage = std::move(*f);
         src = storage.data();
-        if (dtype_info(t.type).block_size > 1 && !noted_requant) {
+        if (dtype_info(t.type).block_size > 1 && !is_plain(opt.target) && !noted_requant) {
           rep.notes.push_back("input tensors are " + std::string(dtype_name(t.type)) +
                               " (e.g. '" + t.name +
                               "'): requantizing adds its rounding to the input's");
@@ -172,9 +177,8 @@ Result<QuantizeReport> quantize_gguf(const GgufFile& in, const std::string& out,
       if (type != opt.target && !is_plain(opt.target) && t.n_dims >= 2 &&
           t.name != "output.weight" && !(tied && t.name == "token_embd.weight") &&
           type != t.type) {
-        rep.notes.push_back(t.name + ": " + std::to_string(ne0) + " columns are not a multiple of " +
-                            std::to_string(dtype_info(opt.target).block_size) + ", written as " +
-                            dtype_name(type));
+        Fallback& fb = fallbacks[std::to_string(ne0) + " " + dtype_name(type)];
+        if (fb.count++ == 0) fb.example = t.name;
       }
       const size_t rb = row_bytes(type, ne0);
       std::vector<uint8_t>& dst = bufs.emplace_back(rb * static_cast<size_t>(n_rows));
@@ -186,7 +190,9 @@ Result<QuantizeReport> quantize_gguf(const GgufFile& in, const std::string& out,
       w.add_tensor(t.name, type, ne, dst.data(), dst.size());
       rep.bytes_out += dst.size();
     }
-    if (type == opt.target) {
+    const bool output = t.name == "output.weight" || (tied && t.name == "token_embd.weight");
+    if (t.n_dims >= 2 && ends_with(t.name, "weight") && !ends_with(t.name, "_norm.weight") &&
+        !output) {  // the layers' weights: the target type or its fallbacks
       rep.quantized_elements += static_cast<uint64_t>(t.n_elements());
       rep.quantized_bytes += row_bytes(type, ne0) * static_cast<uint64_t>(n_rows);
     }
@@ -195,6 +201,12 @@ Result<QuantizeReport> quantize_gguf(const GgufFile& in, const std::string& out,
     prog.elements += static_cast<uint64_t>(t.n_elements());
     prog.name = t.name.c_str();
     if (opt.progress) opt.progress(prog);
+  }
+  for (const auto& [key, fb] : fallbacks) {
+    const std::string cols = key.substr(0, key.find(' ')), type = key.substr(key.find(' ') + 1);
+    rep.notes.push_back(std::to_string(fb.count) + " tensor(s) with rows of " + cols +
+                        " (not a multiple of " + std::to_string(dtype_info(opt.target).block_size) +
+                        ") written as " + type + ", e.g. '" + fb.example + "'");
   }
   QILIN_TRY(w.write(out));
   return rep;

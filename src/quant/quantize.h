@@ -54,7 +54,9 @@ struct QuantizeOptions {
 
 struct QuantizeReport {
   uint64_t bytes_in = 0, bytes_out = 0;  // tensor data
-  uint64_t quantized_elements = 0;       // in tensors that got the target type
+  // The layers' weights (2-D "weight" tensors but norms and the output / tied embedding): the
+  // target type or its fallbacks. 8 * bytes / elements is the bits per weight to quote.
+  uint64_t quantized_elements = 0;
   uint64_t quantized_bytes = 0;
   uint64_t n_elements = 0;
   std::map<std::string, int> types_out;  // type name -> tensors

@@ -5,11 +5,17 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "common.h"
 #include "core/thread_pool.h"
 #include "formats/gguf.h"
+#include "model/llama.h"
+#include "model/tokenizer.h"
+#include "quant/awq.h"
 #include "quant/quantize.h"
 
 namespace qilin::cli {
@@ -19,6 +25,11 @@ struct QuantizeCli {
   std::string in, out, type;
   int threads = 1;
   bool quiet = false;
+  bool awq = false;
+  std::vector<std::string> calib;
+  int32_t calib_ctx = 512;
+  int32_t calib_windows = 32;
+  bool no_clip = false;
 };
 QuantizeCli g_opts;
 
@@ -59,6 +70,16 @@ CLI::App* add_quantize(CLI::App& app) {
   q->add_option("-t,--threads", o.threads, "worker threads (default: physical cores)")
       ->check(CLI::Range(1, 1024));
   q->add_flag("-q,--quiet", o.quiet, "no progress bar");
+  q->add_flag("--awq", o.awq,
+              "activation-aware scaling and clipping (AWQ), calibrated on --calib text; "
+              "export as int4-g128 (Qilin) or q4_0 / q4_1 (llama.cpp)");
+  q->add_option("--calib", o.calib, "AWQ calibration text file(s)");
+  q->add_option("--calib-ctx", o.calib_ctx, "AWQ calibration window in tokens (default 512)")
+      ->check(CLI::Range(16, 1 << 16));
+  q->add_option("--calib-windows", o.calib_windows,
+                "AWQ calibration windows at most (default 32)")
+      ->check(CLI::Range(1, 1 << 20));
+  q->add_flag("--no-clip", o.no_clip, "AWQ: skip the clipping search (scales only)");
   return q;
 }
 
@@ -72,9 +93,71 @@ int run_quantize() {
   QuantizeOptions qo;
   qo.target = *type;
   qo.n_threads = o.threads;
+  // AWQ: calibrate on the input model itself, search, and hand the folded weights to the writer.
+  std::unique_ptr<LlamaModel> model;
+  AwqResult awq;
+  if (o.awq) {
+    if (o.calib.empty()) return fail("quantize: --awq needs calibration text (--calib FILE)");
+    std::string text;
+    for (const std::string& path : o.calib) {
+      std::ifstream f(path, std::ios::binary);
+      if (!f) return fail("quantize: cannot read calibration file '" + path + "'");
+      std::stringstream ss;
+      ss << f.rdbuf();
+      text += ss.str();
+      text += "\n";
+    }
+    auto m = LlamaModel::load(o.in);
+    if (!m) return fail("quantize: " + m.status().message());
+    model = std::move(*m);
+    auto tok = Tokenizer::from_gguf(model->gguf());
+    if (!tok) return fail("quantize: " + tok.status().message());
+    std::vector<int32_t> tokens = (*tok)->encode(text, false, false);
+    const size_t keep = static_cast<size_t>(o.calib_ctx) * o.calib_windows;
+    if (tokens.size() > keep) tokens.resize(keep);
+    std::fprintf(stderr, "quantize: AWQ calibration on %zu tokens (%zu windows of %d)\n",
+                 tokens.size(), tokens.size() / o.calib_ctx, o.calib_ctx);
+    ThreadPool pool(o.threads);
+    const double tc = now_ms();
+    const bool tty = isatty(STDERR_FILENO) == 1 && !o.quiet;
+    auto cal = awq_calibrate(*model, tokens, o.calib_ctx, (*tok)->add_bos() ? (*tok)->bos() : -1,
+                             pool, [&](int done, int total) {
+                               if (tty) std::fprintf(stderr, "\rquantize: calibration %d/%d", done, total);
+                             });
+    if (!cal) return fail("quantize: " + cal.status().message());
+    std::fprintf(stderr, "%squantize: calibration done (%.1f s)\n", tty ? "\n" : "",
+                 (now_ms() - tc) / 1000.0);
+    AwqOptions ao;
+    ao.target = *type;
+    ao.clip = !o.no_clip;
+    const double ts = now_ms();
+    ao.progress = [&](int done, int total) {
+      if (tty) std::fprintf(stderr, "\rquantize: AWQ search, layer %d/%d", done, total);
+    };
+    auto r = awq_quantize(*model, *cal, pool, ao);
+    if (!r) return fail("quantize: " + r.status().message());
+    awq = std::move(*r);
+    std::fprintf(stderr, "%squantize: AWQ search done (%.1f s)\n", tty ? "\n" : "",
+                 (now_ms() - ts) / 1000.0);
+    double rtn = 0, scaled = 0, cb = 0, ca = 0;
+    for (size_t il = 0; il < awq.layers.size(); ++il) {
+      const AwqLayerReport& l = awq.layers[il];
+      rtn += l.loss_rtn, scaled += l.loss_scaled, cb += l.loss_clip_before, ca += l.loss_clip_after;
+      std::fprintf(stderr, "quantize: layer %2zu alpha qkv %.2f o %.2f gate/up %.2f down %.2f; "
+                   "output error x%.3f by scaling\n", il, l.alpha[0], l.alpha[1], l.alpha[2],
+                   l.alpha[3], l.loss_scaled / l.loss_rtn);
+    }
+    std::fprintf(stderr, "quantize: AWQ output error vs RTN: x%.3f after scaling", scaled / rtn);
+    if (ao.clip) std::fprintf(stderr, "; clipping x%.3f", ca / cb);
+    std::fprintf(stderr, "\n");
+    qo.replace = &awq.tensors;
+    qo.extra_kvs.push_back({"qilin.awq.calibration_tokens",
+                            GgufValue::of_u32(static_cast<uint32_t>(cal->n_tokens))});
+    qo.extra_kvs.push_back({"qilin.awq.clip", GgufValue::of_bool(ao.clip)});
+  }
   if (!o.quiet) qo.progress = [&](const QuantizeProgress& p) { bar.update(p); };
   const double t0 = now_ms();
-  auto rep = quantize_gguf(**in, o.out, qo);
+  auto rep = quantize_gguf(model ? model->gguf() : **in, o.out, qo);
   if (!rep) return fail("quantize: " + rep.status().message());
   for (const std::string& n : rep->notes) std::fprintf(stderr, "quantize: note: %s\n", n.c_str());
   std::string types;
@@ -88,8 +171,8 @@ int run_quantize() {
               rep->bytes_in / 1048576.0, rep->bytes_out / 1048576.0,
               8.0 * rep->bytes_out / static_cast<double>(rep->n_elements));
   if (rep->quantized_elements > 0) {
-    std::printf(", %.4f in the %llu weights of type %s", 8.0 * rep->quantized_bytes / rep->quantized_elements,
-                static_cast<unsigned long long>(rep->quantized_elements), quant_type_name(*type));
+    std::printf(", %.4f in the layers' %llu weights", 8.0 * rep->quantized_bytes / rep->quantized_elements,
+                static_cast<unsigned long long>(rep->quantized_elements));
   }
   std::printf("\n");
   return 0;

@@ -1,5 +1,5 @@
 // `qilin quantize IN OUT --type T`: round-to-nearest (Q8_0, Q4_0, Q4_1, INT4-gN, NF4, NF4+DQ)
-// from one GGUF to another (quant/quantize.h).
+// and AWQ (--awq, calibrated on a text file) from one GGUF to another (quant/quantize.h).
 #pragma once
 
 #include <CLI/CLI.hpp>
