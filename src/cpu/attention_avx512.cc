@@ -19,6 +19,7 @@ namespace {
 
 constexpr int kMaxGroup = 8;  // query heads processed together (larger groups loop)
 constexpr int kMaxVecs = 16;  // head_dim / 16 <= 16
+constexpr int kTile = 16;     // keys per flash tile
 
 // The four horizontal sums of a[0..3], as one vector {sum a0, sum a1, sum a2, sum a3}.
 inline __m128 reduce4(const __m512 a[4]) {
@@ -67,6 +68,21 @@ inline void tile_offsets(const AttnTask& t, int32_t p0, int32_t n, int64_t* off)
     if (++o == t.block_size) {
       o = 0;
       ++b;
+    }
+  }
+}
+
+// Software prefetch of the K and V rows of the tile at p0 (if below end): the block table
+// scatters tiles over the pools, which the hardware prefetcher cannot follow.
+inline void prefetch_tile(const AttnTask& t, int32_t p0, int32_t end, int32_t hd) {
+  if (p0 >= end) return;
+  int64_t off[kTile];
+  const int32_t n = std::min(kTile, end - p0);
+  tile_offsets(t, p0, n, off);
+  for (int32_t c = 0; c < n; ++c) {
+    for (int32_t d = 0; d < hd; d += 16) {
+      _mm_prefetch(reinterpret_cast<const char*>(t.k + off[c] + d), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(t.v + off[c] + d), _MM_HINT_T0);
     }
   }
 }
@@ -179,7 +195,6 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng_arg, float* scores) 
 // when m grows, l and the partial output are rescaled by e^(m_old - m_new)), so scratch is a
 // few registers and a kTile-score array whatever the context length. The query vectors are
 // i0 .. i0 + ng - 1 of the task's rows x heads (i = r * n_q + g), each with its own causal end.
-constexpr int kTile = 16;
 
 // Query vector i of a task: its q and out rows and the end of its KV range.
 struct QueryVec {
@@ -274,7 +289,7 @@ void flash_vec(const AttnTask& t, int32_t i0, int32_t ng_arg) {
 // GEMM, 2 x head_dim FMAs per key for 16 vectors. Scratch: qt and ot (head_dim x 16 floats
 // each) and a 16 x 16 probability tile, on the stack.
 constexpr int kLanes = 16;
-constexpr int kGroups = 2;  // lane groups sharing each K/V tile (flash_lanes)
+constexpr int kGroups = 4;  // lane groups sharing each K/V tile (flash_lanes)
 
 // Query vectors i0 .. i0 + n - 1 (n <= 16) of a task in the lanes of a register, with their
 // online-softmax state. HDMAX: room for head_dim.
@@ -417,27 +432,15 @@ void flash_lanes(const AttnTask& t, int32_t i0, int32_t n) {
     grp[gi].init(t, hd, i0 + gi * kLanes, std::min(kLanes, n - gi * kLanes));
     hi_max = std::max(hi_max, grp[gi].hi_max);
   }
-  int64_t off[2][kTile];  // this tile's and the next tile's slot offsets
-  int cur = 0;
-  if (lo < hi_max) tile_offsets(t, lo, std::min(kTile, hi_max - lo), off[0]);
-  for (int32_t p0 = lo; p0 < hi_max; p0 += kTile, cur ^= 1) {
+  for (int32_t p0 = lo; p0 < hi_max; p0 += kTile) {
     const int32_t nt = hi_max - p0 < kTile ? hi_max - p0 : kTile;
-    // The next tile's K and V rows are fetched while this one computes: the block table
-    // scatters tiles over the pools, which the hardware prefetcher cannot follow.
-    if (p0 + kTile < hi_max) {
-      const int32_t nn = std::min(kTile, hi_max - p0 - kTile);
-      tile_offsets(t, p0 + kTile, nn, off[cur ^ 1]);
-      for (int32_t c = 0; c < nn; ++c) {
-        for (int32_t d = 0; d < hd; d += 16) {
-          _mm_prefetch(reinterpret_cast<const char*>(t.k + off[cur ^ 1][c] + d), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(t.v + off[cur ^ 1][c] + d), _MM_HINT_T0);
-        }
-      }
-    }
+    prefetch_tile(t, p0 + kTile, hi_max, hd);
+    int64_t off[kTile];
+    tile_offsets(t, p0, nt, off);
     const float* kp[kTile];
     const float* vp[kTile];
     for (int32_t c = 0; c < kTile; ++c) {  // past the end: repeat the last key, masked
-      const int64_t o = off[cur][c < nt ? c : nt - 1];
+      const int64_t o = off[c < nt ? c : nt - 1];
       kp[c] = t.k + o;
       vp[c] = t.v + o;
     }

@@ -27,9 +27,9 @@ constexpr int32_t kSplitMinChunk = 128;
 constexpr int32_t kPartsPerThread = 4;
 
 int32_t max_vecs_per_item(int32_t group) {
-  // attention_flash_rows gives at most max(lanes, group) vectors per block; 32 (two AVX-512
+  // attention_flash_rows gives at most max(lanes, group) vectors per block; 64 (four AVX-512
   // lane groups) is the widest kernel.
-  return std::max<int32_t>(32, group);
+  return std::max<int32_t>(64, group);
 }
 
 void attention_two_pass(ThreadPool& pool, const AttentionArgs& a) {
