@@ -26,5 +26,5 @@ done
 # and over the SIMD kernels, whose packing and tails are where out-of-bounds reads hide.
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQILIN_SANITIZE=ON \
   -DQILIN_BUILD_BENCH=OFF >/dev/null
-cmake --build build-asan -j "$jobs" --target qilin_tests
+cmake --build build-asan -j "$jobs" --target qilin_tests qilin_cli  # QuantTool runs the CLI
 ASAN_OPTIONS=detect_leaks=1 build-asan/tests/qilin_tests --gtest_filter='Gguf*:Tokenizer*:ChatTemplate*:Quant*:Gemm*:Gemv*:AttentionKernels*:ActivationKernels*:DotMixed*:ServerHttp*'

@@ -282,7 +282,9 @@ Case make_case(DType t, int64_t n, std::mt19937& rng) {
     if (qi4_group(t)) {
       const int G = qi4_group(t);
       const auto* b = c.w.data() + (i / G) * dtype_info(t).block_bytes;
-      wi = 2.0 * 15.0 * fp16_to_fp32(*reinterpret_cast<const uint16_t*>(b));
+      uint16_t d16;  // the block's F16 scale; blocks are byte-packed, so no aligned read
+      std::memcpy(&d16, b, sizeof d16);
+      wi = 2.0 * 15.0 * fp16_to_fp32(d16);
     }
     c.magnitude += wi * std::fabs(ad[i]);
   }
