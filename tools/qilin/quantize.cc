@@ -57,6 +57,14 @@ class ProgressBar {
   int last_ = -100;
 };
 
+// "x0.261", or a word when RTN is already exact (e.g. Q4_1 of weights on a Q4_1 grid).
+std::string ratio(double num, double den) {
+  if (!(den > 0.0)) return "unchanged (RTN is exact)";
+  char s[32];
+  std::snprintf(s, sizeof s, "x%.3f", num / den);
+  return s;
+}
+
 }  // namespace
 
 CLI::App* add_quantize(CLI::App& app) {
@@ -144,11 +152,12 @@ int run_quantize() {
       const AwqLayerReport& l = awq.layers[il];
       rtn += l.loss_rtn, scaled += l.loss_scaled, cb += l.loss_clip_before, ca += l.loss_clip_after;
       std::fprintf(stderr, "quantize: layer %2zu alpha qkv %.2f o %.2f gate/up %.2f down %.2f; "
-                   "output error x%.3f by scaling\n", il, l.alpha[0], l.alpha[1], l.alpha[2],
-                   l.alpha[3], l.loss_scaled / l.loss_rtn);
+                   "output error %s\n", il, l.alpha[0], l.alpha[1], l.alpha[2], l.alpha[3],
+                   ratio(l.loss_scaled, l.loss_rtn).c_str());
     }
-    std::fprintf(stderr, "quantize: AWQ output error vs RTN: x%.3f after scaling", scaled / rtn);
-    if (ao.clip) std::fprintf(stderr, "; clipping x%.3f", ca / cb);
+    std::fprintf(stderr, "quantize: AWQ output error vs RTN: %s after scaling",
+                 ratio(scaled, rtn).c_str());
+    if (ao.clip) std::fprintf(stderr, "; clipping %s", ratio(ca, cb).c_str());
     std::fprintf(stderr, "\n");
     qo.replace = &awq.tensors;
     qo.extra_kvs.push_back({"qilin.awq.calibration_tokens",
