@@ -21,7 +21,7 @@ struct BeamSearchOptions {
   int32_t n_threads = 1;
   int32_t n_batch = 512;       // prompt tokens per forward call
   int32_t block_size = 16;
-  bool flash_attn = false;
+  bool flash_attn = true;
 };
 
 struct BeamHypothesis {

@@ -92,7 +92,7 @@ struct EngineConfig {
   int32_t max_running = 64;        // sequences in flight (each choice counts)
   int32_t max_queue = 1024;        // waiting requests before QueueFull
   int32_t max_seq_len = 0;         // prompt + generated per sequence; 0: the model's context
-  bool flash_attn = false;
+  bool flash_attn = true;
   bool prefix_cache = true;
 };
 

@@ -49,7 +49,7 @@ struct Workspace {
   int32_t max_tokens = 0;      // rows per forward call
   int32_t max_logit_rows = 0;  // rows that may ask for logits
   int32_t max_ctx = 0;         // longest sequence attended over
-  bool flash_attn = false;     // attention kernel: tiled online softmax, else naive two-pass
+  bool flash_attn = true;      // attention kernel: FlashAttention, else naive two-pass
   std::vector<float> x;        // [max_tokens, n_embd] residual stream
   std::vector<float> cur;      // [max_tokens, n_embd]
   std::vector<float> q;        // [max_tokens, n_head * head_dim]

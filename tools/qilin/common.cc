@@ -44,7 +44,9 @@ void add_common(CLI::App* app, Common& c) {
   app->add_option("-c,--ctx-size", c.ctx, "context size in tokens")->check(CLI::Range(16, 1 << 20));
   app->add_option("-b,--batch-size", c.batch, "prompt tokens per forward pass")
       ->check(CLI::Range(1, 1 << 16));
-  app->add_option("--attn", c.attn, "attention kernel: naive (two-pass, default) or flash (tiled online softmax, O(1) scratch)")
+  app->add_option("--attn", c.attn,
+                  "attention kernel: flash (FlashAttention, default: row-blocked tiles, online "
+                  "softmax, split-KV decode, scratch independent of context) or naive (two-pass)")
       ->check(CLI::IsMember({"flash", "naive"}));
   // Default (neither flag): copy into memory when the weights take at most half of the
   // available memory, else map the file (LlamaModel::load, WeightPlacement::Auto).

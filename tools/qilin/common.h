@@ -27,7 +27,7 @@ struct Common {
   int32_t batch = 512;
   bool mmap = false;
   bool no_mmap = false;
-  std::string attn = "naive";
+  std::string attn = "flash";
   std::string lora;  // FILE[:scale], a GGUF LoRA adapter applied unmerged
 };
 void add_common(CLI::App* app, Common& c);
