@@ -49,7 +49,8 @@ GroupPlan plan_groups(int64_t n, int lanes);
 
 // Where each lane of the tail group reads, for packing it with gathers: the tail spreads each
 // block over lanes / tail_blocks lanes, and padding lanes (blocks past the row) read nothing.
-constexpr int kMaxTailSteps = 4;  // tail_blocks <= lanes / 2
+// NOTE: a tail of more than lanes / 2 blocks pads to lanes blocks, one per lane: 8 steps.
+constexpr int kMaxTailSteps = 8;  // tail_blocks <= lanes
 struct TailLayout {
   bool valid[16] = {};      // the lane belongs to a real block
   bool first[16] = {};      // ... and is that block's first lane (where m or s goes)

@@ -206,8 +206,10 @@ TEST(GemmQuant, KernelExistsForEveryQuantTypeOnSimdIsasOnly) {
 
 TEST(GemmQuant, MatchesReferenceOnRandomData) {
   // In blocks: 1, 2, 3 (tails of one or two blocks per lane group), 18 = 16 + 2 and 49 = 48 + 1
-  // (a full AVX-512 group plus a tail), 48 (full groups only on both ISAs).
-  const int64_t ns[] = {32, 64, 96, 576, 1536, 1568};
+  // (a full AVX-512 group plus a tail), 48 (full groups only on both ISAs), 12 and 13 (tails of
+  // more than half a lane group: one block per lane, 8 steps; 384 is a tensor-parallel slice
+  // of SmolLM2's attention output).
+  const int64_t ns[] = {32, 64, 96, 384, 416, 576, 1536, 1568};
   const int64_t row_counts[] = {1, 3, 4, 5, 17, 64};
   const int64_t tok_counts[] = {1, 2, 3, 4, 7, 16, 33};
   std::mt19937 rng(42);
