@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <random>
 
@@ -17,6 +18,7 @@
 #include "formats/gguf.h"
 #include "model/lora_adapter.h"
 #include "train/gemm_linear.h"
+#include "train/quant_linear.h"
 
 namespace qilin::train {
 
@@ -176,7 +178,7 @@ std::vector<Example> pack(const std::vector<Example>& examples, int32_t max_len)
 struct Finetuner::Impl {
   explicit Impl(int n_threads) : pool(n_threads) {}
   ThreadPool pool;
-  std::unique_ptr<GemmLinear> fast;
+  std::unique_ptr<FloatLinear> fast;
 };
 
 Finetuner::~Finetuner() = default;
@@ -192,11 +194,37 @@ Result<std::unique_ptr<Finetuner>> Finetuner::create(const LlamaModel& base, con
   f->train_ = std::move(train);
   f->eval_ = std::move(eval);
   f->impl_ = std::make_unique<Impl>(cfg.n_threads);
-  f->model_ = lora_llama_from(base, cfg.lora);
+  f->model_ = lora_llama_from(base, cfg.lora, /*dense_base=*/!cfg.quantized_base);
   f->model_->init_lora(static_cast<uint32_t>(cfg.seed));
-  f->impl_->fast = std::make_unique<GemmLinear>(*f->model_, f->impl_->pool);
+  f->model_->set_precision(cfg.precision);
+  f->model_->set_checkpoint_activations(cfg.checkpoint_activations);
+  if (cfg.quantized_base) {
+    auto q = QuantLinear::create(base, f->impl_->pool, cfg.base_type, cfg.precision);
+    QILIN_TRY(q);
+    f->base_bytes_ = (*q)->weight_bytes();
+    f->impl_->fast = std::move(*q);
+  } else {
+    f->impl_->fast = std::make_unique<GemmLinear>(*f->model_, f->impl_->pool);
+    const LlamaShape& s = f->model_->shape();
+    size_t n = f->model_->tok_embd.size() + f->model_->output.size();
+    for (int32_t l = 0; l < s.n_layer; ++l) {
+      for (int p = 0; p < kNumProj; ++p) n += f->model_->base()[l].w[p].size();
+    }
+    f->base_bytes_ = n * sizeof(float) * 2;  // and the transposed copy
+  }
   f->model_->set_fast_linear(f->impl_->fast.get());
-  f->states_.resize(static_cast<size_t>(f->model_->shape().n_layer) * kNumProj * 2);
+  std::vector<int64_t> sizes;
+  for (const LoraLayer<float>& l : f->model_->lora()) {
+    for (int p = 0; p < kNumProj; ++p) {
+      if (l.A[p].empty()) continue;
+      sizes.push_back(static_cast<int64_t>(l.A[p].size()));
+      sizes.push_back(static_cast<int64_t>(l.B[p].size()));
+    }
+  }
+  auto st = PagedAdamW::create(sizes, cfg.optimizer_memory_bytes, cfg.optimizer_swap_dir);
+  QILIN_TRY(st);
+  f->states_ = std::move(*st);
+  f->scaler_ = LossScaler(cfg.loss_scale_init, cfg.loss_scale_growth_interval, cfg.loss_scale_hysteresis);
   return f;
 }
 
@@ -206,7 +234,8 @@ float Finetuner::evaluate() {
   for (const Example& e : eval_) {
     const int64_t c = scored(e);
     if (c == 0) continue;
-    sum += static_cast<double>(model_->forward(e.tokens.data(), e.targets.data(), static_cast<int64_t>(e.tokens.size()))) * c;
+    sum += static_cast<double>(model_->forward(e.tokens.data(), e.targets.data(), static_cast<int64_t>(e.tokens.size()),
+                                               nullptr, /*need_grad=*/false)) * c;
     count += c;
   }
   return count ? static_cast<float>(sum / count) : -1.0f;
@@ -226,10 +255,13 @@ Status Finetuner::run(const std::function<void(const StepLog&)>& on_step) {
     }
     return train_[order_[k % n_train]];
   };
+  const bool scaling = cfg_.precision == Precision::F16;
   while (step_ < cfg_.steps) {
     const double t0 = now_s();
     model_->zero_grad();
     StepLog log;
+    log.loss_scale = scaling ? scaler_.scale() : 1.0f;
+    model_->set_loss_scale(log.loss_scale);
     double loss_sum = 0;
     int64_t tokens = 0;
     for (int32_t a = 0; a < cfg_.grad_accum; ++a) {
@@ -238,6 +270,7 @@ Status Finetuner::run(const std::function<void(const StepLog&)>& on_step) {
       model_->backward();
       tokens += scored(e);
     }
+    if (cfg_.grad_hook) cfg_.grad_hook(step_ + 1, model_->grad());
     std::vector<std::pair<float*, int64_t>> grads;
     for (auto& g : model_->grad()) {
       for (int p = 0; p < kNumProj; ++p) {
@@ -252,17 +285,21 @@ Status Finetuner::run(const std::function<void(const StepLog&)>& on_step) {
         for (int64_t i = 0; i < n; ++i) g[i] *= inv;
       }
     }
-    log.grad_norm = clip_global_norm(grads, cfg_.clip_norm);
+    // FP16: unscale in FP32 and skip the step when anything overflowed (the scaler moves).
+    log.skipped = scaling && !scaler_.unscale_and_check(grads);
     log.lr = lr_at(step_, cfg_.warmup, cfg_.steps, cfg_.adam.lr, cfg_.adam.lr * cfg_.min_lr_ratio);
-    const int32_t n_layer = model_->shape().n_layer;
-    for (int32_t l = 0; l < n_layer; ++l) {
-      for (int p = 0; p < kNumProj; ++p) {
-        std::vector<float>& A = model_->lora()[l].A[p];
-        if (A.empty()) continue;
-        std::vector<float>& B = model_->lora()[l].B[p];
-        AdamWState* st = &states_[(static_cast<size_t>(l) * kNumProj + p) * 2];
-        adamw_update(A.data(), model_->grad()[l].A[p].data(), static_cast<int64_t>(A.size()), st[0], step_ + 1, cfg_.adam, log.lr);
-        adamw_update(B.data(), model_->grad()[l].B[p].data(), static_cast<int64_t>(B.size()), st[1], step_ + 1, cfg_.adam, log.lr);
+    if (!log.skipped) {
+      log.grad_norm = clip_global_norm(grads, cfg_.clip_norm);
+      ++updates_;
+      size_t k = 0;
+      for (int32_t l = 0; l < model_->shape().n_layer; ++l) {
+        for (int p = 0; p < kNumProj; ++p) {
+          std::vector<float>& A = model_->lora()[l].A[p];
+          if (A.empty()) continue;
+          std::vector<float>& B = model_->lora()[l].B[p];
+          QILIN_TRY(states_->update(k++, A.data(), model_->grad()[l].A[p].data(), updates_, cfg_.adam, log.lr));
+          QILIN_TRY(states_->update(k++, B.data(), model_->grad()[l].B[p].data(), updates_, cfg_.adam, log.lr));
+        }
       }
     }
     ++step_;
@@ -287,25 +324,34 @@ Status Finetuner::save_checkpoint(const std::string& path) const {
   GgufWriter w;
   w.set("general.architecture", GgufValue::of_string("qilin-finetune-checkpoint"));
   w.set("qilin.ft.step", GgufValue::of_u64(static_cast<uint64_t>(step_)));
+  w.set("qilin.ft.updates", GgufValue::of_u64(static_cast<uint64_t>(updates_)));
   w.set("qilin.ft.cursor", GgufValue::of_u64(static_cast<uint64_t>(cursor_)));
   w.set("qilin.ft.seed", GgufValue::of_u64(cfg_.seed));
   w.set("qilin.ft.rank", GgufValue::of_u32(static_cast<uint32_t>(cfg_.lora.rank)));
   w.set("qilin.ft.alpha", GgufValue::of_f32(cfg_.lora.alpha));
   w.set("qilin.ft.n_train", GgufValue::of_u64(train_.size()));
+  const LossScaler::State ls = scaler_.state();
+  w.set("qilin.ft.loss_scale", GgufValue::of_f32(ls.scale));
+  w.set("qilin.ft.loss_scale_clean", GgufValue::of_u64(static_cast<uint64_t>(ls.clean)));
+  w.set("qilin.ft.loss_scale_overflows_left", GgufValue::of_u64(static_cast<uint64_t>(ls.overflows_left)));
+  w.set("qilin.ft.skipped", GgufValue::of_u64(static_cast<uint64_t>(ls.skipped)));
   const int32_t n_layer = model_->shape().n_layer;
+  std::deque<std::vector<float>> moments;  // alive until write(); references stay valid
+  size_t k = 0;
   for (int32_t l = 0; l < n_layer; ++l) {
     for (int p = 0; p < kNumProj; ++p) {
       const std::vector<float>& A = model_->lora()[l].A[p];
       if (A.empty()) continue;
       const std::vector<float>& B = model_->lora()[l].B[p];
       const std::string base = "blk." + std::to_string(l) + "." + lora_proj_gguf_name(p);
-      const AdamWState* st = &states_[(static_cast<size_t>(l) * kNumProj + p) * 2];
-      const std::pair<const char*, const std::vector<float>*> parts[] = {
-          {".a", &A}, {".b", &B}, {".a.m", &st[0].m}, {".a.v", &st[0].v}, {".b.m", &st[1].m}, {".b.v", &st[1].v}};
-      for (const auto& [suffix, vec] : parts) {
-        if (vec->empty()) continue;  // moments before the first step
-        w.add_tensor(base + suffix, DType::F32, {static_cast<int64_t>(vec->size())}, vec->data(),
-                     vec->size() * sizeof(float));
+      w.add_tensor(base + ".a", DType::F32, {static_cast<int64_t>(A.size())}, A.data(), A.size() * sizeof(float));
+      w.add_tensor(base + ".b", DType::F32, {static_cast<int64_t>(B.size())}, B.data(), B.size() * sizeof(float));
+      for (const char* ab : {".a", ".b"}) {
+        std::vector<float>& m = moments.emplace_back();
+        std::vector<float>& v = moments.emplace_back();
+        QILIN_TRY(states_->get(k++, &m, &v));
+        w.add_tensor(base + ab + ".m", DType::F32, {static_cast<int64_t>(m.size())}, m.data(), m.size() * sizeof(float));
+        w.add_tensor(base + ab + ".v", DType::F32, {static_cast<int64_t>(v.size())}, v.data(), v.size() * sizeof(float));
       }
     }
   }
@@ -328,32 +374,51 @@ Status Finetuner::load_checkpoint(const std::string& path) {
                   static_cast<unsigned long long>(*n_train), cfg_.lora.rank,
                   static_cast<unsigned long long>(cfg_.seed), train_.size());
   }
+  // Older checkpoints (before FP16 loss scaling) have no scaler keys: every step was applied.
+  auto updates = g.get_uint("qilin.ft.updates");
+  LossScaler::State ls = scaler_.state();
+  if (auto v = g.get_float("qilin.ft.loss_scale")) ls.scale = static_cast<float>(*v);
+  if (auto v = g.get_uint("qilin.ft.loss_scale_clean")) ls.clean = static_cast<int>(*v);
+  if (auto v = g.get_uint("qilin.ft.loss_scale_overflows_left")) ls.overflows_left = static_cast<int>(*v);
+  if (auto v = g.get_uint("qilin.ft.skipped")) ls.skipped = static_cast<int64_t>(*v);
   const int32_t n_layer = model_->shape().n_layer;
+  size_t k = 0;
   for (int32_t l = 0; l < n_layer; ++l) {
     for (int p = 0; p < kNumProj; ++p) {
       std::vector<float>& A = model_->lora()[l].A[p];
       if (A.empty()) continue;
       std::vector<float>& B = model_->lora()[l].B[p];
-      AdamWState* st = &states_[(static_cast<size_t>(l) * kNumProj + p) * 2];
       const std::string base = "blk." + std::to_string(l) + "." + lora_proj_gguf_name(p);
-      const std::pair<const char*, std::vector<float>*> parts[] = {
-          {".a", &A}, {".b", &B}, {".a.m", &st[0].m}, {".a.v", &st[0].v}, {".b.m", &st[1].m}, {".b.v", &st[1].v}};
-      for (const auto& [suffix, vec] : parts) {
+      auto read = [&](const std::string& suffix, size_t want, std::vector<float>* out) -> Status {
         const GgufTensorInfo* t = g.find_tensor(base + suffix);
-        const size_t want = suffix[1] == 'a' ? A.size() : B.size();
         if (!t) {
-          if (*step == 0 && std::strlen(suffix) > 2) continue;
-          return errorf("finetune: %s lacks tensor %s%s", path.c_str(), base.c_str(), suffix);
+          if (*step == 0 && suffix.size() > 2) {  // moments before the first step: zeros
+            out->assign(want, 0.0f);
+            return Status::ok();
+          }
+          return errorf("finetune: %s lacks tensor %s%s", path.c_str(), base.c_str(), suffix.c_str());
         }
         if (t->type != DType::F32 || static_cast<size_t>(t->n_elements()) != want) {
-          return errorf("finetune: %s: tensor %s%s has the wrong shape", path.c_str(), base.c_str(), suffix);
+          return errorf("finetune: %s: tensor %s%s has the wrong shape", path.c_str(), base.c_str(), suffix.c_str());
         }
-        vec->assign(reinterpret_cast<const float*>(t->data), reinterpret_cast<const float*>(t->data) + want);
+        out->assign(reinterpret_cast<const float*>(t->data), reinterpret_cast<const float*>(t->data) + want);
+        return Status::ok();
+      };
+      QILIN_TRY(read(".a", A.size(), &A));
+      QILIN_TRY(read(".b", B.size(), &B));
+      for (const std::string ab : {".a", ".b"}) {
+        const size_t want = ab == ".a" ? A.size() : B.size();
+        std::vector<float> m, v;
+        QILIN_TRY(read(ab + ".m", want, &m));
+        QILIN_TRY(read(ab + ".v", want, &v));
+        QILIN_TRY(states_->set(k++, m.data(), v.data()));
       }
     }
   }
   step_ = static_cast<int64_t>(*step);
+  updates_ = updates ? static_cast<int64_t>(*updates) : step_;
   cursor_ = static_cast<int64_t>(*cursor);
+  scaler_.set_state(ls);
   return Status::ok();
 }
 

@@ -15,6 +15,8 @@
 #include "qilin/status.h"
 #include "train/lora_llama.h"
 #include "train/optimizer.h"
+#include "train/paged_adamw.h"
+#include "train/precision.h"
 
 namespace qilin::train {
 
@@ -48,6 +50,23 @@ struct FinetuneConfig {
   std::string checkpoint_path;   // written atomically (temp + rename)
   uint64_t seed = 1;
   int n_threads = 1;
+  // The frozen base: dense F32 (dequantized at start; a transposed copy serves the input
+  // gradients), or kept quantized (QLoRA: train/quant_linear.h), requantized at start to
+  // base_type unless that is F32 (then kept as the file has it).
+  bool quantized_base = false;
+  DType base_type = DType::F32;
+  Precision precision = Precision::F32;
+  bool checkpoint_activations = false;
+  // AdamW states resident at most this many bytes (0: no limit); the rest paged to a file in
+  // optimizer_swap_dir (default /tmp).
+  size_t optimizer_memory_bytes = 0;
+  std::string optimizer_swap_dir;
+  // FP16's dynamic loss scaling (train/optimizer.h LossScaler).
+  float loss_scale_init = 65536.0f;
+  int loss_scale_growth_interval = 1000;
+  int loss_scale_hysteresis = 2;
+  // Tests only: sees each step's raw (scaled, summed) gradients before they are checked.
+  std::function<void(int64_t step, std::vector<LoraLayer<float>>& grads)> grad_hook;
 };
 
 struct StepLog {
@@ -58,6 +77,8 @@ struct StepLog {
   int64_t tokens = 0;    // scored tokens this step
   double seconds = 0;
   float eval_loss = -1;  // held-out mean loss when evaluated this step, else -1
+  bool skipped = false;  // FP16: gradients overflowed, no update
+  float loss_scale = 1;  // the scale this step's backward used
 };
 
 class Finetuner {
@@ -79,6 +100,10 @@ class Finetuner {
   Status save_gguf_adapter(const std::string& path) const;
   int64_t step() const { return step_; }
   LoraLlama<float>& model() { return *model_; }
+  const LossScaler& loss_scaler() const { return scaler_; }
+  PagedAdamW::Stats optimizer_stats() const { return states_->stats(); }
+  // Bytes of base weights held for training (dense F32 + transposed copy, or quantized).
+  size_t base_bytes() const { return base_bytes_; }
 
  private:
   Finetuner() = default;
@@ -87,8 +112,11 @@ class Finetuner {
   std::unique_ptr<LoraLlama<float>> model_;
   FinetuneConfig cfg_;
   std::vector<Example> train_, eval_;
-  std::vector<AdamWState> states_;  // [n_layer * kNumProj * 2] (A, B)
+  std::unique_ptr<PagedAdamW> states_;  // tensors [n_adapted * 2] (A, B), in model order
+  LossScaler scaler_;
+  size_t base_bytes_ = 0;
   int64_t step_ = 0;
+  int64_t updates_ = 0;             // optimizer steps applied (skipped ones not counted)
   std::vector<uint32_t> order_;     // example order of epoch order_epoch_
   int64_t order_epoch_ = -1;
   int64_t cursor_ = 0;              // examples consumed in total

@@ -20,7 +20,8 @@ std::vector<float> dequantize(const WeightView& w) {
 
 }  // namespace
 
-std::unique_ptr<LoraLlama<float>> lora_llama_from(const LlamaModel& model, const LoraConfig& lc) {
+std::unique_ptr<LoraLlama<float>> lora_llama_from(const LlamaModel& model, const LoraConfig& lc,
+                                                  bool dense_base) {
   const LlamaHparams& hp = model.hparams();
   QILIN_ASSERT(hp.rope.freq_scale == 1.0f && hp.rope.freq_factors == nullptr);
   LlamaShape s;
@@ -38,8 +39,10 @@ std::unique_ptr<LoraLlama<float>> lora_llama_from(const LlamaModel& model, const
   const WeightView emb = model.tok_embd();
   s.tied_output = model.output().data == emb.data;
   auto m = std::make_unique<LoraLlama<float>>(s, lc);
-  m->tok_embd = dequantize(emb);
-  if (!s.tied_output) m->output = dequantize(model.output());
+  if (dense_base) {
+    m->tok_embd = dequantize(emb);
+    if (!s.tied_output) m->output = dequantize(model.output());
+  }
   m->out_norm.assign(model.output_norm(), model.output_norm() + hp.n_embd);
   for (int32_t il = 0; il < hp.n_layer; ++il) {
     const LlamaLayer& L = model.layers()[il];
@@ -49,13 +52,14 @@ std::unique_ptr<LoraLlama<float>> lora_llama_from(const LlamaModel& model, const
     const WeightView* w[kNumProj] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down};
     for (int p = 0; p < kNumProj; ++p) {
       QILIN_ASSERT(w[p]->n_in == m->proj_in(p) && w[p]->n_out == m->proj_out(p));
-      B.w[p] = dequantize(*w[p]);
+      if (dense_base) B.w[p] = dequantize(*w[p]);
     }
   }
   return m;
 }
 
-GemmLinear::GemmLinear(LoraLlama<float>& m, ThreadPool& pool) : pool_(pool) {
+GemmLinear::GemmLinear(LoraLlama<float>& m, ThreadPool& pool) : pool_(pool), m_(m) {
+  QILIN_ASSERT(!m.tok_embd.empty());  // a dense base
   auto make = [](const std::vector<float>& w, int64_t in, int64_t out) {
     Mat mt;
     mt.w = {DType::F32, reinterpret_cast<const uint8_t*>(w.data()), in, out, static_cast<size_t>(in) * sizeof(float)};
@@ -90,6 +94,10 @@ void GemmLinear::run(const WeightView& w, const float* x, int64_t n, float* y) {
 
 void GemmLinear::forward(int32_t layer, int p, const float* x, int64_t n, float* y) {
   run(mat(layer, p).w, x, n, y);
+}
+
+void GemmLinear::embed(const int32_t* tokens, int64_t n, float* x) {
+  embedding_forward(m_.tok_embd.data(), tokens, n, m_.shape().n_embd, x);
 }
 
 void GemmLinear::backward_input(int32_t layer, int p, const float* dy, int64_t n, float* dx) {

@@ -1,7 +1,8 @@
 // Training's products with the frozen base on the CPU kernels: forward y = x W^T through the
 // tiled F32 gemm (ops/matmul), and the input gradient dx += dy W through the same gemm over a
 // transposed copy of W made once (the base never changes). Also: filling a LoraLlama<float>'s
-// base from a loaded model (every weight dequantized to F32).
+// base from a loaded model (every weight dequantized to F32, or only the norms when the base
+// stays quantized: train/quant_linear.h).
 #pragma once
 
 #include <memory>
@@ -14,8 +15,10 @@
 
 namespace qilin::train {
 
-// Shape and dense F32 base of `model` (any weight type it loads); LoRA left uninitialised.
-std::unique_ptr<LoraLlama<float>> lora_llama_from(const LlamaModel& model, const LoraConfig& lc);
+// Shape and base of `model` (any weight type it loads): the norms always, the embedding and
+// the linear weights dequantized to F32 only when dense_base. LoRA left uninitialised.
+std::unique_ptr<LoraLlama<float>> lora_llama_from(const LlamaModel& model, const LoraConfig& lc,
+                                                  bool dense_base = true);
 
 class GemmLinear : public FloatLinear {
  public:
@@ -23,6 +26,7 @@ class GemmLinear : public FloatLinear {
   GemmLinear(LoraLlama<float>& m, ThreadPool& pool);
   void forward(int32_t layer, int p, const float* x, int64_t n, float* y) override;
   void backward_input(int32_t layer, int p, const float* dy, int64_t n, float* dx) override;
+  void embed(const int32_t* tokens, int64_t n, float* x) override;
 
  private:
   struct Mat {
@@ -33,6 +37,7 @@ class GemmLinear : public FloatLinear {
   Mat& mat(int32_t layer, int p) { return p == kNumProj ? head_ : mats_[layer * kNumProj + p]; }
   void run(const WeightView& w, const float* x, int64_t n, float* y);
   ThreadPool& pool_;
+  const LoraLlama<float>& m_;
   std::vector<Mat> mats_;  // [n_layer * kNumProj]
   Mat head_;
   std::vector<uint8_t> scratch_;

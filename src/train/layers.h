@@ -94,11 +94,10 @@ void linear_backward(const T* dy /*[n, out]*/, const T* x, const T* W, int64_t n
 
 // ---- LoRA: y += scale * (x A^T) B^T ---------------------------------------------------------
 
+// y += scale * xa B^T (LoRA's second product, alone so that xa can be rounded in between).
 template <typename T>
-void lora_forward(const T* x /*[n, in]*/, const T* A /*[r, in]*/, const T* B /*[out, r]*/,
-                  int64_t n, int64_t in, int64_t r, int64_t out, T scale,
-                  T* xa /*[n, r] saved*/, T* y /*[n, out], added to*/) {
-  linear_forward(x, A, n, in, r, xa);
+void lora_up_forward(const T* xa /*[n, r]*/, const T* B /*[out, r]*/, int64_t n, int64_t r,
+                     int64_t out, T scale, T* y /*[n, out], added to*/) {
   for (int64_t t = 0; t < n; ++t) {
     for (int64_t o = 0; o < out; ++o) {
       T s = 0;
@@ -106,6 +105,13 @@ void lora_forward(const T* x /*[n, in]*/, const T* A /*[r, in]*/, const T* B /*[
       y[t * out + o] += scale * s;
     }
   }
+}
+template <typename T>
+void lora_forward(const T* x /*[n, in]*/, const T* A /*[r, in]*/, const T* B /*[out, r]*/,
+                  int64_t n, int64_t in, int64_t r, int64_t out, T scale,
+                  T* xa /*[n, r] saved*/, T* y /*[n, out], added to*/) {
+  linear_forward(x, A, n, in, r, xa);
+  lora_up_forward(xa, B, n, r, out, scale, y);
 }
 template <typename T>
 void lora_backward(const T* dy /*[n, out]*/, const T* x, const T* A, const T* B, const T* xa,
@@ -251,13 +257,16 @@ void swiglu_backward(const T* dout, const T* g, const T* u, int64_t m, T* dg, T*
 // ---- cross-entropy fused with the softmax ------------------------------------------------------
 // loss = mean over counted rows of -log softmax(logits[t])[target[t]]; target < 0: not counted.
 // Writes (not accumulates) dlogits = (softmax - onehot) / count for counted rows, 0 otherwise.
-// Returns the loss; *count receives the counted rows.
+// Returns the loss; *count receives the counted rows. denom > 0 replaces the count as the
+// divisor (the rows are one chunk of a longer sequence). dlogits may be logits (in place).
 template <typename T>
 T cross_entropy_forward_backward(const T* logits /*[n, V]*/, const int32_t* target /*[n]*/,
                                  int64_t n, int64_t V, T* dlogits /*[n, V] or null*/,
-                                 int64_t* count_out = nullptr) {
+                                 int64_t* count_out = nullptr, int64_t denom = 0) {
   int64_t count = 0;
   for (int64_t t = 0; t < n; ++t) count += target[t] >= 0;
+  if (count_out) *count_out = count;
+  if (denom > 0) count = denom;
   T loss = 0;
   for (int64_t t = 0; t < n; ++t) {
     const T* l = logits + t * V;
@@ -276,7 +285,6 @@ T cross_entropy_forward_backward(const T* logits /*[n, V]*/, const int32_t* targ
       }
     }
   }
-  if (count_out) *count_out = count;
   return count ? loss / count : T(0);
 }
 

@@ -14,7 +14,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/assert.h"
 #include "train/layers.h"
+#include "train/precision.h"
 
 namespace qilin::train {
 
@@ -35,14 +37,18 @@ struct LoraConfig {
   std::array<bool, kNumProj> targets = {true, true, true, true, true, true, true};
 };
 
-// Dense float products with the frozen base run by a faster backend when one is set (the
-// tiled F32 gemm: train/gemm_linear.h). p = kNumProj names the output head.
+// The frozen base's products (and embedding rows) from a backend when one is set: the tiled F32
+// gemm over dense weights (train/gemm_linear.h) or the quantized gemm over weights kept
+// quantized (train/quant_linear.h, QLoRA); else the dense T weights below with plain loops.
+// p = kNumProj names the output head.
 struct FloatLinear {
   virtual ~FloatLinear() = default;
   // y[n, out] = x[n, in] W^T
   virtual void forward(int32_t layer, int p, const float* x, int64_t n, float* y) = 0;
   // dx[n, in] += dy[n, out] W
   virtual void backward_input(int32_t layer, int p, const float* dy, int64_t n, float* dx) = 0;
+  // x[n, E] = the embedding rows of tokens
+  virtual void embed(const int32_t* tokens, int64_t n, float* x) = 0;
 };
 
 template <typename T>
@@ -138,126 +144,311 @@ class LoraLlama {
     }
   }
 
-  // Mean cross-entropy of targets (target < 0: not scored) given tokens; saves activations.
-  // logits_out, if given, receives [n, V].
-  T forward(const int32_t* tokens, const int32_t* targets, int64_t n, std::vector<T>* logits_out = nullptr) {
-    const int64_t E = s_.n_embd, F = s_.n_ff, V = s_.n_vocab;
-    const int32_t H = s_.n_head, Hkv = s_.n_head_kv, hd = s_.head_dim;
+  // Compute precision (float only; see train/precision.h) and activation checkpointing: when
+  // on, forward keeps only each block's input and backward recomputes the block from it.
+  void set_precision(Precision p) {
+    QILIN_ASSERT((std::is_same_v<T, float> || p == Precision::F32));
+    prec_ = p;
+  }
+  Precision precision() const { return prec_; }
+  void set_checkpoint_activations(bool on) { checkpoint_ = on; }
+  // The loss's gradient is multiplied by this (FP16's dynamic loss scaling); the caller unscales.
+  void set_loss_scale(T s) { loss_scale_ = s; }
+
+  // Mean cross-entropy of targets (target < 0: not scored) given tokens. With need_grad, saves
+  // what backward() needs (and already runs the output head's backward: its input gradient is
+  // all it leaves, so no [n, V] logits buffer outlives a chunk). logits_out, if given,
+  // receives [n, V].
+  T forward(const int32_t* tokens, const int32_t* targets, int64_t n, std::vector<T>* logits_out = nullptr,
+            bool need_grad = true) {
+    const int64_t E = s_.n_embd;
     n_ = n;
-    tokens_.assign(tokens, tokens + n);
     targets_.assign(targets, targets + n);
-    acts_.resize(s_.n_layer);
-    x0_.resize(n * E);
-    embedding_forward(tok_embd.data(), tokens, n, E, x0_.data());
-    const std::vector<T>* x = &x0_;
+    grad_ready_ = false;
+    refresh_compute_lora();
+    saved_.resize(s_.n_layer);
+    work_.x_in.resize(n * E);
+    embed(tokens, n, work_.x_in.data());
+    rnd(work_.x_in);
     for (int32_t il = 0; il < s_.n_layer; ++il) {
-      Acts& a = acts_[il];
-      const BaseLayer<T>& L = base_[il];
-      a.x_in = x;
-      a.xn1.resize(n * E);
-      a.rstd1.resize(n);
-      rmsnorm_forward(x->data(), L.attn_norm.data(), n, E, static_cast<T>(s_.rms_eps), a.xn1.data(), a.rstd1.data());
-      proj(il, kQ, a.xn1, a.q);
-      proj(il, kK, a.xn1, a.k);
-      proj(il, kV, a.xn1, a.v);
-      rope_forward(a.q.data(), n, H, hd, s_.n_rot, static_cast<T>(s_.rope_base), s_.rope_neox);
-      rope_forward(a.k.data(), n, Hkv, hd, s_.n_rot, static_cast<T>(s_.rope_base), s_.rope_neox);
-      a.att.resize(n * H * hd);
-      a.lse.resize(n * H);
-      attention_forward(a.q.data(), a.k.data(), a.v.data(), n, H, Hkv, hd, a.att.data(), a.lse.data());
-      proj(il, kO, a.att, a.o);
-      a.x_mid.resize(n * E);
-      for (int64_t i = 0; i < n * E; ++i) a.x_mid[i] = (*x)[i] + a.o[i];
-      a.xn2.resize(n * E);
-      a.rstd2.resize(n);
-      rmsnorm_forward(a.x_mid.data(), L.ffn_norm.data(), n, E, static_cast<T>(s_.rms_eps), a.xn2.data(), a.rstd2.data());
-      proj(il, kGate, a.xn2, a.gate);
-      proj(il, kUp, a.xn2, a.up);
-      a.h.resize(n * F);
-      swiglu_forward(a.gate.data(), a.up.data(), n * F, a.h.data());
-      proj(il, kDown, a.h, a.down);
-      a.x_out.resize(n * E);
-      for (int64_t i = 0; i < n * E; ++i) a.x_out[i] = a.x_mid[i] + a.down[i];
-      x = &a.x_out;
+      layer_forward(il, work_, x_next_);
+      if (need_grad) stash(il, work_);
+      work_.x_in.swap(x_next_);
     }
-    xf_ = x;
+    xf_.swap(work_.x_in);  // [n, E] the last block's output
     xnf_.resize(n * E);
     rstdf_.resize(n);
-    rmsnorm_forward(x->data(), out_norm.data(), n, E, static_cast<T>(s_.rms_eps), xnf_.data(), rstdf_.data());
-    logits_.resize(n * V);
-    base_forward(-1, kNumProj, xnf_.data(), n, E, V, logits_.data());
-    dlogits_.resize(n * V);
-    const T loss = cross_entropy_forward_backward(logits_.data(), targets, n, V, dlogits_.data());
-    if (logits_out) *logits_out = logits_;
+    rmsnorm_forward(xf_.data(), out_norm.data(), n, E, static_cast<T>(s_.rms_eps), xnf_.data(), rstdf_.data());
+    rnd(xnf_);
+    const T loss = head(need_grad, logits_out);
+    grad_ready_ = need_grad;
     return loss;
   }
 
-  // Gradients of the last forward's loss into grad() (accumulated).
+  // Gradients of the last forward's loss (times the loss scale) into grad() (accumulated).
   void backward() {
-    const int64_t n = n_, E = s_.n_embd, F = s_.n_ff, V = s_.n_vocab;
-    const int32_t H = s_.n_head, Hkv = s_.n_head_kv, hd = s_.head_dim;
-    (void)V;
-    std::vector<T> dxnf(n * E, T(0)), dx(n * E, T(0));
-    base_backward_input(-1, kNumProj, dlogits_.data(), xnf_.data(), n, E, s_.n_vocab, dxnf.data());
-    rmsnorm_backward(dxnf.data(), xf_->data(), out_norm.data(), rstdf_.data(), n, E, dx.data(), static_cast<T*>(nullptr));
+    QILIN_ASSERT(grad_ready_);
+    grad_ready_ = false;
+    const int64_t n = n_, E = s_.n_embd;
+    dx_.assign(n * E, T(0));
+    rmsnorm_backward(dxnf_.data(), xf_.data(), out_norm.data(), rstdf_.data(), n, E, dx_.data(), static_cast<T*>(nullptr));
+    rnd(dx_);
     for (int32_t il = s_.n_layer - 1; il >= 0; --il) {
-      Acts& a = acts_[il];
-      const BaseLayer<T>& L = base_[il];
-      // x_out = x_mid + down(h): dx flows to both.
-      std::vector<T> dh(n * F, T(0));
-      proj_backward(il, kDown, dx, a.h, &dh);
-      std::vector<T> dgate(n * F, T(0)), dup(n * F, T(0));
-      swiglu_backward(dh.data(), a.gate.data(), a.up.data(), n * F, dgate.data(), dup.data());
-      std::vector<T> dxn2(n * E, T(0));
-      proj_backward(il, kGate, dgate, a.xn2, &dxn2);
-      proj_backward(il, kUp, dup, a.xn2, &dxn2);
-      std::vector<T> dmid = dx;  // residual
-      rmsnorm_backward(dxn2.data(), a.x_mid.data(), L.ffn_norm.data(), a.rstd2.data(), n, E, dmid.data(), static_cast<T*>(nullptr));
-      // x_mid = x_in + o(att)
-      std::vector<T> datt(n * H * hd, T(0));
-      proj_backward(il, kO, dmid, a.att, &datt);
-      std::vector<T> dq(n * H * hd, T(0)), dk(n * Hkv * hd, T(0)), dv(n * Hkv * hd, T(0));
-      attention_backward(datt.data(), a.q.data(), a.k.data(), a.v.data(), a.att.data(), a.lse.data(), n, H, Hkv, hd,
-                         dq.data(), dk.data(), dv.data());
-      rope_backward(dq.data(), n, H, hd, s_.n_rot, static_cast<T>(s_.rope_base), s_.rope_neox);
-      rope_backward(dk.data(), n, Hkv, hd, s_.n_rot, static_cast<T>(s_.rope_base), s_.rope_neox);
-      std::vector<T> dxn1(n * E, T(0));
-      proj_backward(il, kQ, dq, a.xn1, &dxn1);
-      proj_backward(il, kK, dk, a.xn1, &dxn1);
-      proj_backward(il, kV, dv, a.xn1, &dxn1);
-      dx = dmid;
-      rmsnorm_backward(dxn1.data(), a.x_in->data(), L.attn_norm.data(), a.rstd1.data(), n, E, dx.data(), static_cast<T*>(nullptr));
+      unstash(il, work_);
+      if (checkpoint_) layer_forward(il, work_, x_next_);  // recompute from the block's input
+      layer_backward(il, work_, dx_);
     }
   }
 
+  // Bytes of activations held between forward and backward (the saved blocks), for reports.
+  size_t saved_bytes() const {
+    size_t b = 0;
+    for (const Saved& sv : saved_) {
+      for (const Stash& st : sv.f) b += st.v.capacity() * sizeof(T) + st.h.capacity() * 2;
+      for (const Stash& st : sv.xa) b += st.v.capacity() * sizeof(T) + st.h.capacity() * 2;
+    }
+    return b;
+  }
+
  private:
+  // One block's activations that backward reads (the rest is recomputed there: the norms'
+  // outputs from their rstd, SwiGLU's output from gate and up).
   struct Acts {
-    const std::vector<T>* x_in = nullptr;
-    std::vector<T> xn1, rstd1, q, k, v, att, lse, o, x_mid, xn2, rstd2, gate, up, h, down, x_out;
-    std::array<std::vector<T>, kNumProj> xa;  // LoRA mid activations x A^T
+    std::vector<T> x_in;         // [n, E]
+    std::vector<T> rstd1;        // [n]
+    std::vector<T> q, k, v;      // [n, H|Hkv, hd] after RoPE
+    std::vector<T> att;          // [n, H, hd]
+    std::vector<T> lse;          // [n, H]
+    std::vector<T> x_mid;        // [n, E]
+    std::vector<T> rstd2;        // [n]
+    std::vector<T> gate, up;     // [n, F]
+    std::array<std::vector<T>, kNumProj> xa;  // [n, r] LoRA mid activations x A^T
   };
-  const std::vector<T>& head() const { return s_.tied_output ? tok_embd : output; }
-  // y = x W^T (+ LoRA) for projection p of layer il; saves the LoRA mid activation.
-  void proj(int32_t il, int p, const std::vector<T>& x, std::vector<T>& y) {
+  static constexpr int kFields = 11;
+  static std::array<std::vector<T>*, kFields> fields(Acts& a) {
+    return {&a.x_in, &a.rstd1, &a.q, &a.k, &a.v, &a.att, &a.lse, &a.x_mid, &a.rstd2, &a.gate, &a.up};
+  }
+  // Statistics (rstd, log-sum-exp) stay in T whatever the precision.
+  static constexpr bool kStat[kFields] = {false, true, false, false, false, false, true, false, true, false, false};
+  // A saved tensor: its values (moved), or their 16-bit codes in BF16/FP16 (exact there).
+  struct Stash {
+    std::vector<T> v;
+    std::vector<uint16_t> h;
+  };
+  struct Saved {
+    std::array<Stash, kFields> f;
+    std::array<Stash, kNumProj> xa;
+  };
+  void put(std::vector<T>& src, Stash& dst, bool stat) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (prec_ != Precision::F32 && !stat) {
+        dst.h.resize(src.size());
+        pack16(prec_, src.data(), static_cast<int64_t>(src.size()), dst.h.data());
+        return;
+      }
+    }
+    dst.v.swap(src);  // src gets the stash's old buffer, reused next time
+  }
+  void take(Stash& src, std::vector<T>& dst) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (prec_ != Precision::F32 && !src.h.empty()) {
+        dst.resize(src.h.size());
+        unpack16(prec_, src.h.data(), static_cast<int64_t>(src.h.size()), dst.data());
+        return;
+      }
+    }
+    dst.swap(src.v);
+  }
+  void stash(int32_t il, Acts& a) {
+    Saved& sv = saved_[il];
+    auto f = fields(a);
+    const int n_fields = checkpoint_ ? 1 : kFields;  // checkpointing keeps x_in only
+    for (int i = 0; i < n_fields; ++i) put(*f[i], sv.f[i], kStat[i]);
+    if (!checkpoint_) {
+      for (int p = 0; p < kNumProj; ++p) put(a.xa[p], sv.xa[p], false);
+    }
+  }
+  void unstash(int32_t il, Acts& a) {
+    Saved& sv = saved_[il];
+    auto f = fields(a);
+    const int n_fields = checkpoint_ ? 1 : kFields;
+    for (int i = 0; i < n_fields; ++i) take(sv.f[i], *f[i]);
+    if (!checkpoint_) {
+      for (int p = 0; p < kNumProj; ++p) take(sv.xa[p], a.xa[p]);
+    }
+  }
+  void rnd(std::vector<T>& v) { round_to(prec_, v.data(), static_cast<int64_t>(v.size())); }
+
+  // Block il from a.x_in: fills the rest of a and writes the block's output to x_out.
+  void layer_forward(int32_t il, Acts& a, std::vector<T>& x_out) {
+    const int64_t n = n_, E = s_.n_embd, F = s_.n_ff;
+    const int32_t H = s_.n_head, Hkv = s_.n_head_kv, hd = s_.head_dim;
+    const BaseLayer<T>& L = base_[il];
+    const T eps = static_cast<T>(s_.rms_eps);
+    xn_.resize(n * E);
+    a.rstd1.resize(n);
+    rmsnorm_forward(a.x_in.data(), L.attn_norm.data(), n, E, eps, xn_.data(), a.rstd1.data());
+    rnd(xn_);
+    proj(il, kQ, xn_, a.q, a.xa[kQ]);
+    proj(il, kK, xn_, a.k, a.xa[kK]);
+    proj(il, kV, xn_, a.v, a.xa[kV]);
+    rope_forward(a.q.data(), n, H, hd, s_.n_rot, static_cast<T>(s_.rope_base), s_.rope_neox);
+    rope_forward(a.k.data(), n, Hkv, hd, s_.n_rot, static_cast<T>(s_.rope_base), s_.rope_neox);
+    rnd(a.q);
+    rnd(a.k);
+    a.att.resize(n * H * hd);
+    a.lse.resize(n * H);
+    attention_forward(a.q.data(), a.k.data(), a.v.data(), n, H, Hkv, hd, a.att.data(), a.lse.data());
+    rnd(a.att);
+    proj(il, kO, a.att, tmp_, a.xa[kO]);
+    a.x_mid.resize(n * E);
+    for (int64_t i = 0; i < n * E; ++i) a.x_mid[i] = a.x_in[i] + tmp_[i];
+    rnd(a.x_mid);
+    a.rstd2.resize(n);
+    rmsnorm_forward(a.x_mid.data(), L.ffn_norm.data(), n, E, eps, xn_.data(), a.rstd2.data());
+    rnd(xn_);
+    proj(il, kGate, xn_, a.gate, a.xa[kGate]);
+    proj(il, kUp, xn_, a.up, a.xa[kUp]);
+    h_.resize(n * F);
+    swiglu_forward(a.gate.data(), a.up.data(), n * F, h_.data());
+    rnd(h_);
+    proj(il, kDown, h_, tmp_, a.xa[kDown]);
+    x_out.resize(n * E);
+    for (int64_t i = 0; i < n * E; ++i) x_out[i] = a.x_mid[i] + tmp_[i];
+    rnd(x_out);
+  }
+
+  // dx: in, the gradient of block il's output; out, the gradient of its input.
+  void layer_backward(int32_t il, Acts& a, std::vector<T>& dx) {
+    const int64_t n = n_, E = s_.n_embd, F = s_.n_ff;
+    const int32_t H = s_.n_head, Hkv = s_.n_head_kv, hd = s_.head_dim;
+    const BaseLayer<T>& L = base_[il];
+    const T eps = static_cast<T>(s_.rms_eps);
+    // x_out = x_mid + down(h): dx flows to both. h and xn2 are recomputed (as forward did).
+    h_.resize(n * F);
+    swiglu_forward(a.gate.data(), a.up.data(), n * F, h_.data());
+    rnd(h_);
+    dh_.assign(n * F, T(0));
+    proj_backward(il, kDown, dx, h_, a.xa[kDown], dh_);
+    rnd(dh_);
+    dgate_.assign(n * F, T(0));
+    dup_.assign(n * F, T(0));
+    swiglu_backward(dh_.data(), a.gate.data(), a.up.data(), n * F, dgate_.data(), dup_.data());
+    rnd(dgate_);
+    rnd(dup_);
+    xn_.resize(n * E);
+    rstd_tmp_.resize(n);
+    rmsnorm_forward(a.x_mid.data(), L.ffn_norm.data(), n, E, eps, xn_.data(), rstd_tmp_.data());
+    rnd(xn_);
+    dxn_.assign(n * E, T(0));
+    proj_backward(il, kGate, dgate_, xn_, a.xa[kGate], dxn_);
+    proj_backward(il, kUp, dup_, xn_, a.xa[kUp], dxn_);
+    rnd(dxn_);
+    dmid_ = dx;  // residual
+    rmsnorm_backward(dxn_.data(), a.x_mid.data(), L.ffn_norm.data(), a.rstd2.data(), n, E, dmid_.data(), static_cast<T*>(nullptr));
+    rnd(dmid_);
+    // x_mid = x_in + o(att)
+    datt_.assign(n * H * hd, T(0));
+    proj_backward(il, kO, dmid_, a.att, a.xa[kO], datt_);
+    rnd(datt_);
+    dq_.assign(n * H * hd, T(0));
+    dk_.assign(n * Hkv * hd, T(0));
+    dv_.assign(n * Hkv * hd, T(0));
+    attention_backward(datt_.data(), a.q.data(), a.k.data(), a.v.data(), a.att.data(), a.lse.data(), n, H, Hkv, hd,
+                       dq_.data(), dk_.data(), dv_.data());
+    rope_backward(dq_.data(), n, H, hd, s_.n_rot, static_cast<T>(s_.rope_base), s_.rope_neox);
+    rope_backward(dk_.data(), n, Hkv, hd, s_.n_rot, static_cast<T>(s_.rope_base), s_.rope_neox);
+    rnd(dq_);
+    rnd(dk_);
+    rnd(dv_);
+    rmsnorm_forward(a.x_in.data(), L.attn_norm.data(), n, E, eps, xn_.data(), rstd_tmp_.data());
+    rnd(xn_);
+    dxn_.assign(n * E, T(0));
+    proj_backward(il, kQ, dq_, xn_, a.xa[kQ], dxn_);
+    proj_backward(il, kK, dk_, xn_, a.xa[kK], dxn_);
+    proj_backward(il, kV, dv_, xn_, a.xa[kV], dxn_);
+    rnd(dxn_);
+    dx = dmid_;
+    rmsnorm_backward(dxn_.data(), a.x_in.data(), L.attn_norm.data(), a.rstd1.data(), n, E, dx.data(), static_cast<T*>(nullptr));
+    rnd(dx);
+  }
+
+  // The output head over rows in chunks: loss; with need_grad also dxnf_ = (scale * dlogits) W.
+  T head(bool need_grad, std::vector<T>* logits_out) {
+    const int64_t n = n_, E = s_.n_embd, V = s_.n_vocab;
+    int64_t count = 0;
+    for (int64_t t = 0; t < n; ++t) count += targets_[t] >= 0;
+    if (logits_out) logits_out->resize(n * V);
+    if (need_grad) dxnf_.assign(n * E, T(0));
+    constexpr int64_t kRows = 32;
+    chunk_.resize(std::min(n, kRows) * V);
+    T loss = 0;
+    for (int64_t r0 = 0; r0 < n; r0 += kRows) {
+      const int64_t rows = std::min(kRows, n - r0);
+      T* c = chunk_.data();
+      base_forward(-1, kNumProj, xnf_.data() + r0 * E, rows, E, V, c);
+      round_to(prec_, c, rows * V);
+      if (logits_out) std::copy_n(c, rows * V, logits_out->data() + r0 * V);
+      // NOTE: in place: each row's logits are read before its gradient overwrites them.
+      loss += cross_entropy_forward_backward(c, targets_.data() + r0, rows, V, need_grad ? c : nullptr,
+                                             static_cast<int64_t*>(nullptr), std::max<int64_t>(count, 1));
+      if (!need_grad) continue;
+      if (loss_scale_ != T(1)) {
+        for (int64_t i = 0; i < rows * V; ++i) c[i] *= loss_scale_;
+      }
+      round_to(prec_, c, rows * V);
+      base_backward_input(-1, kNumProj, c, xnf_.data() + r0 * E, rows, E, V, dxnf_.data() + r0 * E);
+    }
+    if (need_grad) rnd(dxnf_);
+    return count ? loss : T(0);
+  }
+
+  // The LoRA weights the compute uses: the FP32 masters, or their 16-bit roundings.
+  void refresh_compute_lora() {
+    if (prec_ == Precision::F32) return;
+    lora_c_ = lora_;
+    for (LoraLayer<T>& l : lora_c_) {
+      for (int p = 0; p < kNumProj; ++p) {
+        round_to(prec_, l.A[p].data(), static_cast<int64_t>(l.A[p].size()));
+        round_to(prec_, l.B[p].data(), static_cast<int64_t>(l.B[p].size()));
+      }
+    }
+  }
+  const LoraLayer<T>& compute_lora(int32_t il) const { return prec_ == Precision::F32 ? lora_[il] : lora_c_[il]; }
+
+  void embed(const int32_t* tokens, int64_t n, T* x) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (fast_) return fast_->embed(tokens, n, x);
+    }
+    embedding_forward(tok_embd.data(), tokens, n, s_.n_embd, x);
+  }
+  const std::vector<T>& head_w() const { return s_.tied_output ? tok_embd : output; }
+  // y = x W^T (+ LoRA) for projection p of layer il; xa receives the LoRA mid activation.
+  void proj(int32_t il, int p, const std::vector<T>& x, std::vector<T>& y, std::vector<T>& xa) {
     const int64_t in = proj_in(p), out = proj_out(p);
     y.assign(n_ * out, T(0));
     base_forward(il, p, x.data(), n_, in, out, y.data());
     if (lc_.targets[p]) {
-      std::vector<T>& xa = acts_[il].xa[p];
+      const LoraLayer<T>& lw = compute_lora(il);
       xa.resize(n_ * lc_.rank);
-      lora_forward(x.data(), lora_[il].A[p].data(), lora_[il].B[p].data(), n_, in, lc_.rank, out, scale(), xa.data(), y.data());
+      linear_forward(x.data(), lw.A[p].data(), n_, in, static_cast<int64_t>(lc_.rank), xa.data());
+      rnd(xa);
+      lora_up_forward(xa.data(), lw.B[p].data(), n_, static_cast<int64_t>(lc_.rank), out, scale(), y.data());
     }
+    rnd(y);
   }
-  void proj_backward(int32_t il, int p, const std::vector<T>& dy, const std::vector<T>& x, std::vector<T>* dx) {
+  void proj_backward(int32_t il, int p, const std::vector<T>& dy, const std::vector<T>& x, const std::vector<T>& xa,
+                     std::vector<T>& dx) {
     const int64_t in = proj_in(p), out = proj_out(p);
-    base_backward_input(il, p, dy.data(), x.data(), n_, in, out, dx->data());
+    base_backward_input(il, p, dy.data(), x.data(), n_, in, out, dx.data());
     if (lc_.targets[p]) {
-      lora_backward(dy.data(), x.data(), lora_[il].A[p].data(), lora_[il].B[p].data(), acts_[il].xa[p].data(), n_, in,
-                    lc_.rank, out, scale(), dx->data(), grad_[il].A[p].data(), grad_[il].B[p].data());
+      const LoraLayer<T>& lw = compute_lora(il);
+      lora_backward(dy.data(), x.data(), lw.A[p].data(), lw.B[p].data(), xa.data(), n_, in, lc_.rank, out, scale(),
+                    dx.data(), grad_[il].A[p].data(), grad_[il].B[p].data());
     }
   }
 
-  const std::vector<T>& base_w(int32_t il, int p) const { return p == kNumProj ? head() : base_[il].w[p]; }
+  const std::vector<T>& base_w(int32_t il, int p) const { return p == kNumProj ? head_w() : base_[il].w[p]; }
   void base_forward(int32_t il, int p, const T* x, int64_t n, int64_t in, int64_t out, T* y) {
     if constexpr (std::is_same_v<T, float>) {
       if (fast_) return fast_->forward(il, p, x, n, y);
@@ -274,13 +465,19 @@ class LoraLlama {
   FloatLinear* fast_ = nullptr;
   LlamaShape s_;
   LoraConfig lc_;
+  Precision prec_ = Precision::F32;
+  bool checkpoint_ = false;
+  T loss_scale_ = T(1);
   std::vector<BaseLayer<T>> base_;
-  std::vector<LoraLayer<T>> lora_, grad_;
+  std::vector<LoraLayer<T>> lora_, grad_, lora_c_;
   int64_t n_ = 0;
-  std::vector<int32_t> tokens_, targets_;
-  std::vector<Acts> acts_;
-  std::vector<T> x0_, xnf_, rstdf_, logits_, dlogits_;
-  const std::vector<T>* xf_ = nullptr;
+  bool grad_ready_ = false;
+  std::vector<int32_t> targets_;
+  std::vector<Saved> saved_;  // [n_layer]
+  Acts work_;                 // the block being run
+  // Scratch of one block: [n, E] rows, [n, F] rows and their gradients.
+  std::vector<T> x_next_, xn_, tmp_, h_, rstd_tmp_, dx_, dxn_, dmid_, datt_, dq_, dk_, dv_, dh_, dgate_, dup_;
+  std::vector<T> xf_, xnf_, rstdf_, dxnf_, chunk_;
 };
 
 }  // namespace qilin::train

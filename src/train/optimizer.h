@@ -4,6 +4,7 @@
 // hold inf/NaN and lower the scale; raise it after a run of clean steps).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -23,23 +24,28 @@ struct AdamWState {
 
 // p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p), with mhat = m / (1 - b1^t), vhat likewise,
 // t = step (1-based). PyTorch order: decay first (p *= 1 - lr*wd), then the Adam update.
-inline void adamw_update(float* p, const float* g, int64_t n, AdamWState& st, int64_t step,
-                         const AdamWConfig& c, float lr) {
-  if (st.m.size() != static_cast<size_t>(n)) {
-    st.m.assign(n, 0.0f);
-    st.v.assign(n, 0.0f);
-  }
+// m and v [n] are this tensor's moments (zero before the first step).
+inline void adamw_step(float* p, const float* g, int64_t n, float* m, float* v, int64_t step,
+                       const AdamWConfig& c, float lr) {
   const double bc1 = 1.0 - std::pow(static_cast<double>(c.beta1), static_cast<double>(step));
   const double bc2 = 1.0 - std::pow(static_cast<double>(c.beta2), static_cast<double>(step));
   const float step_size = static_cast<float>(lr / bc1);
   const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
   for (int64_t i = 0; i < n; ++i) {
     p[i] *= 1.0f - lr * c.weight_decay;
-    st.m[i] = c.beta1 * st.m[i] + (1.0f - c.beta1) * g[i];
-    st.v[i] = c.beta2 * st.v[i] + (1.0f - c.beta2) * g[i] * g[i];
-    const float denom = std::sqrt(st.v[i]) / bc2_sqrt + c.eps;
-    p[i] -= step_size * st.m[i] / denom;
+    m[i] = c.beta1 * m[i] + (1.0f - c.beta1) * g[i];
+    v[i] = c.beta2 * v[i] + (1.0f - c.beta2) * g[i] * g[i];
+    const float denom = std::sqrt(v[i]) / bc2_sqrt + c.eps;
+    p[i] -= step_size * m[i] / denom;
   }
+}
+inline void adamw_update(float* p, const float* g, int64_t n, AdamWState& st, int64_t step,
+                         const AdamWConfig& c, float lr) {
+  if (st.m.size() != static_cast<size_t>(n)) {
+    st.m.assign(n, 0.0f);
+    st.v.assign(n, 0.0f);
+  }
+  adamw_step(p, g, n, st.m.data(), st.v.data(), step, c, lr);
 }
 
 // Learning rate at `step` (0-based): linear warmup to peak over warmup steps, then cosine
@@ -68,10 +74,10 @@ inline double clip_global_norm(const std::vector<std::pair<float*, int64_t>>& gr
   return norm;
 }
 
-// Dynamic loss scaling (mixed-precision training's usual rules): start at 2^16; after
-// growth_interval consecutive clean steps double the scale; on an overflowing step skip the
-// update and, once `hysteresis` overflows have accumulated since the last change, halve it
-// (never below min_scale).
+// Dynamic loss scaling (DeepSpeed's and Megatron's rules): start at 2^16; after
+// growth_interval consecutive clean steps double the scale; an overflowing step is skipped,
+// and once `hysteresis` overflows have happened since the scale last grew, that overflow and
+// every further one halves it (never below min_scale). Growing restores the hysteresis.
 class LossScaler {
  public:
   explicit LossScaler(float initial = 65536.0f, int growth_interval = 1000, int hysteresis = 2,
@@ -100,13 +106,24 @@ class LossScaler {
     }
     ++skipped_;
     clean_ = 0;
-    if (--overflows_left_ <= 0) {
-      scale_ = std::max(min_scale_, scale_ * 0.5f);
-      overflows_left_ = hysteresis_;
-    }
+    overflows_left_ = std::max(overflows_left_ - 1, 0);
+    if (overflows_left_ == 0) scale_ = std::max(min_scale_, scale_ * 0.5f);
     return false;
   }
   int64_t skipped() const { return skipped_; }
+  // Everything that decides future scales, for checkpoints.
+  struct State {
+    float scale = 0;
+    int clean = 0, overflows_left = 0;
+    int64_t skipped = 0;
+  };
+  State state() const { return {scale_, clean_, overflows_left_, skipped_}; }
+  void set_state(const State& s) {
+    scale_ = s.scale;
+    clean_ = s.clean;
+    overflows_left_ = s.overflows_left;
+    skipped_ = s.skipped;
+  }
 
  private:
   float scale_;

@@ -77,6 +77,21 @@ TEST(TrainOptimizer, LossScalerSkipsOverflowsAndMovesTheScale) {
   EXPECT_FALSE(s.unscale_and_check({{g.data(), 1}}));
   EXPECT_FLOAT_EQ(s.scale(), 65536.0f);
   EXPECT_EQ(s.skipped(), 2);
+  // The hysteresis is spent until the scale grows again: a third overflow halves at once.
+  g = {1.0f};
+  EXPECT_TRUE(s.unscale_and_check({{g.data(), 1}}));
+  g = {std::numeric_limits<float>::infinity()};
+  EXPECT_FALSE(s.unscale_and_check({{g.data(), 1}}));
+  EXPECT_FLOAT_EQ(s.scale(), 32768.0f);
+  // After growing (three clean steps), the first overflow only skips again.
+  for (int i = 0; i < 3; ++i) {
+    g = {1.0f};
+    EXPECT_TRUE(s.unscale_and_check({{g.data(), 1}}));
+  }
+  EXPECT_FLOAT_EQ(s.scale(), 65536.0f);
+  g = {std::numeric_limits<float>::infinity()};
+  EXPECT_FALSE(s.unscale_and_check({{g.data(), 1}}));
+  EXPECT_FLOAT_EQ(s.scale(), 65536.0f);
   // Hysteresis 1: one injected inf skips exactly that step and halves the scale; never below 1.
   LossScaler h(2.0f, 1000, 1);
   g = {std::numeric_limits<float>::infinity()};

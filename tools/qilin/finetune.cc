@@ -4,12 +4,14 @@
 #include "finetune.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <sstream>
 
 #include <sys/stat.h>
 
 #include "common.h"
+#include "quant/quantize.h"
 #include "train/finetune.h"
 
 namespace qilin::cli {
@@ -34,6 +36,9 @@ struct FinetuneOpts {
   bool pack = false;
   uint64_t seed = 1;
   std::string precision = "fp32";
+  std::string base_type = "f32";
+  bool checkpoint_activations = false;
+  double optimizer_memory_mb = 0;
 };
 FinetuneOpts g_opts;
 
@@ -60,8 +65,18 @@ CLI::App* add_finetune(CLI::App& app) {
   f->add_flag("--resume", o.resume, "continue from OUT/checkpoint.gguf");
   f->add_flag("--pack", o.pack, "pack several examples into each sequence");
   f->add_option("--seed", o.seed, "seed for LoRA init, the split and the data order");
-  f->add_option("--precision", o.precision, "compute precision (fp32; bf16/fp16 not built yet)")
-      ->check(CLI::IsMember({"fp32"}));
+  f->add_option("--precision", o.precision,
+                 "compute precision: fp32, bf16, or fp16 (with dynamic loss scaling); LoRA master weights, "
+                 "loss and optimizer stay FP32")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  f->add_option("--base-type", o.base_type,
+                "the frozen base in memory: f32 (dequantized), keep (quantized as the file has it), or a "
+                "type to requantize it to at start (nf4-dq for QLoRA, nf4, q4_0, q4_1, q8_0, ...)");
+  f->add_flag("--checkpoint-activations", o.checkpoint_activations,
+              "keep only each block's input; recompute the block in backward");
+  f->add_option("--optimizer-memory-mb", o.optimizer_memory_mb,
+                "resident AdamW states at most (MiB; 0: no limit); the rest paged to a file in $TMPDIR")
+      ->check(CLI::Range(0.0, 1e9));
   return f;
 }
 
@@ -92,6 +107,19 @@ int run_finetune() {
   fc.checkpoint_every = o.checkpoint_every;
   fc.seed = o.seed;
   fc.n_threads = o.c.threads;
+  if (!parse_precision(o.precision, &fc.precision)) return fail("--precision: want fp32, bf16 or fp16, got '" + o.precision + "'");
+  if (o.base_type != "f32") {
+    fc.quantized_base = true;
+    if (o.base_type != "keep") {
+      auto t = parse_quant_type(o.base_type);
+      if (!t) return fail("--base-type: " + t.status().message());
+      if (*t == DType::F32) return fail("--base-type: f32 is the dense base; give keep or a quantized type");
+      fc.base_type = *t;
+    }
+  }
+  fc.checkpoint_activations = o.checkpoint_activations;
+  fc.optimizer_memory_bytes = static_cast<size_t>(o.optimizer_memory_mb * 1024 * 1024);
+  if (const char* tmp = std::getenv("TMPDIR")) fc.optimizer_swap_dir = tmp;
   if (mkdir(o.out.c_str(), 0755) != 0 && errno != EEXIST) return fail("cannot create " + o.out);
   fc.checkpoint_path = o.out + "/checkpoint.gguf";
 
@@ -116,6 +144,11 @@ int run_finetune() {
   auto ft = Finetuner::create(*l->model, fc, std::move(train), std::move(eval));
   if (!ft) return fail(ft.status().message());
   Finetuner& f = **ft;
+  const PagedAdamW::Stats os = f.optimizer_stats();
+  std::fprintf(stderr, "finetune: base %s in %.1f MiB, compute %s%s; AdamW states %.1f MiB, %.1f MiB resident\n",
+               o.base_type.c_str(), f.base_bytes() / 1048576.0, o.precision.c_str(),
+               o.checkpoint_activations ? ", activation checkpointing" : "", os.state_bytes / 1048576.0,
+               os.resident_bytes / 1048576.0);
   if (o.resume) {
     if (Status s = f.load_checkpoint(fc.checkpoint_path); !s) return fail(s.message());
     std::fprintf(stderr, "finetune: resumed at step %lld\n", static_cast<long long>(f.step()));
@@ -129,10 +162,12 @@ int run_finetune() {
     elapsed += s.seconds;
     ++done;
     const double eta = elapsed / done * static_cast<double>(o.steps - s.step);
-    std::fprintf(stderr, "step %lld/%lld  loss %.4f  lr %.2e  |g| %.3f  %.0f tok/s  ETA %.0f s%s",
+    char scale[64] = "";
+    if (fc.precision == Precision::F16) std::snprintf(scale, sizeof scale, "  scale %g", s.loss_scale);
+    std::fprintf(stderr, "step %lld/%lld  loss %.4f  lr %.2e  |g| %.3f  %.0f tok/s%s  ETA %.0f s%s%s",
                  static_cast<long long>(s.step), static_cast<long long>(o.steps), s.loss, s.lr,
-                 s.grad_norm, s.tokens / std::max(s.seconds, 1e-9), eta,
-                 s.eval_loss >= 0 ? "" : "\n");
+                 s.grad_norm, s.tokens / std::max(s.seconds, 1e-9), scale, eta,
+                 s.skipped ? "  SKIPPED (gradient overflow: inf/NaN)" : "", s.eval_loss >= 0 ? "" : "\n");
     if (s.eval_loss >= 0) std::fprintf(stderr, "  held-out loss %.4f (ppl %.2f)\n", s.eval_loss, std::exp(s.eval_loss));
   });
   if (!st) return fail(st.message());
