@@ -202,6 +202,7 @@ Result<std::unique_ptr<Finetuner>> Finetuner::create(const LlamaModel& base, con
     auto q = QuantLinear::create(base, f->impl_->pool, cfg.base_type, cfg.precision);
     QILIN_TRY(q);
     f->base_bytes_ = (*q)->weight_bytes();
+    f->uses_model_ = (*q)->uses_model_weights();
     f->impl_->fast = std::move(*q);
   } else {
     f->impl_->fast = std::make_unique<GemmLinear>(*f->model_, f->impl_->pool);

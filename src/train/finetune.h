@@ -104,6 +104,8 @@ class Finetuner {
   PagedAdamW::Stats optimizer_stats() const { return states_->stats(); }
   // Bytes of base weights held for training (dense F32 + transposed copy, or quantized).
   size_t base_bytes() const { return base_bytes_; }
+  // False when training holds its own copy of every base weight: the model may then be freed.
+  bool uses_model_weights() const { return uses_model_; }
 
  private:
   Finetuner() = default;
@@ -115,6 +117,7 @@ class Finetuner {
   std::unique_ptr<PagedAdamW> states_;  // tensors [n_adapted * 2] (A, B), in model order
   LossScaler scaler_;
   size_t base_bytes_ = 0;
+  bool uses_model_ = false;
   int64_t step_ = 0;
   int64_t updates_ = 0;             // optimizer steps applied (skipped ones not counted)
   std::vector<uint32_t> order_;     // example order of epoch order_epoch_

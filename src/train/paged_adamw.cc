@@ -18,18 +18,11 @@ Result<std::unique_ptr<PagedAdamW>> PagedAdamW::create(const std::vector<int64_t
   QILIN_ASSERT(page_params > 0);
   std::unique_ptr<PagedAdamW> o(new PagedAdamW());
   o->page_params_ = page_params;
-  for (size_t t = 0; t < sizes.size(); ++t) {
-    o->first_page_.push_back(static_cast<int64_t>(o->pages_.size()));
-    for (int64_t off = 0; off < sizes[t]; off += page_params) {
-      Page p;
-      p.tensor = t;
-      p.offset = off;
-      p.count = std::min(page_params, sizes[t] - off);
-      o->pages_.push_back(p);
-    }
-    o->stats_.state_bytes += static_cast<size_t>(sizes[t]) * 2 * sizeof(float);
-  }
-  o->first_page_.push_back(static_cast<int64_t>(o->pages_.size()));
+  o->offset_.push_back(0);
+  for (int64_t n : sizes) o->offset_.push_back(o->offset_.back() + n);
+  const int64_t total = o->offset_.back();
+  o->pages_.resize(static_cast<size_t>((total + page_params - 1) / page_params));
+  o->stats_.state_bytes = static_cast<size_t>(total) * 2 * sizeof(float);
   const size_t page_bytes = static_cast<size_t>(page_params) * 2 * sizeof(float);
   int64_t n_slots = static_cast<int64_t>(o->pages_.size());
   if (budget_bytes > 0 && budget_bytes < n_slots * page_bytes) {
@@ -99,40 +92,39 @@ Result<float*> PagedAdamW::acquire(int64_t page) {
   return mem;
 }
 
-Status PagedAdamW::update(size_t i, float* p, const float* g, int64_t step, const AdamWConfig& c, float lr) {
-  for (int64_t k = first_page_[i]; k < first_page_[i + 1]; ++k) {
+template <typename F>
+Status PagedAdamW::for_slices(size_t i, F&& fn) {
+  const int64_t begin = offset_[i], end = offset_[i + 1];
+  for (int64_t k = begin / page_params_; k * page_params_ < end; ++k) {
     auto mem = acquire(k);
     QILIN_TRY(mem);
-    const Page& pg = pages_[k];
-    adamw_step(p + pg.offset, g + pg.offset, pg.count, *mem, *mem + page_params_, step, c, lr);
+    const int64_t s0 = std::max(begin, k * page_params_), s1 = std::min(end, (k + 1) * page_params_);
+    float* m = *mem + (s0 - k * page_params_);
+    fn(m, m + page_params_, s0 - begin, s1 - s0);
   }
   return Status::ok();
+}
+
+Status PagedAdamW::update(size_t i, float* p, const float* g, int64_t step, const AdamWConfig& c, float lr) {
+  return for_slices(i, [&](float* m, float* v, int64_t off, int64_t n) {
+    adamw_step(p + off, g + off, n, m, v, step, c, lr);
+  });
 }
 
 Status PagedAdamW::get(size_t i, std::vector<float>* m, std::vector<float>* v) {
-  QILIN_ASSERT(first_page_[i + 1] > first_page_[i]);
-  const int64_t n = pages_[first_page_[i + 1] - 1].offset + pages_[first_page_[i + 1] - 1].count;
-  m->resize(n);
-  v->resize(n);
-  for (int64_t k = first_page_[i]; k < first_page_[i + 1]; ++k) {
-    auto mem = acquire(k);
-    QILIN_TRY(mem);
-    const Page& pg = pages_[k];
-    std::copy_n(*mem, pg.count, m->data() + pg.offset);
-    std::copy_n(*mem + page_params_, pg.count, v->data() + pg.offset);
-  }
-  return Status::ok();
+  m->resize(offset_[i + 1] - offset_[i]);
+  v->resize(offset_[i + 1] - offset_[i]);
+  return for_slices(i, [&](float* pm, float* pv, int64_t off, int64_t n) {
+    std::copy_n(pm, n, m->data() + off);
+    std::copy_n(pv, n, v->data() + off);
+  });
 }
 
 Status PagedAdamW::set(size_t i, const float* m, const float* v) {
-  for (int64_t k = first_page_[i]; k < first_page_[i + 1]; ++k) {
-    auto mem = acquire(k);
-    QILIN_TRY(mem);
-    const Page& pg = pages_[k];
-    std::copy_n(m + pg.offset, pg.count, *mem);
-    std::copy_n(v + pg.offset, pg.count, *mem + page_params_);
-  }
-  return Status::ok();
+  return for_slices(i, [&](float* pm, float* pv, int64_t off, int64_t n) {
+    std::copy_n(m + off, n, pm);
+    std::copy_n(v + off, n, pv);
+  });
 }
 
 PagedAdamW::Stats PagedAdamW::stats() const { return stats_; }

@@ -1,6 +1,7 @@
 // Paged optimizer states (QLoRA's paged optimizers, on the CPU): AdamW's FP32 moments of a list
-// of tensors live in fixed-size pages (page_params parameters: m then v), of which at most a
-// budget's worth stay resident; the others sit in a swap file (pread/pwrite, unlinked once
+// of tensors, laid end to end, live in fixed-size pages (page_params parameters: m then v; a
+// page may hold the end of one tensor and the start of the next), of which at most a budget's
+// worth stay resident; the others sit in a swap file (pread/pwrite, unlinked once
 // opened) and are paged back, the least recently used resident page going out, for their
 // update. The arithmetic is adamw_step's on each page's slice, so any budget gives results
 // bit-identical to keeping every page resident.
@@ -40,8 +41,6 @@ class PagedAdamW {
  private:
   PagedAdamW() = default;
   struct Page {
-    size_t tensor = 0;
-    int64_t offset = 0, count = 0;  // parameters [offset, offset + count) of the tensor
     int32_t slot = -1;              // resident slot, or -1
     bool on_disk = false;           // written out at least once (else: zeros)
     uint64_t last_use = 0;
@@ -49,7 +48,10 @@ class PagedAdamW {
   Result<float*> acquire(int64_t page);  // [2 * page_params_]: m, then v
   int64_t page_params_ = 0;
   std::vector<Page> pages_;
-  std::vector<int64_t> first_page_;  // [n_tensors + 1]
+  // Calls fn(page memory m, v at the slice, tensor offset, count) for tensor i's slices.
+  template <typename F>
+  Status for_slices(size_t i, F&& fn);
+  std::vector<int64_t> offset_;      // [n_tensors + 1] first parameter of each tensor
   std::vector<float> slots_;         // [n_slots, 2 * page_params_]
   std::vector<int64_t> slot_page_;   // [n_slots] page held, -1 free
   int fd_ = -1;

@@ -59,6 +59,15 @@ Result<std::unique_ptr<QuantLinear>> QuantLinear::create(const LlamaModel& model
       q->mats_.push_back(v);
     }
   }
+  if (requant != DType::F32) {
+    for (WeightView* w : {&q->embd_, &q->head_}) {
+      if (w == &q->head_ && q->tied_) break;
+      const size_t bytes = w->row_bytes * static_cast<size_t>(w->n_out);
+      std::vector<uint8_t>& dst = q->owned_.emplace_back(w->data, w->data + bytes);
+      w->data = dst.data();
+    }
+    if (q->tied_) q->head_.data = q->embd_.data;
+  }
   q->rows_.resize(static_cast<size_t>(pool.size() * max_in));
   return q;
 }

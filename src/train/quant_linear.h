@@ -20,9 +20,9 @@ namespace qilin::train {
 
 class QuantLinear : public FloatLinear {
  public:
-  // model must outlive the result. requant: the type every block projection is requantized to
-  // (from its dequantized values), or F32 to keep the weights as loaded; the embedding and the
-  // output head stay as loaded. prec picks the tile type of the input gradient (F32, BF16, F16).
+  // requant: the type every block projection is requantized to (from its dequantized values);
+  // the embedding and output head are then copied as they are, so the model may be freed.
+  // requant F32 keeps the model's weights where they are (the model must outlive the result). prec picks the tile type of the input gradient (F32, BF16, F16).
   // Errors name the tensor and type (a row length that is not a multiple of the block).
   static Result<std::unique_ptr<QuantLinear>> create(const LlamaModel& model, ThreadPool& pool, DType requant,
                                                      Precision prec);
@@ -33,6 +33,8 @@ class QuantLinear : public FloatLinear {
   size_t weight_bytes() const;
   // Bytes this object allocated for requantized weights (0 when kept as loaded).
   size_t owned_bytes() const;
+  // True when the weights read are the model's (requant F32): it must stay loaded.
+  bool uses_model_weights() const { return owned_.empty(); }
 
  private:
   QuantLinear(ThreadPool& pool) : pool_(pool) {}

@@ -144,6 +144,9 @@ int run_finetune() {
   auto ft = Finetuner::create(*l->model, fc, std::move(train), std::move(eval));
   if (!ft) return fail(ft.status().message());
   Finetuner& f = **ft;
+  const std::string model_path = l->model->gguf().path();
+  // Training holds its own copy of the base unless --base-type keep: the loaded file can go.
+  if (!f.uses_model_weights()) l->model.reset();
   const PagedAdamW::Stats os = f.optimizer_stats();
   std::fprintf(stderr, "finetune: base %s in %.1f MiB, compute %s%s; AdamW states %.1f MiB, %.1f MiB resident\n",
                o.base_type.c_str(), f.base_bytes() / 1048576.0, o.precision.c_str(),
@@ -173,8 +176,7 @@ int run_finetune() {
   if (!st) return fail(st.message());
   if (Status s = f.save_checkpoint(fc.checkpoint_path); !s) return fail(s.message());
   if (Status s = f.save_gguf_adapter(o.out + "/adapter.gguf"); !s) return fail(s.message());
-  const std::string& mp = l->model->gguf().path();
-  if (Status s = f.save_peft(o.out + "/peft", mp.substr(mp.rfind('/') + 1)); !s) return fail(s.message());
+  if (Status s = f.save_peft(o.out + "/peft", model_path.substr(model_path.rfind('/') + 1)); !s) return fail(s.message());
   std::fprintf(stderr, "finetune: wrote %s/adapter.gguf, %s/peft/, %s\n", o.out.c_str(), o.out.c_str(),
                fc.checkpoint_path.c_str());
   return 0;
