@@ -27,4 +27,4 @@ done
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQILIN_SANITIZE=ON \
   -DQILIN_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j "$jobs" --target qilin_tests qilin_cli  # QuantTool runs the CLI
-ASAN_OPTIONS=detect_leaks=1 build-asan/tests/qilin_tests --gtest_filter='Gguf*:Tokenizer*:ChatTemplate*:Quant*:Gemm*:Gemv*:AttentionKernels*:ActivationKernels*:DotMixed*:ServerHttp*'
+ASAN_OPTIONS=detect_leaks=1 build-asan/tests/qilin_tests --gtest_filter='Gguf*:Tokenizer*:ChatTemplate*:Quant*:Gemm*:Gemv*:AttentionKernels*:AttentionFlash*:KvTypes*:ActivationKernels*:DotMixed*:ServerHttp*'

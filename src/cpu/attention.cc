@@ -4,18 +4,35 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/assert.h"
+
 namespace qilin {
+namespace {
+
+constexpr int32_t kMaxRefHeadDim = 1024;
+
+// Row p of a task's K or V as F32: the row itself, or its values converted into buf.
+const float* row_f32(const AttnTask& t, const KvRows& kv, const uint8_t* pool, int32_t p,
+                     float* buf) {
+  const uint8_t* row = pool + kv.offset(p);
+  if (t.kv_type == KvType::F32) return reinterpret_cast<const float*>(row);
+  kv_dequantize_row(t.kv_type, row, t.head_dim, buf);
+  return buf;
+}
+
+}  // namespace
 
 void attention_ref(const AttnTask& t, float* scores) {
   const int32_t hd = t.head_dim;
+  QILIN_ASSERT(hd <= kMaxRefHeadDim);
+  const KvRows kv(t);
+  float buf[kMaxRefHeadDim];
   for (int32_t g = 0; g < t.n_q; ++g) {
     const float* q = t.q + static_cast<int64_t>(g) * hd;
     float* sc = scores + static_cast<int64_t>(g) * t.n_ctx;
     float mx = -INFINITY;
     for (int32_t p = 0; p < t.n_ctx; ++p) {
-      const int64_t slot =
-          static_cast<int64_t>(t.block_table[p / t.block_size]) * t.block_size + p % t.block_size;
-      const float* kp = t.k + slot * t.slot_elems + t.head_offset;
+      const float* kp = row_f32(t, kv, kv.k, p, buf);
       float d = 0.0f;
       for (int32_t i = 0; i < hd; ++i) d += q[i] * kp[i];
       sc[p] = d * t.scale;
@@ -30,9 +47,7 @@ void attention_ref(const AttnTask& t, float* scores) {
     float* o = t.out + static_cast<int64_t>(g) * hd;
     for (int32_t i = 0; i < hd; ++i) o[i] = 0.0f;
     for (int32_t p = 0; p < t.n_ctx; ++p) {
-      const int64_t slot =
-          static_cast<int64_t>(t.block_table[p / t.block_size]) * t.block_size + p % t.block_size;
-      const float* vp = t.v + slot * t.slot_elems + t.head_offset;
+      const float* vp = row_f32(t, kv, kv.v, p, buf);
       const float w = sc[p] * inv;
       for (int32_t i = 0; i < hd; ++i) o[i] += w * vp[i];
     }
@@ -42,6 +57,9 @@ void attention_ref(const AttnTask& t, float* scores) {
 void attention_flash_ref(const AttnTask& t, float*) {
   constexpr int32_t kTile = 16;
   const int32_t hd = t.head_dim;
+  QILIN_ASSERT(hd <= kMaxRefHeadDim);
+  const KvRows kv(t);
+  float buf[kMaxRefHeadDim];
   float s[kTile];
   for (int32_t r = 0; r < t.n_rows; ++r) {
     // This row's keys: its causal range [0, n_ctx + r) cut to the task's KV range.
@@ -56,11 +74,7 @@ void attention_flash_ref(const AttnTask& t, float*) {
         const int32_t nt = std::min(kTile, hi - p0);
         float mx = -INFINITY;
         for (int32_t c = 0; c < nt; ++c) {
-          const int32_t p = p0 + c;
-          const int64_t slot =
-              static_cast<int64_t>(t.block_table[p / t.block_size]) * t.block_size +
-              p % t.block_size;
-          const float* kp = t.k + slot * t.slot_elems + t.head_offset;
+          const float* kp = row_f32(t, kv, kv.k, p0 + c, buf);
           float d = 0.0f;
           for (int32_t i = 0; i < hd; ++i) d += q[i] * kp[i];
           s[c] = d * t.scale;
@@ -71,11 +85,7 @@ void attention_flash_ref(const AttnTask& t, float*) {
         l *= alpha;
         for (int32_t i = 0; i < hd; ++i) o[i] *= alpha;
         for (int32_t c = 0; c < nt; ++c) {
-          const int32_t p = p0 + c;
-          const int64_t slot =
-              static_cast<int64_t>(t.block_table[p / t.block_size]) * t.block_size +
-              p % t.block_size;
-          const float* vp = t.v + slot * t.slot_elems + t.head_offset;
+          const float* vp = row_f32(t, kv, kv.v, p0 + c, buf);
           const float w = std::exp(s[c] - m_new);
           l += w;
           for (int32_t i = 0; i < hd; ++i) o[i] += w * vp[i];

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "cpu/kv_types.h"
 #include "cpu/quants.h"
 
 namespace qilin {
@@ -23,8 +24,11 @@ struct AttnTask {
   int32_t head_dim = 0;
   int32_t n_ctx = 0;                     // row r attends to positions [0, n_ctx + r)
   float scale = 1.0f;                    // applied to q.k before the softmax
-  const float* k = nullptr;              // the layer's K pool [n_blocks, block_size, slot_elems]
-  const float* v = nullptr;              // the layer's V pool, same shape
+  // The layer's K and V pools, [n_blocks, block_size, n_head_kv] rows of head_dim values in
+  // kv_type's format (cpu/kv_types.h), read in place: no gather, no conversion of the pool.
+  const void* k = nullptr;
+  const void* v = nullptr;
+  KvType kv_type = KvType::F32;
   const int32_t* block_table = nullptr;  // position p lives in block block_table[p / block_size]
   int32_t block_size = 16;
   int64_t slot_elems = 0;   // n_head_kv * head_dim
@@ -37,6 +41,28 @@ struct AttnTask {
   int32_t kv_begin = 0;
   int32_t kv_end = std::numeric_limits<int32_t>::max();
   float* ml = nullptr;  // [n_rows * n_q, 2] or null (normalised output)
+};
+
+// Byte addresses of a task's K/V rows: position p's row of the task's KV head starts at
+// k + offset(p) (and v + offset(p)).
+struct KvRows {
+  const uint8_t* k;
+  const uint8_t* v;
+  const int32_t* table;
+  int32_t block_size;
+  int64_t row_bytes, slot_bytes, head_bytes;
+  explicit KvRows(const AttnTask& t)
+      : k(static_cast<const uint8_t*>(t.k)),
+        v(static_cast<const uint8_t*>(t.v)),
+        table(t.block_table),
+        block_size(t.block_size),
+        row_bytes(static_cast<int64_t>(kv_row_bytes(t.kv_type, t.head_dim))),
+        slot_bytes(t.slot_elems / t.head_dim * row_bytes),
+        head_bytes(t.head_offset / t.head_dim * row_bytes) {}
+  int64_t offset(int32_t p) const {
+    return (static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size) *
+               slot_bytes + head_bytes;
+  }
 };
 
 // scores: scratch of at least n_q * n_ctx floats (two-pass kernels; flash kernels ignore it).

@@ -23,17 +23,17 @@ inline float hsum(__m256 v) {
 
 // Walks positions 0, 1, 2, ... of a sequence through its block table without a division per
 // position (block_size is a run-time value, and an integer divide per key cost more than the
-// key's arithmetic).
+// key's arithmetic). Yields each position's row (bytes in the cache's format).
 struct SlotCursor {
-  const AttnTask& t;
-  const float* pool;
+  const KvRows& kv;
+  const uint8_t* pool;
   int32_t block = 0;
   int32_t offset = 0;
-  const float* next() {
-    const float* p =
-        pool + (static_cast<int64_t>(t.block_table[block]) * t.block_size + offset) * t.slot_elems +
-        t.head_offset;
-    if (++offset == t.block_size) {
+  const uint8_t* next() {
+    const uint8_t* p =
+        pool + (static_cast<int64_t>(kv.table[block]) * kv.block_size + offset) * kv.slot_bytes +
+        kv.head_bytes;
+    if (++offset == kv.block_size) {
       offset = 0;
       ++block;
     }
@@ -41,13 +41,33 @@ struct SlotCursor {
   }
 };
 
+// A K/V row as F32: in place for F32, else converted into buf (head_dim floats; F16 with
+// F16C, the 8-bit formats through the scalar conversion: AVX2 is the fallback ISA here).
+inline const float* row_f32(KvType type, const uint8_t* row, int32_t hd, float* buf) {
+  switch (type) {
+    case KvType::F32:
+      return reinterpret_cast<const float*>(row);
+    case KvType::F16:
+      for (int32_t d = 0; d < hd; d += 8) {
+        _mm256_store_ps(buf + d, _mm256_cvtph_ps(_mm_loadu_si128(
+                                     reinterpret_cast<const __m128i*>(row + 2 * d))));
+      }
+      return buf;
+    default:
+      kv_dequantize_row(type, row, hd, buf);
+      return buf;
+  }
+}
+
 void attend_group(const AttnTask& t, int32_t g0, int32_t ng, float* scores) {
   const int32_t nv = t.head_dim / 8;
   const int32_t n = t.n_ctx;
   const float* qg = t.q + static_cast<int64_t>(g0) * t.head_dim;
-  SlotCursor keys{t, t.k};
+  const KvRows kv(t);
+  alignas(32) float buf[kMaxVecs * 8];
+  SlotCursor keys{kv, kv.k};
   for (int32_t p = 0; p < n; ++p) {
-    const float* kp = keys.next();
+    const float* kp = row_f32(t.kv_type, keys.next(), t.head_dim, buf);
     __m256 acc[kMaxGroup];
     for (int32_t g = 0; g < ng; ++g) acc[g] = _mm256_setzero_ps();
     for (int32_t j = 0; j < nv; ++j) {
@@ -82,9 +102,9 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng, float* scores) {
   for (int32_t g = 0; g < ng; ++g) {
     for (int32_t j = 0; j < nv; ++j) o[g][j] = _mm256_setzero_ps();
   }
-  SlotCursor values{t, t.v};
+  SlotCursor values{kv, kv.v};
   for (int32_t p = 0; p < n; ++p) {
-    const float* vp = values.next();
+    const float* vp = row_f32(t.kv_type, values.next(), t.head_dim, buf);
     for (int32_t j = 0; j < nv; ++j) {
       const __m256 vv = _mm256_loadu_ps(vp + 8 * j);
       for (int32_t g = 0; g < ng; ++g) {
@@ -135,15 +155,17 @@ void flash_lanes(const AttnTask& t, int32_t i0, int32_t n) {
   const __m256i limv = _mm256_load_si256(reinterpret_cast<const __m256i*>(lim));
   const __m256 neg_inf = _mm256_set1_ps(-INFINITY);
   __m256 m = neg_inf, l = _mm256_setzero_ps();
-  SlotCursor keys{t, t.k, lo / t.block_size, lo % t.block_size};
-  SlotCursor values{t, t.v, lo / t.block_size, lo % t.block_size};
+  const KvRows kv(t);
+  alignas(32) float kbuf[kTile][256], vbuf[kTile][256];  // converted rows (non-F32 caches)
+  SlotCursor keys{kv, kv.k, lo / t.block_size, lo % t.block_size};
+  SlotCursor values{kv, kv.v, lo / t.block_size, lo % t.block_size};
   for (int32_t p0 = lo; p0 < hi_max; p0 += kTile) {
     const int32_t nt = hi_max - p0 < kTile ? hi_max - p0 : kTile;
     const float* kp[kTile];
     const float* vp[kTile];
     for (int32_t c = 0; c < nt; ++c) {
-      kp[c] = keys.next();
-      vp[c] = values.next();
+      kp[c] = row_f32(t.kv_type, keys.next(), hd, kbuf[c]);
+      vp[c] = row_f32(t.kv_type, values.next(), hd, vbuf[c]);
     }
     for (int32_t c = nt; c < kTile; ++c) {  // past the end: repeat the last key, masked below
       kp[c] = kp[nt - 1];

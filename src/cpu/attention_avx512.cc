@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "cpu/attention.h"
 #include "cpu/vec_avx512.h"
@@ -34,17 +35,17 @@ inline __m128 reduce4(const __m512 a[4]) {
 
 // Walks positions 0, 1, 2, ... of a sequence through its block table without a division per
 // position (block_size is a run-time value, and an integer divide per key cost more than the
-// key's arithmetic).
+// key's arithmetic). Yields each position's row (bytes in the cache's format).
 struct SlotCursor {
-  const AttnTask& t;
-  const float* pool;
+  const KvRows& kv;
+  const uint8_t* pool;
   int32_t block = 0;
   int32_t offset = 0;
-  const float* next() {
-    const float* p =
-        pool + (static_cast<int64_t>(t.block_table[block]) * t.block_size + offset) * t.slot_elems +
-        t.head_offset;
-    if (++offset == t.block_size) {
+  const uint8_t* next() {
+    const uint8_t* p =
+        pool + (static_cast<int64_t>(kv.table[block]) * kv.block_size + offset) * kv.slot_bytes +
+        kv.head_bytes;
+    if (++offset == kv.block_size) {
       offset = 0;
       ++block;
     }
@@ -52,20 +53,63 @@ struct SlotCursor {
   }
 };
 
-// Element offsets (slot * slot_elems + head_offset) of the keys p0 .. p0 + n - 1 in both
-// pools: one divide per tile.
-inline void tile_offsets(const AttnTask& t, int32_t p0, int32_t n, int64_t* off) {
-  int32_t b = p0 / t.block_size, o = p0 % t.block_size;
-  if (o + n <= t.block_size) {  // the common case: the tile lies in one block
+// Values 16j .. 16j + 15 of a K/V row as F32, per cache format: the kernels below read the
+// quantized rows in place (conversion in registers, no copy of the cache).
+template <KvType T>
+struct KvLoad;
+template <>
+struct KvLoad<KvType::F32> {
+  static __m512 load(const uint8_t* r, int32_t j) {
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(r) + 16 * j);
+  }
+};
+template <>
+struct KvLoad<KvType::F16> {
+  static __m512 load(const uint8_t* r, int32_t j) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 32 * j)));
+  }
+};
+template <>
+struct KvLoad<KvType::Q8_0> {  // 16 int8 codes of a 32-value block times its f16 scale
+  static __m512 load(const uint8_t* r, int32_t j) {
+    const uint8_t* b = r + (j >> 1) * static_cast<int32_t>(sizeof(BlockQ8_0));
+    uint16_t d;
+    std::memcpy(&d, b, sizeof(d));
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2 + 16 * (j & 1)));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c)), _mm512_set1_ps(_cvtsh_ss(d)));
+  }
+};
+template <>
+struct KvLoad<KvType::FP8> {
+  // E4M3 to F16 is a shift: sign to bit 15, exponent and mantissa to bits 7..13 give the
+  // value / 2^8 exactly (E4M3 subnormals land on F16 subnormals), then VCVTPH2PS; the 2^8
+  // joins the row's scale.
+  static __m512 load(const uint8_t* r, int32_t j) {
+    float s;
+    std::memcpy(&s, r, sizeof(s));
+    const __m256i c =
+        _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + 4 + 16 * j)));
+    const __m256i h =
+        _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(c, _mm256_set1_epi16(0x7f)), 7),
+                        _mm256_slli_epi16(_mm256_and_si256(c, _mm256_set1_epi16(0x80)), 8));
+    return _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(s * 256.0f));
+  }
+};
+
+// Byte offsets (from the pool's start) of the rows of keys p0 .. p0 + n - 1 in both pools:
+// one divide per tile.
+inline void tile_offsets(const KvRows& kv, int32_t p0, int32_t n, int64_t* off) {
+  int32_t b = p0 / kv.block_size, o = p0 % kv.block_size;
+  if (o + n <= kv.block_size) {  // the common case: the tile lies in one block
     const int64_t base =
-        (static_cast<int64_t>(t.block_table[b]) * t.block_size + o) * t.slot_elems + t.head_offset;
-    for (int32_t c = 0; c < n; ++c) off[c] = base + c * t.slot_elems;
+        (static_cast<int64_t>(kv.table[b]) * kv.block_size + o) * kv.slot_bytes + kv.head_bytes;
+    for (int32_t c = 0; c < n; ++c) off[c] = base + c * kv.slot_bytes;
     return;
   }
   for (int32_t c = 0; c < n; ++c) {
     off[c] =
-        (static_cast<int64_t>(t.block_table[b]) * t.block_size + o) * t.slot_elems + t.head_offset;
-    if (++o == t.block_size) {
+        (static_cast<int64_t>(kv.table[b]) * kv.block_size + o) * kv.slot_bytes + kv.head_bytes;
+    if (++o == kv.block_size) {
       o = 0;
       ++b;
     }
@@ -74,15 +118,15 @@ inline void tile_offsets(const AttnTask& t, int32_t p0, int32_t n, int64_t* off)
 
 // Software prefetch of the K and V rows of the tile at p0 (if below end): the block table
 // scatters tiles over the pools, which the hardware prefetcher cannot follow.
-inline void prefetch_tile(const AttnTask& t, int32_t p0, int32_t end, int32_t hd) {
+inline void prefetch_tile(const KvRows& kv, int32_t p0, int32_t end) {
   if (p0 >= end) return;
   int64_t off[kTile];
   const int32_t n = std::min(kTile, end - p0);
-  tile_offsets(t, p0, n, off);
+  tile_offsets(kv, p0, n, off);
   for (int32_t c = 0; c < n; ++c) {
-    for (int32_t d = 0; d < hd; d += 16) {
-      _mm_prefetch(reinterpret_cast<const char*>(t.k + off[c] + d), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(t.v + off[c] + d), _MM_HINT_T0);
+    for (int64_t b = 0; b < kv.row_bytes; b += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(kv.k + off[c] + b), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(kv.v + off[c] + b), _MM_HINT_T0);
     }
   }
 }
@@ -90,13 +134,13 @@ inline void prefetch_tile(const AttnTask& t, int32_t p0, int32_t end, int32_t hd
 // scores[g * stride + c] = scale * q_g . k_c for the next `count` keys of the cursor and the
 // ng heads of q. Four keys at a time: their four per-head accumulators are reduced together
 // (one transpose-and-add tree instead of four full horizontal sums).
-template <int kG, int kV>
+template <KvType T, int kG, int kV>
 inline void score_keys(const __m512 (&q)[kG][kV], int32_t ng, int32_t nv, float scale,
                        SlotCursor& keys, int32_t count, float* scores, int64_t stride) {
   const __m128 scale4 = _mm_set1_ps(scale);
   int32_t c = 0;
   for (; c + 4 <= count && ng <= 4; c += 4) {
-    const float* kp[4];
+    const uint8_t* kp[4];
     for (int u = 0; u < 4; ++u) kp[u] = keys.next();
     __m512 acc[kG < 4 ? kG : 4][4];
     for (int32_t g = 0; g < ng; ++g) {
@@ -104,7 +148,7 @@ inline void score_keys(const __m512 (&q)[kG][kV], int32_t ng, int32_t nv, float 
     }
     for (int32_t j = 0; j < nv; ++j) {
       for (int u = 0; u < 4; ++u) {
-        const __m512 kv = _mm512_loadu_ps(kp[u] + 16 * j);
+        const __m512 kv = KvLoad<T>::load(kp[u], j);
         for (int32_t g = 0; g < ng; ++g) acc[g][u] = _mm512_fmadd_ps(q[g][j], kv, acc[g][u]);
       }
     }
@@ -113,11 +157,11 @@ inline void score_keys(const __m512 (&q)[kG][kV], int32_t ng, int32_t nv, float 
     }
   }
   for (; c < count; ++c) {
-    const float* kp = keys.next();
+    const uint8_t* kp = keys.next();
     __m512 acc[kG];
     for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_setzero_ps();
     for (int32_t j = 0; j < nv; ++j) {
-      const __m512 kv = _mm512_loadu_ps(kp + 16 * j);
+      const __m512 kv = KvLoad<T>::load(kp, j);
       for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_fmadd_ps(q[g][j], kv, acc[g]);
     }
     for (int32_t g = 0; g < ng; ++g) scores[g * stride + c] = _mm512_reduce_add_ps(acc[g]) * scale;
@@ -128,7 +172,7 @@ inline void score_keys(const __m512 (&q)[kG][kV], int32_t ng, int32_t nv, float 
 // head_dim / 16 at compile time: the loops then unroll and the q and output accumulators stay
 // in registers (with run-time bounds the compiler keeps them in memory, a load and a store per
 // FMA). 0 means "take it from the arguments".
-template <int NG, int NV>
+template <KvType T, int NG, int NV>
 void attend_group(const AttnTask& t, int32_t g0, int32_t ng_arg, float* scores) {
   const int32_t ng = NG > 0 ? NG : ng_arg;
   const int32_t nv = NV > 0 ? NV : t.head_dim / 16;
@@ -141,8 +185,9 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng_arg, float* scores) 
     for (int32_t j = 0; j < nv; ++j)
       q[g][j] = _mm512_loadu_ps(t.q + (g0 + g) * t.head_dim + 16 * j);
   }
-  SlotCursor keys{t, t.k};
-  score_keys(q, ng, nv, t.scale, keys, n, scores, n);
+  const KvRows kv(t);
+  SlotCursor keys{kv, kv.k};
+  score_keys<T>(q, ng, nv, t.scale, keys, n, scores, n);
   // Softmax per head, vectorised over positions.
   float inv[kG];
   for (int32_t g = 0; g < ng; ++g) {
@@ -172,11 +217,11 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng_arg, float* scores) 
   for (int32_t g = 0; g < ng; ++g) {
     for (int32_t j = 0; j < nv; ++j) o[g][j] = _mm512_setzero_ps();
   }
-  SlotCursor values{t, t.v};
+  SlotCursor values{kv, kv.v};
   for (int32_t p = 0; p < n; ++p) {
-    const float* vp = values.next();
+    const uint8_t* vp = values.next();
     for (int32_t j = 0; j < nv; ++j) {
-      const __m512 vv = _mm512_loadu_ps(vp + 16 * j);
+      const __m512 vv = KvLoad<T>::load(vp, j);
       for (int32_t g = 0; g < ng; ++g) {
         o[g][j] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g * n + p]), vv, o[g][j]);
       }
@@ -209,7 +254,7 @@ inline QueryVec query_vec(const AttnTask& t, int32_t i) {
           std::min(t.kv_end, t.n_ctx + r)};
 }
 
-template <int NG, int NV>
+template <KvType T, int NG, int NV>
 void flash_vec(const AttnTask& t, int32_t i0, int32_t ng_arg) {
   const int32_t ng = NG > 0 ? NG : ng_arg;
   const int32_t nv = NV > 0 ? NV : t.head_dim / 16;
@@ -232,11 +277,12 @@ void flash_vec(const AttnTask& t, int32_t i0, int32_t ng_arg) {
     hi[g] = qv.hi;
     hi_max = std::max(hi_max, qv.hi);
   }
-  SlotCursor keys{t, t.k, lo / t.block_size, lo % t.block_size};
-  SlotCursor values{t, t.v, lo / t.block_size, lo % t.block_size};
+  const KvRows kv(t);
+  SlotCursor keys{kv, kv.k, lo / t.block_size, lo % t.block_size};
+  SlotCursor values{kv, kv.v, lo / t.block_size, lo % t.block_size};
   for (int32_t p0 = lo; p0 < hi_max; p0 += kTile) {
     const int32_t nt = hi_max - p0 < kTile ? hi_max - p0 : kTile;
-    score_keys(q, ng, nv, t.scale, keys, nt, &sc[0][0], kTile);
+    score_keys<T>(q, ng, nv, t.scale, keys, nt, &sc[0][0], kTile);
     // Online softmax update per query vector; keys past its end weigh 0.
     for (int32_t g = 0; g < ng; ++g) {
       const int32_t n_live = std::clamp(hi[g] - p0, 0, nt);
@@ -256,9 +302,9 @@ void flash_vec(const AttnTask& t, int32_t i0, int32_t ng_arg) {
     }
     // Weighted values of the tile, each V slot read once for all query vectors.
     for (int32_t u = 0; u < nt; ++u) {
-      const float* vp = values.next();
+      const uint8_t* vp = values.next();
       for (int32_t j = 0; j < nv; ++j) {
-        const __m512 vv = _mm512_loadu_ps(vp + 16 * j);
+        const __m512 vv = KvLoad<T>::load(vp, j);
         for (int32_t g = 0; g < ng; ++g) {
           o[g][j] = _mm512_fmadd_ps(_mm512_set1_ps(sc[g][u]), vv, o[g][j]);
         }
@@ -419,12 +465,18 @@ struct LaneGroup {
 
 // Query vectors i0 .. i0 + n - 1 (n <= NL * 16) in NL lane groups that share each K/V tile:
 // the tile is read from the cache once and then from L1 for the other groups. HD: head_dim
-// fixed at compile time, 0 = run time (a multiple of 16, <= 256).
-template <int HD, int NL>
+// fixed at compile time, 0 = run time (a multiple of 16, <= 256). A cache in another format
+// than F32 has the tile's rows converted once into kbuf/vbuf (2 x 16 rows), then shared by
+// the NL x 16 query vectors like F32 rows.
+template <KvType T, int HD, int NL>
 void flash_lanes(const AttnTask& t, int32_t i0, int32_t n) {
+  constexpr int kHdMax = HD > 0 ? HD : 256;
   const int32_t hd = HD > 0 ? HD : t.head_dim;
   const int32_t lo = std::max(t.kv_begin, 0);
-  LaneGroup<(HD > 0 ? HD : 256)> grp[NL];
+  const KvRows kv(t);
+  LaneGroup<kHdMax> grp[NL];
+  alignas(64) float kbuf[T == KvType::F32 ? 1 : kTile][kHdMax];
+  alignas(64) float vbuf[T == KvType::F32 ? 1 : kTile][kHdMax];
   alignas(64) float pt[kTile * kLanes];
   const int32_t n_grp = (n + kLanes - 1) / kLanes;
   int32_t hi_max = lo;
@@ -434,15 +486,26 @@ void flash_lanes(const AttnTask& t, int32_t i0, int32_t n) {
   }
   for (int32_t p0 = lo; p0 < hi_max; p0 += kTile) {
     const int32_t nt = hi_max - p0 < kTile ? hi_max - p0 : kTile;
-    prefetch_tile(t, p0 + kTile, hi_max, hd);
+    prefetch_tile(kv, p0 + kTile, hi_max);
     int64_t off[kTile];
-    tile_offsets(t, p0, nt, off);
+    tile_offsets(kv, p0, nt, off);
     const float* kp[kTile];
     const float* vp[kTile];
     for (int32_t c = 0; c < kTile; ++c) {  // past the end: repeat the last key, masked
-      const int64_t o = off[c < nt ? c : nt - 1];
-      kp[c] = t.k + o;
-      vp[c] = t.v + o;
+      const int32_t cc = c < nt ? c : nt - 1;
+      if constexpr (T == KvType::F32) {
+        kp[c] = reinterpret_cast<const float*>(kv.k + off[cc]);
+        vp[c] = reinterpret_cast<const float*>(kv.v + off[cc]);
+      } else {
+        if (c == cc) {
+          for (int32_t j = 0; j < hd / 16; ++j) {
+            _mm512_store_ps(kbuf[c] + 16 * j, KvLoad<T>::load(kv.k + off[c], j));
+            _mm512_store_ps(vbuf[c] + 16 * j, KvLoad<T>::load(kv.v + off[c], j));
+          }
+        }
+        kp[c] = kbuf[cc];
+        vp[c] = vbuf[cc];
+      }
     }
     for (int32_t gi = 0; gi < n_grp; ++gi) {
       if (p0 < grp[gi].hi_max) grp[gi].tile(kp, vp, p0, hd, pt);
@@ -451,14 +514,13 @@ void flash_lanes(const AttnTask& t, int32_t i0, int32_t n) {
   for (int32_t gi = 0; gi < n_grp; ++gi) grp[gi].finish(t, hd);
 }
 
-}  // namespace
-
-void attention(const AttnTask& t, float* scores) {
+template <KvType T>
+void attention_t(const AttnTask& t, float* scores) {
   // Common shapes get a specialised kernel: head_dim 64 or 128 with groups of 1-4 heads.
   using Fn = void (*)(const AttnTask&, int32_t, int32_t, float*);
   static constexpr Fn kFixed[2][4] = {
-      {attend_group<1, 4>, attend_group<2, 4>, attend_group<3, 4>, attend_group<4, 4>},
-      {attend_group<1, 8>, attend_group<2, 8>, attend_group<3, 8>, attend_group<4, 8>}};
+      {attend_group<T, 1, 4>, attend_group<T, 2, 4>, attend_group<T, 3, 4>, attend_group<T, 4, 4>},
+      {attend_group<T, 1, 8>, attend_group<T, 2, 8>, attend_group<T, 3, 8>, attend_group<T, 4, 8>}};
   const int hd_kind = t.head_dim == 64 ? 0 : t.head_dim == 128 ? 1 : -1;
   if (hd_kind >= 0 && t.n_q <= 4) {
     kFixed[hd_kind][t.n_q - 1](t, 0, t.n_q, scores);
@@ -466,38 +528,33 @@ void attention(const AttnTask& t, float* scores) {
   }
   for (int32_t g0 = 0; g0 < t.n_q; g0 += kMaxGroup) {
     const int32_t ng = t.n_q - g0 < kMaxGroup ? t.n_q - g0 : kMaxGroup;
-    attend_group<0, 0>(t, g0, ng, scores + static_cast<int64_t>(g0) * t.n_ctx);
+    attend_group<T, 0, 0>(t, g0, ng, scores + static_cast<int64_t>(g0) * t.n_ctx);
   }
 }
 
-}  // namespace qilin::avx512
-
-namespace qilin::avx512 {
-
-int32_t attention_flash_rows(int32_t n_q) { return std::max(1, kGroups * kLanes / n_q); }
-
-void attention_flash(const AttnTask& t, float* /*scores: unused, scratch is O(1)*/) {
+template <KvType T>
+void attention_flash_t(const AttnTask& t) {
   const int32_t n_vec = t.n_rows * t.n_q;
   const int hd_kind = t.head_dim == 64 ? 0 : t.head_dim == 128 ? 1 : -1;
   if (n_vec <= 4) {
     // Few query vectors (decode): lanes over head_dim, vectors held in registers.
     using Fn = void (*)(const AttnTask&, int32_t, int32_t);
     static constexpr Fn kFixed[2][4] = {
-        {flash_vec<1, 4>, flash_vec<2, 4>, flash_vec<3, 4>, flash_vec<4, 4>},
-        {flash_vec<1, 8>, flash_vec<2, 8>, flash_vec<3, 8>, flash_vec<4, 8>}};
+        {flash_vec<T, 1, 4>, flash_vec<T, 2, 4>, flash_vec<T, 3, 4>, flash_vec<T, 4, 4>},
+        {flash_vec<T, 1, 8>, flash_vec<T, 2, 8>, flash_vec<T, 3, 8>, flash_vec<T, 4, 8>}};
     if (hd_kind >= 0) {
       kFixed[hd_kind][n_vec - 1](t, 0, n_vec);
     } else {
-      flash_vec<0, 0>(t, 0, n_vec);
+      flash_vec<T, 0, 0>(t, 0, n_vec);
     }
     return;
   }
   // Prefill blocks: up to kGroups x 16 query vectors per pass over the keys, whole rows
   // where the group fits (a row's heads share its causal end), else a row's heads 16 at a time.
   using Fn = void (*)(const AttnTask&, int32_t, int32_t);
-  const Fn lanes = hd_kind == 0   ? flash_lanes<64, kGroups>
-                   : hd_kind == 1 ? flash_lanes<128, kGroups>
-                                  : flash_lanes<0, kGroups>;
+  const Fn lanes = hd_kind == 0   ? flash_lanes<T, 64, kGroups>
+                   : hd_kind == 1 ? flash_lanes<T, 128, kGroups>
+                                  : flash_lanes<T, 0, kGroups>;
   if (t.n_q <= kLanes) {
     const int32_t per = (kGroups * kLanes / t.n_q) * t.n_q;
     for (int32_t i0 = 0; i0 < n_vec; i0 += per) lanes(t, i0, std::min(per, n_vec - i0));
@@ -507,6 +564,28 @@ void attention_flash(const AttnTask& t, float* /*scores: unused, scratch is O(1)
         lanes(t, r * t.n_q + g0, std::min(kGroups * kLanes, t.n_q - g0));
       }
     }
+  }
+}
+
+}  // namespace
+
+void attention(const AttnTask& t, float* scores) {
+  switch (t.kv_type) {
+    case KvType::F32: return attention_t<KvType::F32>(t, scores);
+    case KvType::F16: return attention_t<KvType::F16>(t, scores);
+    case KvType::Q8_0: return attention_t<KvType::Q8_0>(t, scores);
+    case KvType::FP8: return attention_t<KvType::FP8>(t, scores);
+  }
+}
+
+int32_t attention_flash_rows(int32_t n_q) { return std::max(1, kGroups * kLanes / n_q); }
+
+void attention_flash(const AttnTask& t, float* /*scores: unused, scratch is O(1)*/) {
+  switch (t.kv_type) {
+    case KvType::F32: return attention_flash_t<KvType::F32>(t);
+    case KvType::F16: return attention_flash_t<KvType::F16>(t);
+    case KvType::Q8_0: return attention_flash_t<KvType::Q8_0>(t);
+    case KvType::FP8: return attention_flash_t<KvType::FP8>(t);
   }
 }
 

@@ -69,7 +69,7 @@ Result<std::vector<BeamHypothesis>> beam_search(const LlamaModel& model, const T
   // The prompt once, plus every beam's own blocks at full length: enough in the worst case
   // (no sharing beyond the prompt), so allocation below cannot fail.
   const int32_t n_blocks = blocks_for(n_prompt) + n_beams * (blocks_for(max_len) + 1);
-  auto kv = KvCache::create(model.kv_config(n_blocks * bs, bs));
+  auto kv = KvCache::create(model.kv_config(n_blocks * bs, bs, opt.kv_type));
   QILIN_TRY(kv);
   BlockManager mgr((*kv)->config().n_blocks, bs, /*prefix_caching=*/false);
   ThreadPool pool(opt.n_threads);

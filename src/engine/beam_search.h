@@ -22,6 +22,7 @@ struct BeamSearchOptions {
   int32_t n_batch = 512;       // prompt tokens per forward call
   int32_t block_size = 16;
   bool flash_attn = true;
+  KvType kv_type = kDefaultKvType;
 };
 
 struct BeamHypothesis {

@@ -102,9 +102,13 @@ Result<std::unique_ptr<Engine>> Engine::create(const LlamaModel& model, const To
   if (c.max_queue < 1) return errorf("engine: max_queue must be >= 1, got %d", c.max_queue);
   std::unique_ptr<Engine> e(new Engine(model, tok, c));
   const LlamaHparams& hp = model.hparams();
-  // Bytes of one block, all layers, K and V (F32 cache).
-  const size_t block_bytes = 2ull * hp.n_layer * hp.n_head_kv * hp.head_dim * sizeof(float) *
-                             static_cast<size_t>(c.block_size);
+  // Bytes of one block, all layers, K and V.
+  const KvCacheConfig kc = model.kv_config(c.block_size, c.block_size, c.kv_type);
+  const size_t block_bytes = KvCache::bytes_per_token(kc) * static_cast<size_t>(c.block_size);
+  if (block_bytes == 0) {
+    return errorf("engine: KV type %s cannot hold head_dim %d", kv_type_name(c.kv_type),
+                  hp.head_dim);
+  }
   const int64_t n_blocks = c.kv_blocks > 0 ? c.kv_blocks
                                            : static_cast<int64_t>(c.kv_cache_bytes / block_bytes);
   if (n_blocks < 1 || n_blocks > (int64_t{1} << 24)) {
@@ -115,7 +119,7 @@ Result<std::unique_ptr<Engine>> Engine::create(const LlamaModel& model, const To
   const int32_t pool_tokens = static_cast<int32_t>(n_blocks) * c.block_size;
   int32_t max_len = c.max_seq_len > 0 ? c.max_seq_len : hp.n_ctx_train > 0 ? hp.n_ctx_train : 4096;
   e->max_seq_len_ = std::min(max_len, pool_tokens);
-  auto kv = KvCache::create(model.kv_config(pool_tokens, c.block_size));
+  auto kv = KvCache::create(model.kv_config(pool_tokens, c.block_size, c.kv_type));
   QILIN_TRY(kv);
   e->kv_ = std::move(*kv);
   e->blocks_ = std::make_unique<BlockManager>(e->kv_->config().n_blocks, c.block_size, c.prefix_cache);

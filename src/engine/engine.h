@@ -93,6 +93,8 @@ struct EngineConfig {
   int32_t max_queue = 1024;        // waiting requests before QueueFull
   int32_t max_seq_len = 0;         // prompt + generated per sequence; 0: the model's context
   bool flash_attn = true;
+  KvType kv_type = kDefaultKvType;  // the KV pool's element format (kv_cache_bytes holds more of
+                                 // the smaller ones)
   bool prefix_cache = true;
 };
 

@@ -31,7 +31,7 @@ Result<std::unique_ptr<Generator>> Generator::create(const LlamaModel& model,
   }
   std::unique_ptr<Generator> g(new Generator(model, config));
   g->pool_ = std::make_unique<ThreadPool>(config.n_threads);
-  auto kv = KvCache::create(model.kv_config(config.n_ctx, config.block_size));
+  auto kv = KvCache::create(model.kv_config(config.n_ctx, config.block_size, config.kv_type));
   QILIN_TRY(kv);
   g->kv_ = std::move(*kv);
   g->blocks_ = std::make_unique<BlockManager>(g->kv_->config().n_blocks, config.block_size,

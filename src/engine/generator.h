@@ -35,6 +35,7 @@ struct GeneratorConfig {
   // --attn flash|naive: FlashAttention (row-blocked tiles, split-KV decode; at least as fast
   // as the two-pass kernel from 512 to 8k tokens and in decode) or the naive two-pass kernel.
   bool flash_attn = true;
+  KvType kv_type = kDefaultKvType;  // --kv-type: the KV cache's element format
 };
 
 class Generator {

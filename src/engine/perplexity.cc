@@ -26,7 +26,7 @@ Result<PerplexityResult> perplexity(const LlamaModel& model, const Tokenizer& to
   const int32_t n_chunks = static_cast<int32_t>(opt.n_chunks < 0 ? n_max : std::min<int64_t>(opt.n_chunks, n_max));
   const int32_t n_vocab = model.hparams().n_vocab;
   const int32_t block_size = 16;
-  auto kv = KvCache::create(model.kv_config(n_ctx, block_size));
+  auto kv = KvCache::create(model.kv_config(n_ctx, block_size, opt.kv_type));
   QILIN_TRY(kv);
   BlockAllocator alloc((*kv)->config().n_blocks, block_size);
   std::vector<int32_t> table;

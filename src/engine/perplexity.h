@@ -21,6 +21,7 @@ struct PerplexityOptions {
   int32_t n_chunks = -1;  // windows to evaluate (-1: all that fit)
   int n_threads = 1;
   bool flash_attn = false;
+  KvType kv_type = kDefaultKvType;  // --kv-type: the quality cost of a cache format shows here
 };
 
 struct PerplexityResult {

@@ -272,8 +272,10 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const std::string& path,
   return m;
 }
 
-KvCacheConfig LlamaModel::kv_config(int32_t n_ctx_tokens, int32_t block_size) const {
+KvCacheConfig LlamaModel::kv_config(int32_t n_ctx_tokens, int32_t block_size,
+                                    KvType type) const {
   KvCacheConfig c;
+  c.type = type;
   c.n_layer = hp_.n_layer;
   c.n_head_kv = hp_.n_head_kv;
   c.head_dim = hp_.head_dim;
@@ -299,8 +301,8 @@ Workspace LlamaModel::make_workspace(int32_t max_tokens, int32_t max_logit_rows,
   ws.attn.resize(nt * d_q);
   ws.gate.resize(nt * hp_.n_ff);
   ws.up.resize(nt * hp_.n_ff);
-  ws.scores.resize(static_cast<size_t>(std::max(n_threads, 1)) * (hp_.n_head / hp_.n_head_kv) *
-                   max_ctx);
+  // ws.scores (the two-pass kernel's, linear in the context) is sized on first use: the
+  // default FlashAttention path needs only attn_partial, whatever the context length.
   ws.n_threads = std::max(n_threads, 1);
   ws.attn_row_blocks.resize(nt + 1);
   ws.attn_partial.resize(
@@ -438,6 +440,10 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
   aa.batch = &batch;
   aa.n_head = hp.n_head;
   aa.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  if (!ws.flash_attn) {
+    const size_t need = static_cast<size_t>(ws.n_threads) * (hp.n_head / hp.n_head_kv) * ws.max_ctx;
+    if (ws.scores.size() < need) ws.scores.resize(need);
+  }
   aa.scores = ws.scores.data();
   aa.max_ctx = ws.max_ctx;
   aa.flash = ws.flash_attn;

@@ -58,7 +58,7 @@ struct Workspace {
   std::vector<float> attn;     // [max_tokens, n_head * head_dim]
   std::vector<float> gate;     // [max_tokens, n_ff]
   std::vector<float> up;       // [max_tokens, n_ff]
-  std::vector<float> scores;   // [n_threads, n_head / n_head_kv, max_ctx]
+  std::vector<float> scores;   // [n_threads, n_head / n_head_kv, max_ctx], two-pass only
   int n_threads = 1;           // threads the attention scratch is sized for
   std::vector<int32_t> attn_row_blocks;  // [max_tokens + 1] flash attention row blocks
   std::vector<float> attn_partial;       // flash-decoding partials, independent of max_ctx
@@ -128,7 +128,8 @@ class LlamaModel {
 
   Workspace make_workspace(int32_t max_tokens, int32_t max_logit_rows, int32_t max_ctx,
                            int n_threads) const;
-  KvCacheConfig kv_config(int32_t n_ctx_tokens, int32_t block_size = 16) const;
+  KvCacheConfig kv_config(int32_t n_ctx_tokens, int32_t block_size = 16,
+                          KvType type = kDefaultKvType) const;
 
   // Runs the batch. Returns logits [n_logit_rows, n_vocab] for the rows that want them, in
   // batch order, pointing into ws. Bad batches (token ids, positions outside the block tables,

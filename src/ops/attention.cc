@@ -45,8 +45,9 @@ void attention_two_pass(ThreadPool& pool, const AttentionArgs& a) {
     t.n_q = group;
     t.head_dim = hd;
     t.scale = a.scale;
-    t.k = a.kv->k_block(a.layer, 0);
-    t.v = a.kv->v_block(a.layer, 0);
+    t.k = a.kv->k_pool(a.layer);
+    t.v = a.kv->v_pool(a.layer);
+    t.kv_type = a.kv->type();
     t.block_size = c.block_size;
     t.slot_elems = a.kv->slot_elems();
     // Items are dealt round-robin: a causal prompt's later rows attend further, so contiguous
@@ -109,8 +110,9 @@ void attention_flash(ThreadPool& pool, const AttentionArgs& a) {
     t.head_dim = hd;
     t.n_ctx = b.pos[r0] + 1;
     t.scale = a.scale;
-    t.k = a.kv->k_block(a.layer, 0);
-    t.v = a.kv->v_block(a.layer, 0);
+    t.k = a.kv->k_pool(a.layer);
+    t.v = a.kv->v_pool(a.layer);
+    t.kv_type = a.kv->type();
     t.block_table = b.seqs[b.seq[r0]].block_table;
     t.block_size = c.block_size;
     t.slot_elems = a.kv->slot_elems();
@@ -187,15 +189,22 @@ void attention_flash(ThreadPool& pool, const AttentionArgs& a) {
 }  // namespace
 
 void kv_store(KvCache& kv, int32_t layer, const Batch& batch, const float* k, const float* v) {
-  const int32_t bs = kv.config().block_size;
+  const KvCacheConfig& c = kv.config();
+  const int32_t bs = c.block_size, hd = c.head_dim;
   const int64_t se = kv.slot_elems();
+  const size_t rb = kv.row_bytes();
   for (int32_t t = 0; t < batch.n_tokens(); ++t) {
     const BatchSeq& s = batch.seqs[batch.seq[t]];
     const int32_t p = batch.pos[t];
     QILIN_ASSERT(p / bs < s.n_blocks);
     const int32_t block = s.block_table[p / bs];
-    std::memcpy(kv.k_block(layer, block) + (p % bs) * se, k + t * se, se * sizeof(float));
-    std::memcpy(kv.v_block(layer, block) + (p % bs) * se, v + t * se, se * sizeof(float));
+    uint8_t* ks = kv.k_slot(layer, block, p % bs);
+    uint8_t* vs = kv.v_slot(layer, block, p % bs);
+    // One row per KV head: Q8_0 blocks and FP8 scales never straddle two heads.
+    for (int32_t h = 0; h < c.n_head_kv; ++h) {
+      kv_quantize_row(c.type, k + t * se + h * hd, hd, ks + h * rb);
+      kv_quantize_row(c.type, v + t * se + h * hd, hd, vs + h * rb);
+    }
   }
 }
 

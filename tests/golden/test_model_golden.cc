@@ -31,6 +31,7 @@ int32_t argmax(const float* v, int32_t n) {
 // A generator over `model` with room for the fixtures' prompts and 64 tokens.
 std::unique_ptr<Generator> make_generator(const LlamaModel& model) {
   GeneratorConfig gc;
+  gc.kv_type = KvType::F32;  // as the fixtures (gen_model_fixtures.py: F32 KV cache)
   gc.n_ctx = 512;
   gc.n_threads = 2;
   auto g = Generator::create(model, gc);
@@ -230,6 +231,7 @@ TEST_F(ModelGoldenF32, DecodeStepsMatchOneShotPrefill) {
   gc.n_ctx = 128;
   gc.n_threads = 2;
   gc.block_size = 4;  // several blocks even for a short prompt
+  gc.kv_type = KvType::F32;  // float precision: F16 K/V would round the two paths apart
   auto one_shot = Generator::create(*model_, gc);
   auto stepwise = Generator::create(*model_, gc);
   ASSERT_TRUE(one_shot.is_ok() && stepwise.is_ok());
@@ -249,6 +251,8 @@ TEST_F(ModelGoldenF32, FlashAttentionMatchesNaive) {
   GeneratorConfig gc;
   gc.n_ctx = 256;
   gc.n_threads = 2;
+  gc.kv_type = KvType::F32;  // as above
+  gc.flash_attn = false;
   auto naive = Generator::create(*model_, gc);
   gc.flash_attn = true;
   auto flash = Generator::create(*model_, gc);

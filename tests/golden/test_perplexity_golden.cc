@@ -36,6 +36,7 @@ class PerplexityGolden : public ::testing::Test {
     auto tok = Tokenizer::from_gguf((*m)->gguf());
     EXPECT_TRUE(tok.is_ok());
     PerplexityOptions po;
+    po.kv_type = KvType::F32;  // as the fixture (llama-perplexity -ctk f32 -ctv f32)
     po.n_ctx = fixture_["ctx"];
     po.n_batch = po.n_ctx;
     po.n_chunks = fixture_["chunks"];

@@ -4,13 +4,18 @@
 // Error measure: the output of a query vector is a weighted sum sum_p w_p v_p, so its
 // rounding error scales with sum_p w_p |v_p| (the sum's condition); we require
 // |got - want| <= 1e-5 * sum_p w_p |v_p[i]| for every element, NaN never passes.
+// Quantized caches (f16, q8_0, fp8) are checked the same way against the values their rows
+// hold (kv_dequantize_row, the scalar conversion): the kernels must compute exactly on those,
+// reading the rows in place. Their distance from the F32 cache is measured separately.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "cpu/attention.h"
@@ -28,6 +33,8 @@ struct Problem {
   std::vector<float> k, v, q, out;
   std::vector<int32_t> table;
   int64_t row_stride, q_offset;
+  KvType type = KvType::F32;
+  std::vector<uint8_t> kq, vq;  // k and v converted to `type` (rows of head_dim)
 
   AttnTask task() {
     AttnTask t;
@@ -40,8 +47,9 @@ struct Problem {
     t.head_dim = head_dim;
     t.n_ctx = n_ctx;
     t.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-    t.k = k.data();
-    t.v = v.data();
+    t.k = type == KvType::F32 ? static_cast<const void*>(k.data()) : kq.data();
+    t.v = type == KvType::F32 ? static_cast<const void*>(v.data()) : vq.data();
+    t.kv_type = type;
     t.block_table = table.data();
     t.block_size = block_size;
     t.slot_elems = static_cast<int64_t>(n_kv) * head_dim;
@@ -71,6 +79,19 @@ Problem make_problem(std::mt19937& rng, int32_t n_q, int32_t hd, int32_t n_rows,
   return p;
 }
 
+// The same pools converted to `type`, row by row.
+void convert_pools(Problem& p, KvType type) {
+  p.type = type;
+  const size_t rb = kv_row_bytes(type, p.head_dim);
+  const size_t rows = p.k.size() / p.head_dim;
+  p.kq.assign(rows * rb, 0);
+  p.vq.assign(rows * rb, 0);
+  for (size_t r = 0; r < rows; ++r) {
+    kv_quantize_row(type, p.k.data() + r * p.head_dim, p.head_dim, p.kq.data() + r * rb);
+    kv_quantize_row(type, p.v.data() + r * p.head_dim, p.head_dim, p.vq.data() + r * rb);
+  }
+}
+
 // Double-precision softmax attention of one query vector over positions [lo, hi) of the task's
 // sequence: want[i] and the condition scale cond[i] = sum_p w_p |v_p[i]|.
 void reference(const AttnTask& t, const float* q, int32_t lo, int32_t hi, std::vector<double>& want,
@@ -78,14 +99,15 @@ void reference(const AttnTask& t, const float* q, int32_t lo, int32_t hi, std::v
   const int32_t hd = t.head_dim;
   std::vector<double> s(hi - lo);
   double mx = -1e300;
-  auto slot = [&](int32_t p) {
-    return (static_cast<int64_t>(t.block_table[p / t.block_size]) * t.block_size +
-            p % t.block_size) *
-               t.slot_elems +
-           t.head_offset;
+  // Row p of a pool as the values it holds, through the block table.
+  const KvRows rows(t);
+  std::vector<float> kbuf(hd), vbuf(hd);
+  auto row = [&](const uint8_t* pool, int32_t p, std::vector<float>& buf) {
+    kv_dequantize_row(t.kv_type, pool + rows.offset(p), hd, buf.data());
+    return buf.data();
   };
   for (int32_t p = lo; p < hi; ++p) {
-    const float* kp = t.k + slot(p);
+    const float* kp = row(rows.k, p, kbuf);
     double d = 0;
     for (int32_t i = 0; i < hd; ++i) d += double(q[i]) * kp[i];
     s[p - lo] = d * t.scale;
@@ -96,7 +118,7 @@ void reference(const AttnTask& t, const float* q, int32_t lo, int32_t hi, std::v
   want.assign(hd, 0.0);
   cond.assign(hd, 0.0);
   for (int32_t p = lo; p < hi; ++p) {
-    const float* vp = t.v + slot(p);
+    const float* vp = row(rows.v, p, vbuf);
     const double w = s[p - lo] / sum;
     for (int32_t i = 0; i < hd; ++i) {
       want[i] += w * vp[i];
@@ -295,6 +317,82 @@ TEST(AttentionFlash, HugeScoresInRowBlocksAndSplits) {
   }
 }
 
+// Quantized caches: flash (row blocks and decode vectors) and two-pass kernels read f16, q8_0
+// and fp8 rows in place and must compute exactly on the values those rows hold.
+TEST(AttentionFlash, QuantizedCachesMatchReferenceOnTheirValues) {
+  std::mt19937 rng(13);
+  for (KvType type : {KvType::F16, KvType::Q8_0, KvType::FP8}) {
+    for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
+      if (!cpu_supports(isa)) continue;
+      for (const Shape& s : kShapes) {
+        if (!kernel_takes(isa, s.head_dim) || kv_row_bytes(type, s.head_dim) == 0) continue;
+        SCOPED_TRACE(testing::Message()
+                     << kv_type_name(type) << " " << isa_name(isa) << " n_q " << s.n_q << " hd "
+                     << s.head_dim << " rows " << s.n_rows << " ctx " << s.n_ctx);
+        Problem p = make_problem(rng, s.n_q, s.head_dim, s.n_rows, s.n_ctx, s.block_size);
+        convert_pools(p, type);
+        AttnTask t = p.task();
+        attention_flash_kernel(isa, s.head_dim)(t, nullptr);
+        expect_matches_reference(p, t);
+        // Two-pass kernel: one row at a time.
+        std::fill(p.out.begin(), p.out.end(), 12345.0f);
+        t.n_rows = 1;
+        std::vector<float> scores(static_cast<size_t>(s.n_q) * s.n_ctx);
+        attention_kernel(isa, s.head_dim)(t, scores.data());
+        expect_matches_reference(p, t);
+        if (testing::Test::HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
+// What a format costs: the same attention on the F32 cache vs its f16, q8_0 and fp8 copies,
+// over a range of contexts. Bound: |out_T - out_F32| <= tol * max_i sum_p w_p |v_p[i]| (the
+// output vector's scale: block formats round every element to a step of the block's maximum),
+// the tolerance stated per format; the measured worst case is printed.
+TEST(AttentionFlash, QuantizedCachesStayCloseToF32) {
+  struct Bound {
+    KvType type;
+    double tol;
+  };
+  // Measured worst cases on these inputs (seed 14, AVX-512): f16 3.9e-4, q8_0 6.8e-3, fp8 6.0e-2.
+  const Bound bounds[] = {{KvType::F16, 1e-3}, {KvType::Q8_0, 2e-2}, {KvType::FP8, 0.15}};
+  const Isa isa = cpu_best_isa();
+  for (const Bound& b : bounds) {
+    std::mt19937 rng(14);
+    double worst = 0;
+    for (int32_t n_ctx : {1, 33, 300, 2000}) {
+      Problem p = make_problem(rng, 3, 64, 4, n_ctx, 16);
+      const AttnTask t32 = p.task();
+      attention_flash_kernel(isa, 64)(t32, nullptr);
+      const std::vector<float> want = p.out;
+      convert_pools(p, b.type);
+      std::fill(p.out.begin(), p.out.end(), 12345.0f);
+      const AttnTask tq = p.task();
+      attention_flash_kernel(isa, 64)(tq, nullptr);
+      std::vector<double> ref, cond;
+      p.type = KvType::F32;  // the F32 pools' output scale
+      const AttnTask tf = p.task();
+      for (int32_t r = 0; r < tf.n_rows; ++r) {
+        for (int32_t g = 0; g < tf.n_q; ++g) {
+          const int64_t off = r * tf.q_stride + static_cast<int64_t>(g) * 64;
+          reference(tf, tf.q + off, 0, n_ctx + r, ref, cond);
+          const double scale = *std::max_element(cond.begin(), cond.end());
+          for (int32_t i = 0; i < 64; ++i) {
+            const double e =
+                std::fabs(p.out[p.q_offset + off + i] - want[p.q_offset + off + i]) / scale;
+            worst = std::max(worst, e);
+          }
+        }
+      }
+    }
+    std::printf("kv %s: worst |out - out_f32| / max_i sum w|v_i| = %.3g (bound %.3g)\n",
+                kv_type_name(b.type), worst, b.tol);
+    EXPECT_LE(worst, b.tol) << kv_type_name(b.type);
+    EXPECT_GT(worst, 0.0) << kv_type_name(b.type) << ": the format changed nothing?";
+  }
+}
+
 // ---- the attention op: row blocks and flash-decoding over real batches ---------------------
 
 struct OpFixture {
@@ -306,8 +404,10 @@ struct OpFixture {
 
 // A cache with n_seqs sequences of `len` positions each, random K/V everywhere, block tables
 // interleaved across sequences (sequence s owns blocks s, s + n_seqs, ...).
-OpFixture make_op_fixture(std::mt19937& rng, int32_t n_seqs, int32_t len, int32_t block_size) {
+OpFixture make_op_fixture(std::mt19937& rng, int32_t n_seqs, int32_t len, int32_t block_size,
+                          KvType type = KvType::F32) {
   OpFixture f;
+  f.cfg.type = type;
   f.cfg.n_layer = 2;
   f.cfg.n_head_kv = 3;
   f.cfg.head_dim = 64;
@@ -319,13 +419,18 @@ OpFixture make_op_fixture(std::mt19937& rng, int32_t n_seqs, int32_t len, int32_
   EXPECT_TRUE(kv.is_ok());
   f.kv = std::move(*kv);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  const size_t elems = static_cast<size_t>(f.cfg.n_blocks) * block_size * f.kv->slot_elems();
+  std::vector<float> x(f.cfg.head_dim);
+  const size_t rb = f.kv->row_bytes();
   for (int32_t layer = 0; layer < 2; ++layer) {
-    float* k = f.kv->k_block(layer, 0);
-    float* v = f.kv->v_block(layer, 0);
-    for (size_t i = 0; i < elems; ++i) {
-      k[i] = nd(rng);
-      v[i] = nd(rng);
+    for (int32_t b = 0; b < f.cfg.n_blocks; ++b) {
+      for (int32_t o = 0; o < block_size; ++o) {
+        for (uint8_t* slot : {f.kv->k_slot(layer, b, o), f.kv->v_slot(layer, b, o)}) {
+          for (int32_t h = 0; h < f.cfg.n_head_kv; ++h) {
+            for (float& e : x) e = nd(rng);
+            kv_quantize_row(type, x.data(), f.cfg.head_dim, slot + h * rb);
+          }
+        }
+      }
     }
   }
   f.tables.resize(n_seqs);
@@ -371,8 +476,9 @@ void run_and_check(OpFixture& f, const Batch& batch, int n_threads, bool flash) 
       AttnTask t;
       t.head_dim = hd;
       t.scale = a.scale;
-      t.k = f.kv->k_block(1, 0);
-      t.v = f.kv->v_block(1, 0);
+      t.k = f.kv->k_pool(1);
+      t.v = f.kv->v_pool(1);
+      t.kv_type = f.cfg.type;
       t.block_table = batch.seqs[batch.seq[r]].block_table;
       t.block_size = f.cfg.block_size;
       t.slot_elems = f.kv->slot_elems();
@@ -388,10 +494,12 @@ void run_and_check(OpFixture& f, const Batch& batch, int n_threads, bool flash) 
   }
 }
 
-TEST(AttentionOp, FlashAndTwoPassMatchReferenceOnArbitraryBatches) {
+class AttentionOpTypes : public testing::TestWithParam<KvType> {};
+
+TEST_P(AttentionOpTypes, FlashAndTwoPassMatchReferenceOnArbitraryBatches) {
   std::mt19937 rng(21);
-  OpFixture f = make_op_fixture(rng, 3, 1200, 16);
-  OpFixture odd = make_op_fixture(rng, 2, 700, 7);
+  OpFixture f = make_op_fixture(rng, 3, 1200, 16, GetParam());
+  OpFixture odd = make_op_fixture(rng, 2, 700, 7, GetParam());
   auto seqs = [](OpFixture& fx) {
     std::vector<BatchSeq> s;
     for (auto& t : fx.tables) s.push_back({t.data(), static_cast<int32_t>(t.size())});
@@ -456,6 +564,12 @@ TEST(AttentionOp, FlashAndTwoPassMatchReferenceOnArbitraryBatches) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(KvTypes, AttentionOpTypes,
+                         testing::Values(KvType::F32, KvType::F16, KvType::Q8_0, KvType::FP8),
+                         [](const testing::TestParamInfo<KvType>& i) {
+                           return std::string(kv_type_name(i.param));
+                         });
 
 }  // namespace
 }  // namespace qilin

@@ -148,6 +148,7 @@ TEST_F(Finetune, InferenceAdapterGivesTheTrainingLogits) {
   ASSERT_TRUE(ad.is_ok()) << ad.status().message();
   ASSERT_TRUE((*f32)->set_adapter(std::make_shared<const LoraAdapter>(std::move(*ad))).is_ok());
   GeneratorConfig gc;
+  gc.kv_type = KvType::F32;  // the training forward keeps K and V in F32
   gc.n_ctx = 128;
   gc.n_threads = 2;
   auto g = Generator::create(**f32, gc);

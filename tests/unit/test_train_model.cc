@@ -33,6 +33,7 @@ TEST(TrainModel, TrainingForwardGivesTheInferenceLogits) {
   m->forward(p.data(), targets.data(), n, &logits);
 
   GeneratorConfig gc;
+  gc.kv_type = KvType::F32;  // the training forward keeps K and V in F32
   gc.n_ctx = 64;
   gc.n_threads = 2;
   auto g = Generator::create(**model, gc);

@@ -28,6 +28,7 @@ struct Common {
   bool mmap = false;
   bool no_mmap = false;
   std::string attn = "flash";
+  std::string kv_type = "f16";
   std::string lora;  // FILE[:scale], a GGUF LoRA adapter applied unmerged
 };
 void add_common(CLI::App* app, Common& c);

@@ -81,6 +81,7 @@ int run_beam(const RunOpts& o, const Loaded& l, const std::vector<int32_t>& prom
   bo.n_threads = o.c.threads;
   bo.n_batch = o.c.batch;
   bo.flash_attn = o.c.attn == "flash";
+  bo.kv_type = *parse_kv_type(o.c.kv_type);
   BeamSearchStats bst;
   const double t0 = now_ms();
   auto hyps = beam_search(*l.model, *l.tok, prompt, bo, &bst);
@@ -131,6 +132,7 @@ int cmd_run(RunOpts& o) {
   gc.n_batch = o.c.batch;
   gc.n_threads = o.c.threads;
   gc.flash_attn = o.c.attn == "flash";
+  gc.kv_type = *parse_kv_type(o.c.kv_type);
   auto gen = Generator::create(*l->model, gc);
   if (!gen) return fail(gen.status().message());
   Sampler sampler(o.s, l->model->hparams().n_vocab);
@@ -170,6 +172,7 @@ int cmd_perplexity(PplOpts& o) {
   po.n_chunks = o.chunks;
   po.n_threads = o.c.threads;
   po.flash_attn = o.c.attn == "flash";
+  po.kv_type = *parse_kv_type(o.c.kv_type);
   const double t1 = now_ms();
   auto r = perplexity(*l->model, *l->tok, tokens, po, [&](int done, int total, double ppl) {
     if (done == 1) {
@@ -207,6 +210,7 @@ int cmd_chat(ChatOpts& o) {
   gc.n_batch = o.c.batch;
   gc.n_threads = o.c.threads;
   gc.flash_attn = o.c.attn == "flash";
+  gc.kv_type = *parse_kv_type(o.c.kv_type);
   auto gen = Generator::create(*l->model, gc);
   if (!gen) return fail(gen.status().message());
   Generator& g = **gen;
@@ -265,6 +269,7 @@ struct BenchOpts {
   std::string output = "md";
   int32_t prefix = 0;  // leading prompt tokens shared with an earlier prompt (prefix cache test)
   int32_t parallel = 0;  // > 0: that many requests at once through the continuous-batching Engine
+  int32_t depth = 0;     // tokens already in the KV cache before each pp / tg test (llama-bench -d)
 };
 
 // --parallel N: N requests of -p random prompt tokens and -n generated tokens submitted at
@@ -276,6 +281,7 @@ int bench_parallel(const BenchOpts& o, const Loaded& l) {
   ec.max_batch_tokens = std::max(o.c.batch, 1);
   ec.max_running = std::max(o.parallel, 1);
   ec.flash_attn = o.c.attn == "flash";
+  ec.kv_type = *parse_kv_type(o.c.kv_type);
   ec.prefix_cache = false;
   ec.kv_cache_bytes = size_t{2} << 30;
   auto made = Engine::create(*l.model, *l.tok, ec);
@@ -345,21 +351,30 @@ int cmd_bench(BenchOpts& o) {
   if (!l) return fail(l.status().message());
   if (o.parallel > 0) return bench_parallel(o, *l);
   GeneratorConfig gc;
-  gc.n_ctx = std::max(o.c.ctx, o.n_prompt + o.n_gen + 1);
+  gc.n_ctx = std::max(o.c.ctx, o.depth + std::max(o.n_prompt, o.n_gen) + 1);
   gc.n_batch = std::max(o.c.batch, 1);
   gc.n_threads = o.c.threads;
   gc.flash_attn = o.c.attn == "flash";
+  gc.kv_type = *parse_kv_type(o.c.kv_type);
   gc.prefix_cache = false;  // every repetition re-feeds the same prompt: it must be computed
   auto gen = Generator::create(*l->model, gc);
   if (!gen) return fail(gen.status().message());
   Generator& g = **gen;
   std::mt19937 rng(42);
   std::uniform_int_distribution<int32_t> dist(0, l->model->hparams().n_vocab - 1);
-  std::vector<int32_t> prompt(o.n_prompt);
+  std::vector<int32_t> prompt(o.n_prompt), context(o.depth);
   for (int32_t& t : prompt) t = dist(rng);
+  for (int32_t& t : context) t = dist(rng);
+  // -d N: each test starts with N tokens already in the cache (fed untimed), so that it
+  // measures prefill or generation at that depth of context.
+  auto reset = [&]() -> Status {
+    g.reset();
+    if (!context.empty()) QILIN_TRY(g.feed(context));
+    return Status::ok();
+  };
 
   auto run_pp = [&]() -> Result<double> {
-    g.reset();
+    QILIN_TRY(reset());
     const double t0 = now_ms();
     QILIN_TRY(g.feed(prompt));
     return now_ms() - t0;
@@ -382,7 +397,7 @@ int cmd_bench(BenchOpts& o) {
     return now_ms() - t0;
   };
   auto run_tg = [&]() -> Result<double> {
-    g.reset();
+    QILIN_TRY(reset());
     int32_t tok = l->tok->bos() >= 0 ? l->tok->bos() : 0;
     const double t0 = now_ms();
     for (int32_t i = 0; i < o.n_gen; ++i) {
@@ -417,13 +432,15 @@ int cmd_bench(BenchOpts& o) {
   const std::string model_name = l->model->gguf().path().substr(l->model->gguf().path().rfind('/') + 1);
   // Bytes a generated token reads: every weight once (a tied output head re-reads the
   // embedding table, which weight_bytes counts once) plus the K and V of the context, on
-  // average n_gen / 2 positions long in the tg test.
-  const double kv_bytes = 2.0 * hp.n_layer * hp.n_head_kv * hp.head_dim * sizeof(float) *
-                          (o.n_gen / 2.0);
+  // average depth + n_gen / 2 positions long in the tg test, in the cache's format.
+  const double kv_bytes =
+      static_cast<double>(KvCache::bytes_per_token(l->model->kv_config(16, 16, gc.kv_type))) *
+      (o.depth + o.n_gen / 2.0);
   const double bytes_per_token = static_cast<double>(l->model->weight_bytes()) + kv_bytes;
   struct Row { std::string test; Summary s; std::vector<double> runs; double gbps; };
   std::vector<Row> rows;
-  if (!pp.empty()) rows.push_back({"pp" + std::to_string(o.n_prompt), summarize(pp), pp, 0.0});
+  const std::string at = o.depth > 0 ? " @ d" + std::to_string(o.depth) : "";
+  if (!pp.empty()) rows.push_back({"pp" + std::to_string(o.n_prompt) + at, summarize(pp), pp, 0.0});
   if (!ppc.empty()) {
     rows.push_back({"pp" + std::to_string(o.n_prompt) + " (first " + std::to_string(o.prefix) +
                         " cached)",
@@ -431,7 +448,7 @@ int cmd_bench(BenchOpts& o) {
   }
   if (!tg.empty()) {
     Summary s = summarize(tg);
-    rows.push_back({"tg" + std::to_string(o.n_gen), s, tg, s.median * bytes_per_token / 1e9});
+    rows.push_back({"tg" + std::to_string(o.n_gen) + at, s, tg, s.median * bytes_per_token / 1e9});
   }
   if (o.output == "json") {
     nlohmann::json j;
@@ -442,6 +459,9 @@ int cmd_bench(BenchOpts& o) {
     j["isa"] = isa_name(cpu_best_isa());
     j["repetitions"] = o.reps;
     j["weights"] = placement_name(l->model->placement());
+    j["attn"] = o.c.attn;
+    j["kv_type"] = o.c.kv_type;
+    j["depth"] = o.depth;
     for (const Row& r : rows) {
       nlohmann::json e = {{"test", r.test}, {"t_s_median", r.s.median}, {"t_s_mean", r.s.mean},
                            {"t_s_stddev", r.s.stddev}, {"t_s_min", r.s.min},
@@ -454,14 +474,17 @@ int cmd_bench(BenchOpts& o) {
     }
     std::printf("%s\n", j.dump(2).c_str());
   } else {
-    std::printf("| model | size | weights | threads | isa | test | t/s (median) | ± stddev | min "
-                "| max | GB/s read |\n");
-    std::printf("| --- | ---: | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |\n");
+    std::printf("| model | size | weights | threads | isa | attn | kv | test | t/s (median) | "
+                "± stddev | min | max | GB/s read |\n");
+    std::printf("| --- | ---: | --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | "
+                "---: |\n");
     for (const Row& r : rows) {
-      std::printf("| %s | %.1f MiB | %s | %d | %s | %s | %.2f | %.2f | %.2f | %.2f | %s |\n",
+      std::printf("| %s | %.1f MiB | %s | %d | %s | %s | %s | %s | %.2f | %.2f | %.2f | %.2f | %s |\n",
                   model_name.c_str(), l->model->weight_bytes() / 1048576.0,
-                  placement_name(l->model->placement()), o.c.threads, isa_name(cpu_best_isa()), r.test.c_str(), r.s.median, r.s.stddev, r.s.min,
-                  r.s.max, r.gbps > 0 ? std::to_string(r.gbps).substr(0, 5).c_str() : "");
+                  placement_name(l->model->placement()), o.c.threads, isa_name(cpu_best_isa()),
+                  o.c.attn.c_str(), o.c.kv_type.c_str(), r.test.c_str(), r.s.median, r.s.stddev,
+                  r.s.min, r.s.max,
+                  r.gbps > 0 ? std::to_string(r.gbps).substr(0, 5).c_str() : "");
     }
   }
   return 0;
@@ -504,6 +527,10 @@ int main(int argc, char** argv) {
   b->add_option("-p,--n-prompt", bench.n_prompt, "prompt tokens (pp test)")->check(CLI::Range(0, 1 << 20));
   b->add_option("-n,--n-gen", bench.n_gen, "generated tokens (tg test)")->check(CLI::Range(0, 1 << 20));
   b->add_option("-r,--repetitions", bench.reps, "repetitions")->check(CLI::Range(1, 1000));
+  b->add_option("-d,--depth", bench.depth,
+                "tokens already in the KV cache before each test (fed untimed): prefill and "
+                "generation speed at that context depth")
+      ->check(CLI::Range(0, 1 << 20));
   b->add_option("--prefix", bench.prefix,
                 "also time the prompt with its first N tokens found in the prefix cache (a "
                 "shared system prompt); t/s counts all prompt tokens")

@@ -103,6 +103,7 @@ int run_serve() {
   ec.max_queue = o.max_queue;
   ec.max_seq_len = o.c.ctx;
   ec.flash_attn = o.c.attn == "flash";
+  ec.kv_type = *parse_kv_type(o.c.kv_type);
   auto engine = Engine::create(*l->model, *l->tok, ec);
   if (!engine) return fail(engine.status().message());
   Engine& eng = **engine;
