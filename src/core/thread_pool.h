@@ -56,4 +56,19 @@ inline void split_range(int64_t n, int ith, int nth, int64_t* begin, int64_t* en
   *end = *begin + per + (ith < rem ? 1 : 0);
 }
 
+// Runs fn(t) for every row t < n: split across the pool for prompt-sized batches (the
+// per-row ops would otherwise be serial work between parallel matmuls), inline for the few
+// rows of a decode step, where waking the workers would cost more than the work.
+template <typename F>
+void for_rows(ThreadPool& pool, int32_t n, F&& fn) {
+  if (n < 16 || pool.size() == 1) {
+    for (int32_t t = 0; t < n; ++t) fn(t);
+    return;
+  }
+  pool.run([&](int ith, int nth) {
+    int64_t t0, t1;
+    split_range(n, ith, nth, &t0, &t1);
+    for (int64_t t = t0; t < t1; ++t) fn(static_cast<int32_t>(t));
+  });
+}
 }  // namespace qilin

@@ -2,6 +2,9 @@
 // parallelism use, and nothing else touches the transport. Backends: MPI for CPU ranks
 // (OpenMPI), NCCL for GPU ranks (later). Every call is checked and returns a Status naming the
 // call and the transport's error; payload bytes are counted per kind for the benchmarks.
+// NOTE: a call that waits longer than timeout_s() for its peers fails with an error saying so
+// (a rank that stopped or died); the caller should then abort() the job, because the other
+// ranks may be inside the same collective and MPI cannot cancel it.
 #pragma once
 
 #include <cstdint>
@@ -37,10 +40,17 @@ class Communicator {
   // A communicator over `ranks` (this rank must be one of them; every member calls it with
   // the same list, every other rank of this communicator calls it with its own group).
   virtual Result<std::unique_ptr<Communicator>> subgroup(const std::vector<int32_t>& ranks) = 0;
+  // Ends every rank of the job (MPI_Abort), after the caller printed why. Returning an error
+  // code from main instead would finalize this rank and leave the others waiting.
+  [[noreturn]] virtual void abort(int code) = 0;
   const CommStats& stats() const { return stats_; }
+  // Seconds a call may wait for its peers (0: forever). Default: QILIN_COMM_TIMEOUT_S or 300.
+  double timeout_s() const { return timeout_s_; }
+  void set_timeout_s(double s) { timeout_s_ = s; }
 
  protected:
   CommStats stats_;
+  double timeout_s_ = 300;
 };
 
 // The MPI world (MPI_Init on first use, MPI_Finalize at exit). An error when Qilin was built

@@ -8,7 +8,11 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <sched.h>
+
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 
@@ -31,6 +35,7 @@ class MpiComm : public Communicator {
     MPI_Comm_size(comm_, &size_);
     // Errors come back as codes (then Status), not as an abort without a message.
     MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+    if (const char* t = std::getenv("QILIN_COMM_TIMEOUT_S"); t && *t) timeout_s_ = std::atof(t);
   }
   ~MpiComm() override {
     int finalized = 0;
@@ -43,39 +48,46 @@ class MpiComm : public Communicator {
   Status all_reduce(float* data, int64_t n, ReduceOp op) override {
     QILIN_TRY(check_count(n, "all_reduce"));
     count(stats_.all_reduce, n);
-    QILIN_MPI(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT,
-                            op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, comm_));
-    return Status::ok();
+    MPI_Request req;
+    QILIN_MPI(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT,
+                             op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, comm_, &req));
+    return wait(&req, "all_reduce", -1);
   }
   Status reduce_scatter(const float* in, float* out, int64_t n) override {
     QILIN_TRY(check_count(n * size_, "reduce_scatter"));
     count(stats_.reduce_scatter, n * size_);
-    QILIN_MPI(MPI_Reduce_scatter_block(in, out, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_));
-    return Status::ok();
+    MPI_Request req;
+    QILIN_MPI(MPI_Ireduce_scatter_block(in, out, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_, &req));
+    return wait(&req, "reduce_scatter", -1);
   }
   Status all_gather(const float* in, float* out, int64_t n) override {
     QILIN_TRY(check_count(n * size_, "all_gather"));
     count(stats_.all_gather, n);
-    QILIN_MPI(MPI_Allgather(in, static_cast<int>(n), MPI_FLOAT, out, static_cast<int>(n), MPI_FLOAT, comm_));
-    return Status::ok();
+    MPI_Request req;
+    QILIN_MPI(MPI_Iallgather(in, static_cast<int>(n), MPI_FLOAT, out, static_cast<int>(n), MPI_FLOAT, comm_, &req));
+    return wait(&req, "all_gather", -1);
   }
   Status broadcast(float* data, int64_t n, int root) override {
     QILIN_TRY(check_count(n, "broadcast"));
     count(stats_.broadcast, n);
-    QILIN_MPI(MPI_Bcast(data, static_cast<int>(n), MPI_FLOAT, root, comm_));
-    return Status::ok();
+    MPI_Request req;
+    QILIN_MPI(MPI_Ibcast(data, static_cast<int>(n), MPI_FLOAT, root, comm_, &req));
+    return wait(&req, "broadcast", root);
   }
   Status send(const float* data, int64_t n, int peer, int tag) override {
     QILIN_TRY(check_count(n, "send"));
     count(stats_.send, n);
-    QILIN_MPI(MPI_Send(data, static_cast<int>(n), MPI_FLOAT, peer, tag, comm_));
-    return Status::ok();
+    MPI_Request req;
+    QILIN_MPI(MPI_Isend(data, static_cast<int>(n), MPI_FLOAT, peer, tag, comm_, &req));
+    return wait(&req, "send", peer);
   }
   Status recv(float* data, int64_t n, int peer, int tag) override {
     QILIN_TRY(check_count(n, "recv"));
     count(stats_.recv, n);
+    MPI_Request req;
+    QILIN_MPI(MPI_Irecv(data, static_cast<int>(n), MPI_FLOAT, peer, tag, comm_, &req));
     MPI_Status st;
-    QILIN_MPI(MPI_Recv(data, static_cast<int>(n), MPI_FLOAT, peer, tag, comm_, &st));
+    QILIN_TRY(wait(&req, "recv", peer, &st));
     int got = 0;
     MPI_Get_count(&st, MPI_FLOAT, &got);
     if (got != n) return errorf("mpi: recv from rank %d expected %lld floats, got %d", peer, static_cast<long long>(n), got);
@@ -83,8 +95,15 @@ class MpiComm : public Communicator {
   }
   Status barrier() override {
     ++stats_.calls;
-    QILIN_MPI(MPI_Barrier(comm_));
-    return Status::ok();
+    MPI_Request req;
+    QILIN_MPI(MPI_Ibarrier(comm_, &req));
+    return wait(&req, "barrier", -1);
+  }
+  [[noreturn]] void abort(int code) override {
+    std::fflush(stdout);
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, code);
+    std::_Exit(code);  // MPI_Abort does not return; this keeps [[noreturn]] honest
   }
   Result<std::unique_ptr<Communicator>> subgroup(const std::vector<int32_t>& ranks) override {
     // Color: the group's smallest rank (identical for every member); key: position in it.
@@ -101,6 +120,33 @@ class MpiComm : public Communicator {
   }
 
  private:
+  // Completes req, or fails after timeout_s_ naming the call and the peer it waited for (-1: a
+  // collective). Polls instead of MPI_Wait so that a rank that died or stopped calling is an
+  // error, not a hang; yields between polls because ranks may share cores.
+  Status wait(MPI_Request* req, const char* call, int peer, MPI_Status* st = MPI_STATUS_IGNORE) {
+    if (timeout_s_ <= 0) {
+      QILIN_MPI(MPI_Wait(req, st));
+      return Status::ok();
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    for (uint32_t polls = 0;; ++polls) {
+      int done = 0;
+      QILIN_MPI(MPI_Test(req, &done, st));
+      if (done) return Status::ok();
+      if (polls % 64 == 63) {
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (s > timeout_s_) {
+          if (peer >= 0) {
+            return errorf("mpi: %s on rank %d waited %.0f s for rank %d: it stopped or died "
+                          "(QILIN_COMM_TIMEOUT_S=%g)", call, rank_, s, peer, timeout_s_);
+          }
+          return errorf("mpi: %s on rank %d of %d waited %.0f s for the other ranks: one "
+                        "stopped or died (QILIN_COMM_TIMEOUT_S=%g)", call, rank_, size_, s, timeout_s_);
+        }
+      }
+      sched_yield();
+    }
+  }
   static Status check_count(int64_t n, const char* call) {
     if (n < 0 || n > 0x7fffffff) return errorf("mpi: %s of %lld floats is beyond MPI's int counts", call, static_cast<long long>(n));
     return Status::ok();

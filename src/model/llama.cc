@@ -80,22 +80,6 @@ Result<float> get_f32_or(const GgufFile& f, const std::string& key, float dflt) 
   return static_cast<float>(*v);
 }
 
-// Runs fn(t) for every row t < n: split across the pool for prompt-sized batches (the
-// per-row ops would otherwise be serial work between parallel matmuls), inline for the few
-// rows of a decode step, where waking the workers would cost more than the work.
-template <typename F>
-void for_rows(ThreadPool& pool, int32_t n, F&& fn) {
-  if (n < 16 || pool.size() == 1) {
-    for (int32_t t = 0; t < n; ++t) fn(t);
-    return;
-  }
-  pool.run([&](int ith, int nth) {
-    int64_t t0, t1;
-    split_range(n, ith, nth, &t0, &t1);
-    for (int64_t t = t0; t < t1; ++t) fn(static_cast<int32_t>(t));
-  });
-}
-
 }  // namespace
 
 // MemAvailable from /proc/meminfo (0 when unknown: then Auto keeps the file mapping).
@@ -274,6 +258,7 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const std::string& path,
 
 KvCacheConfig LlamaModel::kv_config(int32_t n_ctx_tokens, int32_t block_size,
                                     KvType type) const {
+  if (distributed_) return distributed_->kv_config(n_ctx_tokens, block_size, type);
   KvCacheConfig c;
   c.type = type;
   c.n_layer = hp_.n_layer;
@@ -286,6 +271,7 @@ KvCacheConfig LlamaModel::kv_config(int32_t n_ctx_tokens, int32_t block_size,
 
 Workspace LlamaModel::make_workspace(int32_t max_tokens, int32_t max_logit_rows,
                                      int32_t max_ctx, int n_threads) const {
+  if (distributed_) return distributed_->make_workspace(max_tokens, max_logit_rows, max_ctx, n_threads);
   Workspace ws;
   ws.max_tokens = max_tokens;
   ws.max_logit_rows = max_logit_rows;
@@ -328,6 +314,33 @@ Status LlamaModel::validate(const Batch& b, const KvCache& kv, const Workspace& 
   if (c.n_layer != hp_.n_layer || c.n_head_kv != hp_.n_head_kv || c.head_dim != hp_.head_dim) {
     return errorf("forward: the KV cache was made for another model shape");
   }
+  return validate_batch(b, hp_.n_vocab, c, ws);
+}
+
+AttentionArgs attention_args(Workspace& ws, const KvCache& kv, const Batch& b, int32_t n_head,
+                             int32_t head_dim, const float* q, float* out) {
+  AttentionArgs aa;
+  aa.q = q;
+  aa.out = out;
+  aa.kv = &kv;
+  aa.batch = &b;
+  aa.n_head = n_head;
+  aa.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  if (!ws.flash_attn) {
+    const size_t need =
+        static_cast<size_t>(ws.n_threads) * (n_head / kv.config().n_head_kv) * ws.max_ctx;
+    if (ws.scores.size() < need) ws.scores.resize(need);
+  }
+  aa.scores = ws.scores.data();
+  aa.max_ctx = ws.max_ctx;
+  aa.flash = ws.flash_attn;
+  aa.max_threads = ws.n_threads;
+  aa.row_blocks = ws.attn_row_blocks.data();
+  aa.partial = ws.attn_partial.data();
+  return aa;
+}
+
+Status validate_batch(const Batch& b, int32_t n_vocab, const KvCacheConfig& c, const Workspace& ws) {
   const int32_t n = b.n_tokens();
   if (n == 0) return errorf("forward: empty batch");
   if (n > ws.max_tokens) {
@@ -342,9 +355,9 @@ Status LlamaModel::validate(const Batch& b, const KvCache& kv, const Workspace& 
     return errorf("forward: batch columns have different lengths");
   }
   for (int32_t t = 0; t < n; ++t) {
-    if (b.token[t] < 0 || b.token[t] >= hp_.n_vocab) {
+    if (b.token[t] < 0 || b.token[t] >= n_vocab) {
       return errorf("forward: token id %d at row %d is outside the vocabulary [0, %d)", b.token[t],
-                    t, hp_.n_vocab);
+                    t, n_vocab);
     }
     if (b.seq[t] < 0 || b.seq[t] >= static_cast<int32_t>(b.seqs.size())) {
       return errorf("forward: row %d names sequence %d of %zu", t, b.seq[t], b.seqs.size());
@@ -413,6 +426,10 @@ Status LlamaModel::set_adapter(std::shared_ptr<const LoraAdapter> adapter) {
 
 Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Workspace& ws,
                                          ThreadPool& pool, ForwardTap* tap) const {
+  if (distributed_) {
+    if (tap) return errorf("forward: a ForwardTap cannot observe a distributed forward pass");
+    return distributed_->forward(batch, kv, ws, pool);
+  }
   QILIN_TRY(validate(batch, kv, ws));
   const LlamaHparams& hp = hp_;
   const int32_t n = batch.n_tokens();
@@ -433,23 +450,7 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
                        x + t * E, E);
   });
 
-  AttentionArgs aa;
-  aa.q = q;
-  aa.out = attn;
-  aa.kv = &kv;
-  aa.batch = &batch;
-  aa.n_head = hp.n_head;
-  aa.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  if (!ws.flash_attn) {
-    const size_t need = static_cast<size_t>(ws.n_threads) * (hp.n_head / hp.n_head_kv) * ws.max_ctx;
-    if (ws.scores.size() < need) ws.scores.resize(need);
-  }
-  aa.scores = ws.scores.data();
-  aa.max_ctx = ws.max_ctx;
-  aa.flash = ws.flash_attn;
-  aa.max_threads = ws.n_threads;
-  aa.row_blocks = ws.attn_row_blocks.data();
-  aa.partial = ws.attn_partial.data();
+  AttentionArgs aa = attention_args(ws, kv, batch, hp.n_head, hp.head_dim, q, attn);
 
   for (int32_t il = 0; il < hp.n_layer; ++il) {
     const LlamaLayer& L = layers_[il];

@@ -82,6 +82,29 @@ struct ForwardTap {
                             int64_t n) = 0;
 };
 
+// The checks every forward() makes before touching the cache: token ids below n_vocab, rows
+// naming their sequences, positions inside the workspace's context and their block tables,
+// block ids inside the cache. Errors name the row and value.
+Status validate_batch(const Batch& b, int32_t n_vocab, const KvCacheConfig& c, const Workspace& ws);
+
+// Attention arguments over ws's scratch for q/out [n_tokens, n_head, head_dim] (layer unset).
+AttentionArgs attention_args(Workspace& ws, const KvCache& kv, const Batch& b, int32_t n_head,
+                             int32_t head_dim, const float* q, float* out);
+
+// A forward pass spread over several processes (src/dist/parallel_llama.h). While one is set,
+// the model's kv_config(), make_workspace() and forward() are its, so the callers (Generator,
+// Engine, perplexity, bench) run unchanged on the rank that drives the others.
+class DistributedForward {
+ public:
+  virtual ~DistributedForward() = default;
+  virtual KvCacheConfig kv_config(int32_t n_ctx_tokens, int32_t block_size,
+                                  KvType type) const = 0;
+  virtual Workspace make_workspace(int32_t max_tokens, int32_t max_logit_rows, int32_t max_ctx,
+                                   int n_threads) const = 0;
+  virtual Result<const float*> forward(const Batch& batch, KvCache& kv, Workspace& ws,
+                                       ThreadPool& pool) const = 0;
+};
+
 // Where the weights live while the model runs.
 // - Mapped: read through the file mapping (4 KiB page-cache pages; starts instantly, shared
 //   between processes, fine for models larger than RAM).
@@ -122,6 +145,9 @@ class LlamaModel {
   // A LoRA adapter applied unmerged by every forward() from now on (null removes it).
   // Checked against the model's layers; shapes were checked when it was read.
   Status set_adapter(std::shared_ptr<const LoraAdapter> adapter);
+  // Hands forward() and its sizing to a distributed pass (null: this process alone again).
+  void set_distributed(std::shared_ptr<const DistributedForward> d) { distributed_ = std::move(d); }
+  bool has_adapter() const { return adapter_ != nullptr; }
   const GgufFile& gguf() const { return *file_; }
   // Bytes of weights (as stored).
   size_t weight_bytes() const { return weight_bytes_; }
@@ -150,6 +176,7 @@ class LlamaModel {
   size_t tok_embd_row_bytes_ = 0;
   std::vector<LlamaLayer> layers_;
   std::shared_ptr<const LoraAdapter> adapter_;
+  std::shared_ptr<const DistributedForward> distributed_;
   void apply_lora(ThreadPool& pool, int32_t il, int p, const float* x, int32_t n, float* y) const;
   const float* output_norm_ = nullptr;  // [n_embd]
   WeightView output_;                   // [n_embd] -> [n_vocab], token_embd when tied

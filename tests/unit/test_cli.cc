@@ -53,6 +53,27 @@ TEST(Cli, UnreadableModelFileIsNamed) {
   EXPECT_NE(r.out.find("/nonexistent/x.gguf"), std::string::npos) << r.out;
 }
 
+TEST(Cli, DeviceMapAndParallelErrorsNameTheValue) {
+  CliResult r = run_cli("run -p hi -n 1 --device-map 0-14:cpu,15-30:cpu");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("--device-map entry '15-30:cpu': layer 30 does not exist"),
+            std::string::npos) << r.out;
+  r = run_cli("run -p hi -n 1 --device-map 0-14:cpu,15-29:cuda:0");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("15-29:cuda:0: this build runs layers on cpu only"), std::string::npos)
+      << r.out;
+  r = run_cli("run -p hi -n 1 --pp 2 --device-map 0-14:stage:1,15-29:stage:3");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("stage:3: there are 2 pipeline stages"), std::string::npos) << r.out;
+  // All layers on the CPU of this one process is a valid map: it runs.
+  r = run_cli("run -p hi -n 1 --device-map 0-14:cpu,15-29:cpu");
+  EXPECT_EQ(r.code, 0) << r.out;
+  // One process cannot be two tensor-parallel ranks: it says how to start them.
+  r = run_cli("run -p hi -n 1 --tp 2");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("needs 2 ranks (mpirun -np 2)"), std::string::npos) << r.out;
+}
+
 TEST(Cli, InvalidFlagValuesAreRejected) {
   CliResult r = run_cli("run -p hi -t 0");
   EXPECT_NE(r.code, 0);

@@ -20,6 +20,7 @@
 
 #include "common.h"
 #include "finetune.h"
+#include "parallel.h"
 #include "quantize.h"
 #include "serve.h"
 #include "core/thread_pool.h"
@@ -67,7 +68,13 @@ struct RunOpts {
   bool ignore_eos = false;
   int32_t beams = 0;
   float length_penalty = 1.0f;
+  ParallelCli par;
 };
+
+// Under --tp/--pp every rank maps the file and copies only its own slices.
+WeightPlacement placement_for(const Common& c, const ParallelCli& p) {
+  return p.wanted() && !c.no_mmap ? WeightPlacement::Mapped : placement_of(c);
+}
 
 // --beam N: beam search over the shared paged KV cache; prints the best hypothesis (and the
 // others with their scores on stderr).
@@ -114,8 +121,12 @@ int cmd_run(RunOpts& o) {
     o.prompt = ss.str();
   }
   if (Status st = o.s.validate(); !st) return fail(st.message());
-  auto l = load(o.c.model, placement_of(o.c), o.c.lora);
+  if (o.par.wanted() && o.beams > 0) return fail("--beam cannot be combined with --tp/--pp yet");
+  auto l = load(o.c.model, placement_for(o.c, o.par), o.c.lora);
   if (!l) return fail(l.status().message());
+  auto par = ParallelRun::start(o.par, *l->model, o.c.threads);
+  if (!par) return fail(par.status().message());
+  if (*par && (*par)->follower()) return (*par)->follow();
   std::string text = o.prompt;
   if (o.chat) {
     auto tmpl = model_template(*l);
@@ -152,6 +163,7 @@ struct PplOpts {
   Common c;
   std::string file;
   int32_t chunks = -1;
+  ParallelCli par;
 };
 
 int cmd_perplexity(PplOpts& o) {
@@ -159,8 +171,11 @@ int cmd_perplexity(PplOpts& o) {
   if (!in) return fail("cannot read text file '" + o.file + "'");
   std::stringstream ss;
   ss << in.rdbuf();
-  auto l = load(o.c.model, placement_of(o.c), o.c.lora);
+  auto l = load(o.c.model, placement_for(o.c, o.par), o.c.lora);
   if (!l) return fail(l.status().message());
+  auto par = ParallelRun::start(o.par, *l->model, o.c.threads);
+  if (!par) return fail(par.status().message());
+  if (*par && (*par)->follower()) return (*par)->follow();
   const double t0 = now_ms();
   const std::vector<int32_t> tokens = l->tok->encode(ss.str(), true, false);
   std::fprintf(stderr, "perplexity: tokenized %s: %zu tokens in %.0f ms; windows of %d tokens, "
@@ -270,6 +285,7 @@ struct BenchOpts {
   int32_t prefix = 0;  // leading prompt tokens shared with an earlier prompt (prefix cache test)
   int32_t parallel = 0;  // > 0: that many requests at once through the continuous-batching Engine
   int32_t depth = 0;     // tokens already in the KV cache before each pp / tg test (llama-bench -d)
+  ParallelCli par;
 };
 
 // --parallel N: N requests of -p random prompt tokens and -n generated tokens submitted at
@@ -347,8 +363,11 @@ int cmd_bench(BenchOpts& o) {
     return fail("--prefix " + std::to_string(o.prefix) + " must be below -p " +
                 std::to_string(o.n_prompt) + " (at least one prompt token is computed)");
   }
-  auto l = load(o.c.model, placement_of(o.c), o.c.lora);
+  auto l = load(o.c.model, placement_for(o.c, o.par), o.c.lora);
   if (!l) return fail(l.status().message());
+  auto par = ParallelRun::start(o.par, *l->model, o.c.threads);
+  if (!par) return fail(par.status().message());
+  if (*par && (*par)->follower()) return (*par)->follow();
   if (o.parallel > 0) return bench_parallel(o, *l);
   GeneratorConfig gc;
   gc.n_ctx = std::max(o.c.ctx, o.depth + std::max(o.n_prompt, o.n_gen) + 1);
@@ -510,6 +529,7 @@ int main(int argc, char** argv) {
   r->add_option("--beam", run.beams,
                 "beam search with N beams sharing the paged KV cache (sampling flags unused)")
       ->check(CLI::Range(1, 64));
+  add_parallel(r, run.par);
   r->add_option("--length-penalty", run.length_penalty,
                 "beam score = log-probability / length^penalty (default 1)");
 
@@ -540,6 +560,7 @@ int main(int argc, char** argv) {
                 "tokens/s (prompt -p, output -n each)")
       ->check(CLI::Range(0, 4096));
   b->add_option("-o,--output", bench.output, "output format")->check(CLI::IsMember({"md", "json"}));
+  add_parallel(b, bench.par);
 
   PplOpts ppl;
   CLI::App* pp = app.add_subcommand(
@@ -549,6 +570,7 @@ int main(int argc, char** argv) {
   pp->add_option("-f,--file", ppl.file, "text file")->required();
   pp->add_option("--chunks", ppl.chunks, "windows to evaluate (default: all)")
       ->check(CLI::Range(1, 1 << 24));
+  add_parallel(pp, ppl.par);
 
   int32_t topo_world = 1, topo_tp = 1, topo_pp = 1;
   CLI::App* tp = app.add_subcommand("topology", "print the 3D rank grid (pipeline x data x tensor)");

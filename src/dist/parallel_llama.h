@@ -1,0 +1,123 @@
+// Tensor- and pipeline-parallel Llama inference over a Communicator. Tensor parallelism is
+// Megatron 1D: Q/K/V and gate/up column-parallel (whole KV-head groups per rank, so the split
+// may be uneven: 3 KV heads on 2 ranks are 2 + 1), O and down row-parallel with one all-reduce
+// each, embedding and output head split over the vocabulary. Pipeline parallelism splits the
+// layers into stages; a batch's rows go through them as micro-batches, so stage s works on
+// micro-batch m while stage s+1 works on m-1.
+// World rank 0 drives: it is the model's DistributedForward, so Generator, Engine and the rest
+// run unchanged there, and each forward() first broadcasts the batch to the other ranks, which
+// wait in follow(). Each rank copies only its own slices of the weights.
+// NOTE: the followers' KV caches mirror the driver's block ids (one per driver cache), but not
+// its copy-on-write block copies: forked sequences (beam search, n > 1) are not supported.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "dist/comm.h"
+#include "model/llama.h"
+
+namespace qilin {
+
+struct ParallelOptions {
+  int32_t tp = 1;
+  int32_t pp = 1;
+  std::vector<int32_t> stage_first;  // [pp] first layer of each stage; empty: an even split
+  int32_t micro_batches = 0;         // pieces a batch's rows are cut into (0: pp)
+};
+
+// What one rank (stage, tensor) holds. Heads are handed out in whole KV groups, the first
+// n_head_kv % tp ranks taking one more; FFN columns and vocabulary rows in near-equal parts
+// (FFN parts on multiples of the down projection's block size).
+struct ShardPlan {
+  int32_t stage = 0, tensor = 0;
+  int32_t layer0 = 0, layer1 = 0;      // layers [layer0, layer1)
+  int32_t head_kv0 = 0, n_head_kv = 0;  // KV heads [head_kv0, head_kv0 + n_head_kv)
+  int32_t head0 = 0, n_head = 0;        // query heads
+  int32_t ff0 = 0, n_ff = 0;            // FFN columns
+  int32_t vocab0 = 0, n_vocab = 0;      // vocabulary rows
+  int32_t vocab_chunk = 0;              // ceil(n_vocab_total / tp): the all-gather unit
+};
+// Errors name the degree that the model cannot be split into.
+Result<ShardPlan> plan_shard(const LlamaHparams& hp, const ParallelOptions& o, int64_t ff_block,
+                             int32_t stage, int32_t tensor);
+
+class ParallelLlama : public DistributedForward {
+ public:
+  // Collective: every rank of `world` calls it with the same options. world.size() must be
+  // tp * pp. Fails (the same way on every rank) for splits the model cannot take, a LoRA
+  // adapter, or weight types whose blocks do not divide the slices.
+  static Result<std::shared_ptr<ParallelLlama>> create(const LlamaModel& model,
+                                                       Communicator& world,
+                                                       const ParallelOptions& o);
+  ~ParallelLlama() override;
+
+  bool driver() const { return world_.rank() == 0; }
+  const ShardPlan& plan() const { return plan_; }
+  // Bytes of weights this rank copied (its slices) and that the whole model stores.
+  size_t weight_bytes() const { return weight_bytes_; }
+  // Payload bytes this rank moved, world and tensor group together.
+  CommStats comm_stats() const;
+
+  // DistributedForward, on the driver. forward() validates the batch, sends it to the others
+  // and returns the logits [n_logit_rows, n_vocab] gathered on the driver.
+  KvCacheConfig kv_config(int32_t n_ctx_tokens, int32_t block_size, KvType type) const override;
+  Workspace make_workspace(int32_t max_tokens, int32_t max_logit_rows, int32_t max_ctx,
+                           int n_threads) const override;
+  Result<const float*> forward(const Batch& batch, KvCache& kv, Workspace& ws,
+                               ThreadPool& pool) const override;
+
+  // Every other rank: runs the driver's forward calls until it calls finish().
+  Status follow(ThreadPool& pool);
+  // Driver: releases the followers (once; later calls do nothing). An error when a forward
+  // call failed half-way: then only aborting the job ends the others.
+  Status finish();
+
+ private:
+  struct LayerShard {
+    const float* attn_norm = nullptr;  // [n_embd]
+    const float* ffn_norm = nullptr;   // [n_embd]
+    WeightView wq, wk, wv;             // [n_embd] -> [local heads * head_dim]
+    WeightView wo;                     // [local n_head * head_dim] -> [n_embd] (partial sums)
+    WeightView w_gate, w_up;           // [n_embd] -> [local n_ff]
+    WeightView w_down;                 // [local n_ff] -> [n_embd] (partial sums)
+  };
+  ParallelLlama(const LlamaModel& model, Communicator& world);
+  Status copy_slices();
+  Status run(const Batch& batch, KvCache& kv, Workspace& ws, ThreadPool& pool) const;
+  Status run_layers(const Batch& b, int32_t row0, int32_t n, KvCache& kv, Workspace& ws,
+                    ThreadPool& pool) const;
+  Status run_head(const Batch& b, int32_t row0, int32_t n, int32_t* n_out, Workspace& ws,
+                  ThreadPool& pool) const;
+  int32_t peer(int32_t stage) const;  // world rank of (stage, this tensor index)
+  int32_t micro_batches() const { return std::max(1, opt_.micro_batches > 0 ? opt_.micro_batches : opt_.pp); }
+
+  const LlamaModel& model_;
+  Communicator& world_;
+  std::unique_ptr<Communicator> tensor_comm_;  // this stage's tensor group
+  ParallelOptions opt_;
+  ShardPlan plan_;
+  std::vector<LayerShard> layers_;  // [layer1 - layer0]
+  WeightView tok_embd_;             // [n_embd] -> [local n_vocab] rows of the table (stage 0)
+  WeightView output_;               // [n_embd] -> [local n_vocab] (last stage)
+  uint8_t* weights_ = nullptr;      // the copied slices, 64-byte aligned, registered with gemm
+  size_t weight_bytes_ = 0;
+  bool finished_ = false;
+  mutable bool broken_ = false;  // a forward call failed after the followers joined it
+
+  // Scratch of the running call (forward calls never overlap: every rank is in the same one).
+  mutable std::vector<const KvCache*> caches_;  // driver: cache ids sent to the followers
+  mutable std::vector<float> msg_;              // encoded batch
+  mutable std::vector<Batch> micro_;            // [micro_batches] row ranges of the batch
+  mutable std::vector<float> part_logits_;      // [rows, vocab_chunk] this rank's vocabulary
+  mutable std::vector<float> all_logits_;       // [tp, rows, vocab_chunk]
+  // Followers: their own caches (by the driver's cache id), workspace and batch.
+  std::vector<std::unique_ptr<KvCache>> follower_caches_;
+  Workspace follower_ws_;
+  Batch follower_batch_;
+  std::vector<int32_t> follower_tables_;
+};
+
+}  // namespace qilin
