@@ -5,11 +5,13 @@
 
 #include <cmath>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "core/fp16.h"
 #include "cpu/kv_types.h"
 #include "cpu/quants.h"
+#include "kv/kv_cache.h"
 
 namespace qilin {
 namespace {
@@ -79,6 +81,16 @@ TEST(KvTypes, RowSizes) {
   EXPECT_EQ(kv_row_bytes(KvType::FP8, 128), 132u);
   EXPECT_EQ(kv_row_bytes(KvType::Q8_0, 48), 0u);    // not whole blocks
   EXPECT_EQ(kv_row_bytes(KvType::F16, 40), 80u);    // the reference kernels take any head_dim
+  // A token of SmolLM2-135M (30 layers, 3 KV heads of 64), K and V: 2 x 30 x 3 x row bytes.
+  KvCacheConfig c;
+  c.n_layer = 30;
+  c.n_head_kv = 3;
+  c.head_dim = 64;
+  for (auto [type, bytes] : {std::pair{KvType::F32, 46080u}, std::pair{KvType::F16, 23040u},
+                             std::pair{KvType::Q8_0, 12240u}, std::pair{KvType::FP8, 12240u}}) {
+    c.type = type;
+    EXPECT_EQ(KvCache::bytes_per_token(c), bytes) << kv_type_name(type);
+  }
   EXPECT_TRUE(parse_kv_type("q8_0").is_ok());
   auto bad = parse_kv_type("q4_0");
   ASSERT_FALSE(bad.is_ok());
