@@ -1,6 +1,6 @@
 // Communicator: the collectives and point-to-point calls that tensor, pipeline and data
 // parallelism use, and nothing else touches the transport. Backends: MPI for CPU ranks
-// (OpenMPI), NCCL for GPU ranks (later). Every call is checked and returns a Status naming the
+// (OpenMPI), NCCL for GPU ranks. Every call is checked and returns a Status naming the
 // call and the transport's error; payload bytes are counted per kind for the benchmarks.
 // NOTE: a call that waits longer than timeout_s() for its peers fails with an error saying so
 // (a rank that stopped or died); the caller should then abort() the job, because the other
@@ -57,5 +57,11 @@ class Communicator {
 // without MPI.
 Result<std::unique_ptr<Communicator>> mpi_world();
 bool mpi_available();
+
+// NCCL over GPU ranks, one device each: bootstrap's ranks (usually mpi_world(), over which the
+// NCCL unique id travels), this one on cuda:device. Buffers given to its calls are device
+// memory. An error when Qilin was built without NCCL or this rank has no such GPU.
+Result<std::unique_ptr<Communicator>> nccl_world(Communicator& bootstrap, int device);
+bool nccl_available();
 
 }  // namespace qilin
