@@ -20,6 +20,7 @@
 
 #include "common.h"
 #include "finetune.h"
+#include "merge.h"
 #include "parallel.h"
 #include "quantize.h"
 #include "serve.h"
@@ -581,6 +582,7 @@ int main(int argc, char** argv) {
   CLI::App* sv = add_serve(app);
   CLI::App* qz = add_quantize(app);
   CLI::App* ftc = add_finetune(app);
+  CLI::App* mg = add_merge(app);
 
   CLI11_PARSE(app, argc, argv);
   if (sv->parsed()) return run_serve();
@@ -592,6 +594,7 @@ int main(int argc, char** argv) {
   }
   if (qz->parsed()) return run_quantize();
   if (ftc->parsed()) return run_finetune();
+  if (mg->parsed()) return run_merge();
   if (pp->parsed()) return cmd_perplexity(ppl);
   if (r->parsed()) {
     if (run.prompt.empty() && run.prompt_file.empty()) return fail("run: give a prompt with -p or -f");
