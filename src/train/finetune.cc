@@ -214,6 +214,7 @@ Result<std::unique_ptr<Finetuner>> Finetuner::create(const LlamaModel& base, con
     f->base_bytes_ = n * sizeof(float) * 2;  // and the transposed copy
   }
   f->model_->set_fast_linear(f->impl_->fast.get());
+  f->model_->set_thread_pool(&f->impl_->pool);
   std::vector<int64_t> sizes;
   for (const LoraLayer<float>& l : f->model_->lora()) {
     for (int p = 0; p < kNumProj; ++p) {

@@ -163,17 +163,19 @@ void rope_backward(T* dx, int64_t n, int32_t n_head, int32_t hd, int32_t n_rot, 
 // ---- causal grouped-query attention ------------------------------------------------------------
 // out[t, h] = sum_{s <= t} softmax_s(scale * q[t,h].k[s,g]) v[s,g], g = h / (H / Hkv).
 // The forward saves only the log-sum-exp per (t, h); the backward recomputes the probabilities
-// from it (FlashAttention's backward), so no n x n matrix is ever stored.
+// from it (FlashAttention's backward), so no n x n matrix is ever stored. [h0, h1) limits the
+// query heads (threads split them; the backward's dk/dv then need one buffer per thread).
 
 template <typename T>
 void attention_forward(const T* q /*[n, H, hd]*/, const T* k /*[n, Hkv, hd]*/,
                        const T* v /*[n, Hkv, hd]*/, int64_t n, int32_t H, int32_t Hkv, int32_t hd,
-                       T* out /*[n, H, hd]*/, T* lse /*[n, H] saved*/) {
+                       T* out /*[n, H, hd]*/, T* lse /*[n, H] saved*/, int32_t h0 = 0, int32_t h1 = -1) {
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
   const int32_t group = H / Hkv;
+  if (h1 < 0) h1 = H;
   std::vector<T> s(static_cast<size_t>(n));
   for (int64_t t = 0; t < n; ++t) {
-    for (int32_t h = 0; h < H; ++h) {
+    for (int32_t h = h0; h < h1; ++h) {
       const T* qt = q + (t * H + h) * hd;
       const int32_t g = h / group;
       T mx = -INFINITY;
@@ -204,11 +206,13 @@ void attention_forward(const T* q /*[n, H, hd]*/, const T* k /*[n, Hkv, hd]*/,
 template <typename T>
 void attention_backward(const T* dout /*[n, H, hd]*/, const T* q, const T* k, const T* v,
                         const T* out, const T* lse, int64_t n, int32_t H, int32_t Hkv, int32_t hd,
-                        T* dq /*[n, H, hd]*/, T* dk /*[n, Hkv, hd]*/, T* dv /*[n, Hkv, hd]*/) {
+                        T* dq /*[n, H, hd]*/, T* dk /*[n, Hkv, hd]*/, T* dv /*[n, Hkv, hd]*/,
+                        int32_t h0 = 0, int32_t h1 = -1) {
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
   const int32_t group = H / Hkv;
+  if (h1 < 0) h1 = H;
   for (int64_t t = 0; t < n; ++t) {
-    for (int32_t h = 0; h < H; ++h) {
+    for (int32_t h = h0; h < h1; ++h) {
       const T* qt = q + (t * H + h) * hd;
       const T* gt = dout + (t * H + h) * hd;
       const T* ot = out + (t * H + h) * hd;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/assert.h"
+#include "core/thread_pool.h"
 #include "train/layers.h"
 #include "train/precision.h"
 
@@ -152,6 +153,8 @@ class LoraLlama {
   }
   Precision precision() const { return prec_; }
   void set_checkpoint_activations(bool on) { checkpoint_ = on; }
+  // Threads for the attention and LoRA loops (the base products use the backend's); not owned.
+  void set_thread_pool(ThreadPool* pool) { pool_ = pool; }
   // The loss's gradient is multiplied by this (FP16's dynamic loss scaling); the caller unscales.
   void set_loss_scale(T s) { loss_scale_ = s; }
 
@@ -298,7 +301,9 @@ class LoraLlama {
     rnd(a.k);
     a.att.resize(n * H * hd);
     a.lse.resize(n * H);
-    attention_forward(a.q.data(), a.k.data(), a.v.data(), n, H, Hkv, hd, a.att.data(), a.lse.data());
+    for_heads([&](int32_t h0, int32_t h1, int) {
+      attention_forward(a.q.data(), a.k.data(), a.v.data(), n, H, Hkv, hd, a.att.data(), a.lse.data(), h0, h1);
+    });
     rnd(a.att);
     proj(il, kO, a.att, tmp_, a.xa[kO]);
     a.x_mid.resize(n * E);
@@ -354,8 +359,22 @@ class LoraLlama {
     dq_.assign(n * H * hd, T(0));
     dk_.assign(n * Hkv * hd, T(0));
     dv_.assign(n * Hkv * hd, T(0));
-    attention_backward(datt_.data(), a.q.data(), a.k.data(), a.v.data(), a.att.data(), a.lse.data(), n, H, Hkv, hd,
-                       dq_.data(), dk_.data(), dv_.data());
+    // Each thread's query heads add to its own dk, dv; summed in thread order after.
+    const int64_t m = n * Hkv * hd;
+    const int n_parts = pool_ ? pool_->size() : 1;
+    dkv_part_.assign(static_cast<size_t>(n_parts) * 2 * m, T(0));
+    for_heads([&](int32_t h0, int32_t h1, int ith) {
+      T* dk = dkv_part_.data() + ith * 2 * m;
+      attention_backward(datt_.data(), a.q.data(), a.k.data(), a.v.data(), a.att.data(), a.lse.data(), n, H, Hkv, hd,
+                         dq_.data(), dk, dk + m, h0, h1);
+    });
+    for (int i = 0; i < n_parts; ++i) {
+      const T* dk = dkv_part_.data() + i * 2 * m;
+      for (int64_t j = 0; j < m; ++j) {
+        dk_[j] += dk[j];
+        dv_[j] += dk[m + j];
+      }
+    }
     rope_backward(dq_.data(), n, H, hd, s_.n_rot, static_cast<T>(s_.rope_base), s_.rope_neox);
     rope_backward(dk_.data(), n, Hkv, hd, s_.n_rot, static_cast<T>(s_.rope_base), s_.rope_neox);
     rnd(dq_);
@@ -403,6 +422,27 @@ class LoraLlama {
     return count ? loss : T(0);
   }
 
+  // fn(h0, h1, thread) over the query heads, split across the pool when there is one.
+  template <typename F>
+  void for_heads(F&& fn) {
+    if (!pool_) return fn(0, s_.n_head, 0);
+    pool_->run([&](int ith, int nth) {
+      int64_t h0, h1;
+      split_range(s_.n_head, ith, nth, &h0, &h1);
+      fn(static_cast<int32_t>(h0), static_cast<int32_t>(h1), ith);
+    });
+  }
+  // fn(t0, t1) over the rows of the sequence, split likewise.
+  template <typename F>
+  void for_rows(F&& fn) {
+    if (!pool_) return fn(int64_t{0}, n_);
+    pool_->run([&](int ith, int nth) {
+      int64_t t0, t1;
+      split_range(n_, ith, nth, &t0, &t1);
+      if (t0 < t1) fn(t0, t1);
+    });
+  }
+
   // The LoRA weights the compute uses: the FP32 masters, or their 16-bit roundings.
   void refresh_compute_lora() {
     if (prec_ == Precision::F32) return;
@@ -430,10 +470,13 @@ class LoraLlama {
     base_forward(il, p, x.data(), n_, in, out, y.data());
     if (lc_.targets[p]) {
       const LoraLayer<T>& lw = compute_lora(il);
-      xa.resize(n_ * lc_.rank);
-      linear_forward(x.data(), lw.A[p].data(), n_, in, static_cast<int64_t>(lc_.rank), xa.data());
-      rnd(xa);
-      lora_up_forward(xa.data(), lw.B[p].data(), n_, static_cast<int64_t>(lc_.rank), out, scale(), y.data());
+      const int64_t r = lc_.rank;
+      xa.resize(n_ * r);
+      for_rows([&](int64_t t0, int64_t t1) {
+        linear_forward(x.data() + t0 * in, lw.A[p].data(), t1 - t0, in, r, xa.data() + t0 * r);
+        round_to(prec_, xa.data() + t0 * r, (t1 - t0) * r);
+        lora_up_forward(xa.data() + t0 * r, lw.B[p].data(), t1 - t0, r, out, scale(), y.data() + t0 * out);
+      });
     }
     rnd(y);
   }
@@ -463,6 +506,7 @@ class LoraLlama {
   }
 
   FloatLinear* fast_ = nullptr;
+  ThreadPool* pool_ = nullptr;
   LlamaShape s_;
   LoraConfig lc_;
   Precision prec_ = Precision::F32;
@@ -477,6 +521,7 @@ class LoraLlama {
   Acts work_;                 // the block being run
   // Scratch of one block: [n, E] rows, [n, F] rows and their gradients.
   std::vector<T> x_next_, xn_, tmp_, h_, rstd_tmp_, dx_, dxn_, dmid_, datt_, dq_, dk_, dv_, dh_, dgate_, dup_;
+  std::vector<T> dkv_part_;  // [threads, 2, n, Hkv, hd] attention backward's dk, dv per thread
   std::vector<T> xf_, xnf_, rstdf_, dxnf_, chunk_;
 };
 
