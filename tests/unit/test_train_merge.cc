@@ -44,6 +44,7 @@ std::vector<float> last_logits(const LlamaModel& m, const std::vector<int32_t>& 
   GeneratorConfig gc;
   gc.n_ctx = 64;
   gc.n_threads = 2;
+  gc.kv_type = KvType::F32;  // F16 K/V would round the merged and unmerged runs differently
   auto g = Generator::create(m, gc);
   EXPECT_TRUE(g.is_ok());
   EXPECT_TRUE((*g)->feed(tokens).is_ok());
