@@ -172,7 +172,13 @@ Result<std::unique_ptr<Communicator>> mpi_world() {
     MPI_Initialized(&inited);
     if (!inited) {
       int provided = 0;
-      init_status = mpi_check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+      // SERIALIZED: one thread at a time, but not always the one that initialized (the serving
+      // engine's step thread runs the forward calls).
+      init_status = mpi_check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
+      if (init_status && provided < MPI_THREAD_SERIALIZED) {
+        init_status = errorf("mpi: the MPI library gives thread level %d, Qilin needs "
+                             "MPI_THREAD_SERIALIZED", provided);
+      }
       if (init_status) std::atexit([] {
         int fin = 0;
         MPI_Finalized(&fin);

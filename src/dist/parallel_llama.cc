@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <sys/mman.h>
+
 #include "core/assert.h"
 #include "cpu/gemm.h"
 #include "cpu/quants.h"
@@ -167,8 +169,13 @@ Status ParallelLlama::copy_slices() {
     }
     total += (static_cast<size_t>(c.n_rows) * row_bytes(c.src->type, c.n_cols) + 63) / 64 * 64;
   }
-  weights_ = static_cast<uint8_t*>(std::aligned_alloc(64, std::max<size_t>(total, 64)));
+  // Huge pages where the kernel gives them, as LlamaModel does for its weights in memory:
+  // generation streams every weight once per token.
+  constexpr size_t kHuge = size_t{2} << 20;
+  const size_t alloc = std::max<size_t>((total + kHuge - 1) / kHuge * kHuge, kHuge);
+  weights_ = static_cast<uint8_t*>(std::aligned_alloc(kHuge, alloc));
   if (!weights_) return errorf("parallel: cannot allocate %zu bytes for this rank's weights", total);
+  madvise(weights_, alloc, MADV_HUGEPAGE);  // a hint: without THP support it is plain memory
   uint8_t* at = weights_;
   for (const Copy& c : plan) {
     WeightView& d = *c.dst;

@@ -72,10 +72,6 @@ struct RunOpts {
   ParallelCli par;
 };
 
-// Under --tp/--pp every rank maps the file and copies only its own slices.
-WeightPlacement placement_for(const Common& c, const ParallelCli& p) {
-  return p.wanted() && !c.no_mmap ? WeightPlacement::Mapped : placement_of(c);
-}
 
 // --beam N: beam search over the shared paged KV cache; prints the best hypothesis (and the
 // others with their scores on stderr).

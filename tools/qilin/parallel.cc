@@ -24,6 +24,10 @@ void add_parallel(CLI::App* app, ParallelCli& p) {
                   "0-9:stage:1,10-29:stage:2 (stages from 1)");
 }
 
+WeightPlacement placement_for(const Common& c, const ParallelCli& p) {
+  return p.wanted() && !c.no_mmap ? WeightPlacement::Mapped : placement_of(c);
+}
+
 Result<std::unique_ptr<ParallelRun>> ParallelRun::start(const ParallelCli& p, LlamaModel& model,
                                                         int n_threads) {
   if (!p.wanted()) return std::unique_ptr<ParallelRun>();

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "common.h"
 #include "dist/parallel_llama.h"
 #include "model/llama.h"
 #include "qilin/status.h"
@@ -21,6 +22,8 @@ struct ParallelCli {
   bool wanted() const { return tp * pp > 1 || !device_map.empty(); }
 };
 void add_parallel(CLI::App* app, ParallelCli& p);
+// Under --tp/--pp every rank maps the file and copies only its own slices.
+WeightPlacement placement_for(const Common& c, const ParallelCli& p);
 
 class ParallelRun {
  public:

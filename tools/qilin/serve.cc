@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "common.h"
+#include "parallel.h"
 #include "engine/engine.h"
 #include "server/backend.h"
 #include "server/http_server.h"
@@ -33,6 +34,7 @@ struct ServeOpts {
   double kv_cache_gb = 0.5;
   int64_t max_body_bytes = int64_t{1} << 20;
   int http_threads = 0;
+  ParallelCli par;
 };
 
 ServeOpts g_opts;
@@ -70,6 +72,7 @@ CLI::App* add_serve(CLI::App& app) {
                 "HTTP worker threads, each serving one request at a time (default: 2 x "
                 "--max-running + 32)")
       ->check(CLI::Range(0, 8192));
+  add_parallel(s, o.par);
   return s;
 }
 
@@ -87,8 +90,12 @@ int run_serve() {
   sigaddset(&sigs, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
-  auto l = load(o.c.model, placement_of(o.c), o.c.lora);
+  auto l = load(o.c.model, placement_for(o.c, o.par), o.c.lora);
   if (!l) return fail(l.status().message());
+  // --tp/--pp: world rank 0 serves HTTP and drives; the other ranks only run its forward calls.
+  auto par = ParallelRun::start(o.par, *l->model, o.c.threads);
+  if (!par) return fail(par.status().message());
+  if (*par && (*par)->follower()) return (*par)->follow();
   auto tmpl = model_template(*l);
   if (!tmpl) {
     std::fprintf(stderr, "qilin serve: warning: %s; /v1/chat/completions is unavailable\n",
@@ -117,7 +124,8 @@ int run_serve() {
   so.http_threads = o.http_threads > 0 ? o.http_threads : 2 * o.max_running + 32;
   so.model_id =
       o.alias.empty() ? basename_of(o.c.model.empty() ? default_model_path() : o.c.model) : o.alias;
-  so.limits.max_n = std::min(16, o.max_running);
+  // Forked choices (n > 1) copy KV blocks on write, which the other ranks do not mirror yet.
+  so.limits.max_n = *par ? 1 : std::min(16, o.max_running);
   server::HttpServer http(so, backend, *l->tok, tmpl ? &*tmpl : nullptr);
   auto port = http.bind();
   if (!port) return fail(port.status().message());
