@@ -1,8 +1,10 @@
-// A Llama with LoRA adapters for training: the frozen base (dense T weights), one (A, B) pair
-// per adapted linear layer, and forward/backward over one sequence written out layer by layer
-// with the activations each backward step needs saved on the way forward. Generic in the
-// scalar type so that a tiny random model's LoRA gradients can be checked against finite
-// differences in double; training runs it in float.
+// A Llama with LoRA adapters for training: the frozen base (dense T weights, or a FloatLinear
+// backend that may keep it quantized), one (A, B) pair per adapted linear layer, and
+// forward/backward over one sequence written out block by block. Forward saves per block what
+// backward reads (16-bit in BF16/FP16 compute; only the block's input with activation
+// checkpointing, the block then recomputed in backward). Generic in the scalar type so that a
+// tiny random model's LoRA gradients can be checked against finite differences in double;
+// training runs it in float.
 // NOTE: the base is frozen; backward produces gradients for the adapters only (and the
 // input gradients that carry them), never for base weights.
 #pragma once
