@@ -18,9 +18,9 @@
 namespace qilin {
 namespace {
 
-enum Cmd : int32_t { kStop = 0, kForward = 1 };
+enum Cmd : int32_t { kStop = 0, kForward = 1, kCopy = 2 };
 // [cmd, cache id, n_blocks, block_size, max_tokens, max_logit_rows, max_ctx, flash, n_tokens,
-//  n_seqs, table entries, KV cache type]
+//  n_seqs, table entries, KV cache type]; kCopy: n_tokens holds the number of copies
 constexpr int kHeader = 12;
 constexpr int kLogitsTag = 1 << 20;  // above every micro-batch tag
 
@@ -282,21 +282,19 @@ Result<const float*> ParallelLlama::forward(const Batch& batch, KvCache& kv, Wor
     return errorf("forward: the KV cache was not made by this parallel model's kv_config()");
   }
   QILIN_TRY(validate_batch(batch, model_.hparams().n_vocab, c, ws));
-  int32_t id = 0;
-  while (id < static_cast<int32_t>(caches_.size()) && caches_[id] != &kv) ++id;
-  if (id == static_cast<int32_t>(caches_.size())) caches_.push_back(&kv);
+  if (!deferred_) return deferred_;
+  const int32_t id = cache_id(kv);
 
   const int32_t n = batch.n_tokens(), n_seqs = static_cast<int32_t>(batch.seqs.size());
   int64_t n_table = 0;
   for (const BatchSeq& s : batch.seqs) n_table += s.n_blocks;
-  const size_t len = kHeader + 4 * static_cast<size_t>(n) + n_seqs + n_table;
+  const size_t len = 4 * static_cast<size_t>(n) + n_seqs + n_table;
   if (msg_.size() < len) msg_.resize(len);  // only when the block tables grew past the guess
   float* m = msg_.data();
   const int64_t head[kHeader] = {kForward, id, c.n_blocks, c.block_size, ws.max_tokens,
                                  ws.max_logit_rows, ws.max_ctx, ws.flash_attn ? 1 : 0, n,
                                  n_seqs, n_table, static_cast<int64_t>(c.type)};
-  for (int i = 0; i < kHeader; ++i) m[i] = exact(head[i]);
-  float* at = m + kHeader;
+  float* at = m;
   for (int32_t t = 0; t < n; ++t) {
     at[t] = exact(batch.token[t]);
     at[n + t] = exact(batch.pos[t]);
@@ -308,15 +306,49 @@ Result<const float*> ParallelLlama::forward(const Batch& batch, KvCache& kv, Wor
   for (const BatchSeq& s : batch.seqs) {
     for (int32_t i = 0; i < s.n_blocks; ++i) *at++ = exact(s.block_table[i]);
   }
+  broken_ = true;  // until the call completes: the others may be waiting inside it
   if (world_.size() > 1) {
-    QILIN_TRY(world_.broadcast(m, kHeader, 0));
-    QILIN_TRY(world_.broadcast(m + kHeader, static_cast<int64_t>(len - kHeader), 0));
+    QILIN_TRY(send_header(head));
+    QILIN_TRY(world_.broadcast(m, static_cast<int64_t>(len), 0));
   }
-  if (Status s = run(batch, kv, ws, pool); !s) {
-    broken_ = true;  // the others may be waiting inside this call: finish() must not wait
-    return s;
-  }
+  QILIN_TRY(run(batch, kv, ws, pool));
+  broken_ = false;
   return static_cast<const float*>(ws.logits.data());
+}
+
+int32_t ParallelLlama::cache_id(const KvCache& kv) const {
+  int32_t id = 0;
+  while (id < static_cast<int32_t>(caches_.size()) && caches_[id] != &kv) ++id;
+  if (id == static_cast<int32_t>(caches_.size())) caches_.push_back(&kv);
+  return id;
+}
+
+Status ParallelLlama::send_header(const int64_t* head) const {
+  float h[kHeader];
+  for (int i = 0; i < kHeader; ++i) h[i] = exact(head[i]);
+  return world_.broadcast(h, kHeader, 0);
+}
+
+void ParallelLlama::copy_blocks(KvCache& kv, const std::vector<BlockCopy>& copies) const {
+  QILIN_ASSERT(driver() && !finished_);
+  for (const BlockCopy& c : copies) kv.copy_block(c.src, c.dst, c.n_slots);
+  if (copies.empty() || world_.size() == 1 || !deferred_) return;
+  const KvCacheConfig& c = kv.config();
+  const int64_t n = static_cast<int64_t>(copies.size());
+  const int64_t head[kHeader] = {kCopy, cache_id(kv), c.n_blocks, c.block_size, 0, 0, 0, 0, n,
+                                 0, 0, static_cast<int64_t>(c.type)};
+  if (msg_.size() < static_cast<size_t>(3 * n)) msg_.resize(3 * n);
+  for (int64_t i = 0; i < n; ++i) {
+    msg_[3 * i] = exact(copies[i].src);
+    msg_[3 * i + 1] = exact(copies[i].dst);
+    msg_[3 * i + 2] = exact(copies[i].n_slots);
+  }
+  Status s = send_header(head);
+  if (s) s = world_.broadcast(msg_.data(), 3 * n, 0);
+  if (!s) {
+    deferred_ = s;
+    broken_ = true;
+  }
 }
 
 Status ParallelLlama::finish() {
@@ -341,17 +373,20 @@ Status ParallelLlama::follow(ThreadPool& pool) {
     int32_t h[kHeader];
     for (int i = 0; i < kHeader; ++i) h[i] = static_cast<int32_t>(head[i]);
     if (h[0] == kStop) return Status::ok();
-    if (h[0] != kForward) return errorf("parallel: unknown command %d from the driver", h[0]);
-    const int32_t id = h[1], n = h[8], n_seqs = h[9], n_table = h[10];
-    if (static_cast<int32_t>(follower_caches_.size()) <= id) follower_caches_.resize(id + 1);
-    std::unique_ptr<KvCache>& kv = follower_caches_[id];
-    const KvType type = static_cast<KvType>(h[11]);
-    if (!kv || kv->config().n_blocks != h[2] || kv->config().block_size != h[3] ||
-        kv->config().type != type) {
-      KvCacheConfig c = kv_config(h[2] * h[3], h[3], type);
-      auto made = KvCache::create(c);
-      QILIN_TRY(made);
-      kv = std::move(*made);
+    if (h[0] != kForward && h[0] != kCopy) {
+      return errorf("parallel: unknown command %d from the driver", h[0]);
+    }
+    auto kv = follower_cache(h);
+    QILIN_TRY(kv);
+    const int32_t n = h[8], n_seqs = h[9], n_table = h[10];
+    if (h[0] == kCopy) {
+      if (msg_.size() < static_cast<size_t>(3 * n)) msg_.resize(3 * n);
+      QILIN_TRY(world_.broadcast(msg_.data(), 3 * n, 0));
+      for (int32_t i = 0; i < n; ++i) {
+        (*kv)->copy_block(static_cast<int32_t>(msg_[3 * i]), static_cast<int32_t>(msg_[3 * i + 1]),
+                          static_cast<int32_t>(msg_[3 * i + 2]));
+      }
+      continue;
     }
     Workspace& ws = follower_ws_;
     if (ws.max_tokens != h[4] || ws.max_logit_rows != h[5] || ws.max_ctx != h[6]) {
@@ -377,8 +412,22 @@ Status ParallelLlama::follow(ThreadPool& pool) {
       b.seqs.push_back({follower_tables_.data() + off, nb});
       off += nb;
     }
-    QILIN_TRY(run(b, *kv, ws, pool));
+    QILIN_TRY(run(b, **kv, ws, pool));
   }
+}
+
+Result<KvCache*> ParallelLlama::follower_cache(const int32_t* h) {
+  const int32_t id = h[1];
+  if (static_cast<int32_t>(follower_caches_.size()) <= id) follower_caches_.resize(id + 1);
+  std::unique_ptr<KvCache>& kv = follower_caches_[id];
+  const KvType type = static_cast<KvType>(h[11]);
+  if (!kv || kv->config().n_blocks != h[2] || kv->config().block_size != h[3] ||
+      kv->config().type != type) {
+    auto made = KvCache::create(kv_config(h[2] * h[3], h[3], type));
+    QILIN_TRY(made);
+    kv = std::move(*made);
+  }
+  return kv.get();
 }
 
 // One batch through this rank's stage: micro-batch m of the rows is received from the previous

@@ -7,8 +7,8 @@
 // World rank 0 drives: it is the model's DistributedForward, so Generator, Engine and the rest
 // run unchanged there, and each forward() first broadcasts the batch to the other ranks, which
 // wait in follow(). Each rank copies only its own slices of the weights.
-// NOTE: the followers' KV caches mirror the driver's block ids (one per driver cache), but not
-// its copy-on-write block copies: forked sequences (beam search, n > 1) are not supported.
+// NOTE: the followers' KV caches mirror the driver's (one per driver cache, same block ids),
+// and copy_blocks() repeats the driver's copy-on-write copies on them.
 #pragma once
 
 #include <algorithm>
@@ -68,6 +68,7 @@ class ParallelLlama : public DistributedForward {
                            int n_threads) const override;
   Result<const float*> forward(const Batch& batch, KvCache& kv, Workspace& ws,
                                ThreadPool& pool) const override;
+  void copy_blocks(KvCache& kv, const std::vector<BlockCopy>& copies) const override;
 
   // Every other rank: runs the driver's forward calls until it calls finish().
   Status follow(ThreadPool& pool);
@@ -92,6 +93,9 @@ class ParallelLlama : public DistributedForward {
   Status run_head(const Batch& b, int32_t row0, int32_t n, int32_t* n_out, Workspace& ws,
                   ThreadPool& pool) const;
   int32_t peer(int32_t stage) const;  // world rank of (stage, this tensor index)
+  int32_t cache_id(const KvCache& kv) const;  // driver: the id its followers know kv by
+  Status send_header(const int64_t* head) const;  // driver: kHeader values to every rank
+  Result<KvCache*> follower_cache(const int32_t* head);  // the cache a command names
   int32_t micro_batches() const { return std::max(1, opt_.micro_batches > 0 ? opt_.micro_batches : opt_.pp); }
 
   const LlamaModel& model_;
@@ -106,6 +110,7 @@ class ParallelLlama : public DistributedForward {
   size_t weight_bytes_ = 0;
   bool finished_ = false;
   mutable bool broken_ = false;  // a forward call failed after the followers joined it
+  mutable Status deferred_;      // a copy_blocks() transport error, for the next forward()
 
   // Scratch of the running call (forward calls never overlap: every rank is in the same one).
   mutable std::vector<const KvCache*> caches_;  // driver: cache ids sent to the followers

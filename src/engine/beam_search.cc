@@ -186,7 +186,7 @@ Result<std::vector<BeamHypothesis>> beam_search(const LlamaModel& model, const T
         if (!mgr.append(next[i].id, &c.token, 1, &copies).ok()) {
           return errorf("beam search: KV cache exhausted (internal sizing error)");
         }
-        for (const BlockCopy& bc : copies) (*kv)->copy_block(bc.src, bc.dst, bc.n_slots);
+        model.copy_kv_blocks(**kv, copies);
         st.block_copies += static_cast<int32_t>(copies.size());
       }
     }

@@ -411,7 +411,7 @@ bool Engine::schedule_and_run() {
       copies_.clear();
       const KvAllocResult a = blocks_->append(s->id, s->tokens.data() + have, missing, &copies_);
       if (a.ok()) {
-        for (const BlockCopy& c : copies_) kv_->copy_block(c.src, c.dst, c.n_slots);
+        model_.copy_kv_blocks(*kv_, copies_);
         return true;
       }
       // Victim: the most recently admitted sequence not in the plan.

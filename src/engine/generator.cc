@@ -73,7 +73,7 @@ Status Generator::feed(const int32_t* tokens, int32_t n) {
   } else {
     copies_.clear();
     r = blocks_->append(kSeq, tokens, n, &copies_);
-    for (const BlockCopy& c : copies_) kv_->copy_block(c.src, c.dst, c.n_slots);
+    model_.copy_kv_blocks(*kv_, copies_);
   }
   if (!r.ok()) {
     return errorf("KV cache is full: %d blocks needed, %d available", r.blocks_needed,

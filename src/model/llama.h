@@ -11,6 +11,7 @@
 #include "core/thread_pool.h"
 #include "engine/batch.h"
 #include "formats/gguf.h"
+#include "kv/block_manager.h"
 #include "kv/kv_cache.h"
 #include "model/lora_adapter.h"
 #include "ops/ops.h"
@@ -103,6 +104,9 @@ class DistributedForward {
                                    int n_threads) const = 0;
   virtual Result<const float*> forward(const Batch& batch, KvCache& kv, Workspace& ws,
                                        ThreadPool& pool) const = 0;
+  // The BlockManager's copy-on-write copies, on every rank's cache. A transport error is
+  // returned by the next forward().
+  virtual void copy_blocks(KvCache& kv, const std::vector<BlockCopy>& copies) const = 0;
 };
 
 // Where the weights live while the model runs.
@@ -148,6 +152,12 @@ class LlamaModel {
   // Hands forward() and its sizing to a distributed pass (null: this process alone again).
   void set_distributed(std::shared_ptr<const DistributedForward> d) { distributed_ = std::move(d); }
   bool has_adapter() const { return adapter_ != nullptr; }
+  // Applies copy-on-write block copies (BlockManager::append's) to kv: callers use this rather
+  // than KvCache::copy_block, so that a distributed model copies on every rank.
+  void copy_kv_blocks(KvCache& kv, const std::vector<BlockCopy>& copies) const {
+    if (distributed_) return distributed_->copy_blocks(kv, copies);
+    for (const BlockCopy& c : copies) kv.copy_block(c.src, c.dst, c.n_slots);
+  }
   const GgufFile& gguf() const { return *file_; }
   // Bytes of weights (as stored).
   size_t weight_bytes() const { return weight_bytes_; }

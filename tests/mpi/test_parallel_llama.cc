@@ -15,6 +15,7 @@
 
 #include "dist/comm.h"
 #include "dist/parallel_llama.h"
+#include "engine/beam_search.h"
 #include "engine/generator.h"
 #include "test_util.h"
 
@@ -76,6 +77,7 @@ std::string f32_path() {
 
 struct Reference {
   std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<Tokenizer> tok;
   std::vector<int32_t> prompt, tokens;  // tokens[s]: the greedy token after step s
   std::vector<std::vector<float>> logits;  // [kSteps + 1][n_vocab] (rank 0 only)
 };
@@ -92,7 +94,8 @@ Reference& reference(const std::string& path) {
   r.model = std::move(*m);
   auto tok = Tokenizer::from_gguf(r.model->gguf());
   EXPECT_TRUE(tok.is_ok());
-  r.prompt = (*tok)->encode("The three largest cities of France are Paris, Marseille and", true, false);
+  r.tok = std::move(*tok);
+  r.prompt = r.tok->encode("The three largest cities of France are Paris, Marseille and", true, false);
   if (world().rank() != 0) return r;
   const int32_t n_vocab = r.model->hparams().n_vocab;
   auto g = Generator::create(*r.model, config());
@@ -179,6 +182,47 @@ TEST(ParallelLlama, PipelineParallel) {
 TEST(ParallelLlama, TensorTimesPipeline) {
   if (world().size() != 4) GTEST_SKIP() << "runs on 4 ranks";
   check_both({.tp = 2, .pp = 2, .stage_first = {}, .micro_batches = 3});
+}
+
+// Beam search forks sequences: every beam step copies the shared, partly filled last block on
+// write, and the other ranks must repeat those copies (F32 weights: the beams' scores agree to
+// float rounding, so the hypotheses must be the same tokens).
+TEST(ParallelLlama, BeamSearchCopiesBlocksOnEveryRank) {
+  Reference& ref = reference(f32_path());
+  ASSERT_TRUE(ref.model);
+  BeamSearchOptions bo;
+  bo.n_beams = 3;
+  bo.max_tokens = 20;
+  bo.ignore_eos = true;
+  bo.flash_attn = false;
+  bo.kv_type = KvType::F32;
+  std::vector<BeamHypothesis> want;
+  if (world().rank() == 0) {
+    BeamSearchStats st;
+    auto h = beam_search(*ref.model, *ref.tok, ref.prompt, bo, &st);
+    ASSERT_TRUE(h.is_ok()) << h.status().message();
+    ASSERT_GT(st.block_copies, 0);
+    want = *h;
+  }
+  ParallelOptions o{.tp = 2, .pp = world().size() / 2, .stage_first = {}, .micro_batches = 0};
+  auto par = ParallelLlama::create(*ref.model, world(), o);
+  ASSERT_TRUE(par.is_ok()) << par.status().message();
+  if (!(*par)->driver()) {
+    ThreadPool pool(1);
+    Status s = (*par)->follow(pool);
+    ASSERT_TRUE(s.is_ok()) << s.message();
+    return;
+  }
+  ref.model->set_distributed(*par);
+  auto got = beam_search(*ref.model, *ref.tok, ref.prompt, bo, nullptr);
+  ref.model->set_distributed(nullptr);
+  ASSERT_TRUE((*par)->finish().is_ok());
+  ASSERT_TRUE(got.is_ok()) << got.status().message();
+  ASSERT_EQ(got->size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ((*got)[i].tokens, want[i].tokens) << "hypothesis " << i;
+    EXPECT_NEAR((*got)[i].logprob, want[i].logprob, 1e-3) << "hypothesis " << i;
+  }
 }
 
 TEST(ParallelLlama, RefusesSplitsTheModelCannotTake) {

@@ -118,7 +118,6 @@ int cmd_run(RunOpts& o) {
     o.prompt = ss.str();
   }
   if (Status st = o.s.validate(); !st) return fail(st.message());
-  if (o.par.wanted() && o.beams > 0) return fail("--beam cannot be combined with --tp/--pp yet");
   auto l = load(o.c.model, placement_for(o.c, o.par), o.c.lora);
   if (!l) return fail(l.status().message());
   auto par = ParallelRun::start(o.par, *l->model, o.c.threads);

@@ -124,8 +124,7 @@ int run_serve() {
   so.http_threads = o.http_threads > 0 ? o.http_threads : 2 * o.max_running + 32;
   so.model_id =
       o.alias.empty() ? basename_of(o.c.model.empty() ? default_model_path() : o.c.model) : o.alias;
-  // Forked choices (n > 1) copy KV blocks on write, which the other ranks do not mirror yet.
-  so.limits.max_n = *par ? 1 : std::min(16, o.max_running);
+  so.limits.max_n = std::min(16, o.max_running);
   server::HttpServer http(so, backend, *l->tok, tmpl ? &*tmpl : nullptr);
   auto port = http.bind();
   if (!port) return fail(port.status().message());
