@@ -94,7 +94,7 @@ inline int quantize_block_q8(const float* x, int8_t* qs, uint16_t* d_out, float*
   const float d = amax / 127.0f;
   float id = d != 0.0f ? 1.0f / d : 0.0f;
   if (std::isinf(id)) id = 0.0f;  // subnormal scale: as quantize_row_ref (see quants.cc)
-  *d_out = fp32_to_fp16(d);
+  *d_out = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);  // F16C: as fp32_to_fp16, bit for bit
   *d_f32 = d;
   const __m512 vid = _mm512_set1_ps(id);
   const __m512i q0 = round_away(_mm512_mul_ps(v0, vid));
@@ -284,7 +284,7 @@ void quantize_row_q8_1(const float* src, void* dst, int64_t n) {
   for (int64_t i = 0; i < n / kQK; ++i) {
     float d;
     const int sum = quantize_block_q8(src + i * kQK, y[i].qs, &y[i].d, &d);
-    y[i].s = fp32_to_fp16(static_cast<float>(sum) * d);
+    y[i].s = _cvtss_sh(static_cast<float>(sum) * d, _MM_FROUND_TO_NEAREST_INT);
   }
 }
 
