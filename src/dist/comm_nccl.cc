@@ -82,7 +82,8 @@ class NcclComm : public Communicator {
   }
   Result<std::unique_ptr<Communicator>> subgroup(const std::vector<int32_t>& ranks) override {
     auto it = std::find(ranks.begin(), ranks.end(), rank_);
-    if (it == ranks.end()) return errorf("nccl: rank %d is not in the subgroup it asked for", rank_);
+    if (it == ranks.end())
+      return errorf("nccl: rank %d is not in the subgroup it asked for", rank_);
     ncclComm_t sub = nullptr;
     QILIN_NCCL(ncclCommSplit(comm_, *std::min_element(ranks.begin(), ranks.end()),
                              static_cast<int>(it - ranks.begin()), &sub, nullptr));
@@ -123,8 +124,10 @@ class NcclComm : public Communicator {
       if (timeout_s_ > 0 && s > timeout_s_) {
         ncclCommAbort(comm_);
         comm_ = nullptr;
-        return errorf("nccl: %s on rank %d of %d waited %.0f s for the other ranks: one stopped "
-                      "or died (QILIN_COMM_TIMEOUT_S=%g)", call, rank_, size_, s, timeout_s_);
+        return errorf(
+            "nccl: %s on rank %d of %d waited %.0f s for the other ranks: one stopped "
+            "or died (QILIN_COMM_TIMEOUT_S=%g)",
+            call, rank_, size_, s, timeout_s_);
       }
       sched_yield();
     }
@@ -160,7 +163,8 @@ Result<std::unique_ptr<Communicator>> nccl_world(Communicator& bootstrap, int de
   float bytes[sizeof id.internal];
   if (bootstrap.rank() == 0) {
     QILIN_NCCL(ncclGetUniqueId(&id));
-    for (size_t i = 0; i < sizeof id.internal; ++i) bytes[i] = static_cast<unsigned char>(id.internal[i]);
+    for (size_t i = 0; i < sizeof id.internal; ++i)
+      bytes[i] = static_cast<unsigned char>(id.internal[i]);
   }
   QILIN_TRY(bootstrap.broadcast(bytes, sizeof id.internal, 0));
   for (size_t i = 0; i < sizeof id.internal; ++i) {
@@ -180,8 +184,9 @@ Result<std::unique_ptr<Communicator>> nccl_world(Communicator& bootstrap, int de
 namespace qilin {
 bool nccl_available() { return false; }
 Result<std::unique_ptr<Communicator>> nccl_world(Communicator&, int) {
-  return errorf("this qilin was built without NCCL (it needs the CUDA toolkit and NCCL at build "
-                "time)");
+  return errorf(
+      "this qilin was built without NCCL (it needs the CUDA toolkit and NCCL at build "
+      "time)");
 }
 }  // namespace qilin
 

@@ -37,19 +37,23 @@ Result<DeviceMap> parse_device_map(const std::string& spec, int32_t n_layer) {
     const int64_t a = parse_count(range.substr(0, dash));
     const int64_t b = dash == std::string::npos ? a : parse_count(range.substr(dash + 1));
     if (a < 0 || b < 0) {
-      return errorf("--device-map entry '%s': '%s' is not a layer or a FIRST-LAST range",
-                    e.c_str(), range.c_str());
+      return errorf("--device-map entry '%s': '%s' is not a layer or a FIRST-LAST range", e.c_str(),
+                    range.c_str());
     }
     if (b < a) return errorf("--device-map entry '%s': the range ends before it starts", e.c_str());
     if (b >= n_layer) {
-      return errorf("--device-map entry '%s': layer %lld does not exist (the model has layers "
-                    "0-%d)", e.c_str(), static_cast<long long>(b), n_layer - 1);
+      return errorf(
+          "--device-map entry '%s': layer %lld does not exist (the model has layers "
+          "0-%d)",
+          e.c_str(), static_cast<long long>(b), n_layer - 1);
     }
     if (a != next) {
-      return a < next ? errorf("--device-map entry '%s': layer %lld is already assigned",
-                               e.c_str(), static_cast<long long>(a))
-                      : errorf("--device-map entry '%s': layers %d-%lld are not assigned to any "
-                               "device", e.c_str(), next, static_cast<long long>(a - 1));
+      return a < next ? errorf("--device-map entry '%s': layer %lld is already assigned", e.c_str(),
+                               static_cast<long long>(a))
+                      : errorf(
+                            "--device-map entry '%s': layers %d-%lld are not assigned to any "
+                            "device",
+                            e.c_str(), next, static_cast<long long>(a - 1));
     }
     d.first = static_cast<int32_t>(a);
     d.last = static_cast<int32_t>(b);
@@ -57,8 +61,8 @@ Result<DeviceMap> parse_device_map(const std::string& spec, int32_t n_layer) {
     auto indexed = [&](const char* prefix, DeviceKind kind, int64_t lo) -> Status {
       const int64_t i = parse_count(dev.substr(std::string(prefix).size()));
       if (i < lo) {
-        return errorf("--device-map entry '%s': '%s' needs a number >= %lld after '%s'",
-                      e.c_str(), dev.c_str(), static_cast<long long>(lo), prefix);
+        return errorf("--device-map entry '%s': '%s' needs a number >= %lld after '%s'", e.c_str(),
+                      dev.c_str(), static_cast<long long>(lo), prefix);
       }
       d.kind = kind;
       d.index = static_cast<int32_t>(i);
@@ -90,8 +94,10 @@ Result<std::vector<int32_t>> stage_boundaries(const DeviceMap& map, int32_t pp) 
   for (const DeviceMapEntry& e : map.entries) {
     const std::string name = std::to_string(e.first) + "-" + std::to_string(e.last);
     if (e.kind == DeviceKind::Cuda) {
-      return errorf("--device-map entry %s:cuda:%d: this build runs layers on cpu only (the "
-                    "CUDA forward pass is not built)", name.c_str(), e.index);
+      return errorf(
+          "--device-map entry %s:cuda:%d: this build runs layers on cpu only (the "
+          "CUDA forward pass is not built)",
+          name.c_str(), e.index);
     }
     if (e.kind == DeviceKind::Cpu) {
       devices = true;
@@ -106,8 +112,10 @@ Result<std::vector<int32_t>> stage_boundaries(const DeviceMap& map, int32_t pp) 
     const int32_t have = static_cast<int32_t>(first.size());
     if (s == have) continue;  // the same stage goes on
     if (s != have + 1) {
-      return errorf("--device-map entry %s:stage:%d: stages must follow in layer order; the "
-                    "previous entry was stage %d", name.c_str(), s, have);
+      return errorf(
+          "--device-map entry %s:stage:%d: stages must follow in layer order; the "
+          "previous entry was stage %d",
+          name.c_str(), s, have);
     }
     first.push_back(e.first);
   }
@@ -116,8 +124,10 @@ Result<std::vector<int32_t>> stage_boundaries(const DeviceMap& map, int32_t pp) 
   }
   if (!stages) {
     if (pp > 1) {
-      return errorf("--device-map names devices only; with --pp %d give each layer range a "
-                    "stage:N (1..%d)", pp, pp);
+      return errorf(
+          "--device-map names devices only; with --pp %d give each layer range a "
+          "stage:N (1..%d)",
+          pp, pp);
     }
     return std::vector<int32_t>{0};
   }

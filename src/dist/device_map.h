@@ -17,7 +17,7 @@ enum class DeviceKind { Cpu, Cuda, Stage };
 struct DeviceMapEntry {
   int32_t first = 0, last = 0;  // layers [first, last], inclusive as written
   DeviceKind kind = DeviceKind::Cpu;
-  int32_t index = 0;            // cuda:N's N, stage:N's N (1-based)
+  int32_t index = 0;  // cuda:N's N, stage:N's N (1-based)
 };
 
 struct DeviceMap {

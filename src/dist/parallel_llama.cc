@@ -3,12 +3,12 @@
 // O and after down. Integers travel as floats (exact below 2^24; asserted).
 #include "dist/parallel_llama.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-
-#include <sys/mman.h>
 
 #include "core/assert.h"
 #include "cpu/gemm.h"
@@ -38,8 +38,10 @@ Result<ShardPlan> plan_shard(const LlamaHparams& hp, const ParallelOptions& o, i
                              int32_t stage, int32_t tensor) {
   if (o.tp < 1 || o.pp < 1) return errorf("parallel: --tp %d and --pp %d must be >= 1", o.tp, o.pp);
   if (o.tp > hp.n_head_kv) {
-    return errorf("parallel: --tp %d is more than the model's %d KV heads (tensor parallelism "
-                  "gives each rank whole KV-head groups)", o.tp, hp.n_head_kv);
+    return errorf(
+        "parallel: --tp %d is more than the model's %d KV heads (tensor parallelism "
+        "gives each rank whole KV-head groups)",
+        o.tp, hp.n_head_kv);
   }
   if (o.pp > hp.n_layer) {
     return errorf("parallel: --pp %d is more than the model's %d layers", o.pp, hp.n_layer);
@@ -85,6 +87,9 @@ Result<ShardPlan> plan_shard(const LlamaHparams& hp, const ParallelOptions& o, i
   p.vocab0 = tensor * p.vocab_chunk;
   p.n_vocab = std::min(p.vocab_chunk, hp.n_vocab - p.vocab0);
   if (p.n_vocab <= 0) return errorf("parallel: --tp %d leaves rank %d no vocabulary", o.tp, tensor);
+  split_range(hp.n_embd, tensor, o.tp, &a, &b);
+  p.embd0 = static_cast<int32_t>(a);
+  p.n_embd = static_cast<int32_t>(b - a);
   return p;
 }
 
@@ -105,13 +110,14 @@ Result<std::shared_ptr<ParallelLlama>> ParallelLlama::create(const LlamaModel& m
     return errorf("parallel: --tp %d x --pp %d needs %d ranks (mpirun -np %d), this job has %d",
                   o.tp, o.pp, o.tp * o.pp, o.tp * o.pp, world.size());
   }
-  if (model.has_adapter()) return errorf("parallel: LoRA adapters are not supported with --tp/--pp yet");
+  if (model.has_adapter())
+    return errorf("parallel: LoRA adapters are not supported with --tp/--pp yet");
   auto topo = Topology::create(world.size(), o.tp, o.pp);
   QILIN_TRY(topo);
   const RankCoord c = topo->coord(world.rank());
   const LlamaHparams& hp = model.hparams();
-  auto plan = plan_shard(hp, o, dtype_info(model.layers()[0].w_down.type).block_size, c.stage,
-                         c.tensor);
+  auto plan =
+      plan_shard(hp, o, dtype_info(model.layers()[0].w_down.type).block_size, c.stage, c.tensor);
   QILIN_TRY(plan);
   std::shared_ptr<ParallelLlama> p(new ParallelLlama(model, world));
   p->opt_ = o;
@@ -119,6 +125,23 @@ Result<std::shared_ptr<ParallelLlama>> ParallelLlama::create(const LlamaModel& m
   auto tc = world.subgroup(topo->tensor_group(world.rank()));
   QILIN_TRY(tc);
   p->tensor_comm_ = std::move(*tc);
+  const int64_t hd = hp.head_dim;
+  for (Columns* cols : {&p->heads_, &p->ffn_, &p->embd_}) {
+    cols->total = cols == &p->heads_ ? hp.n_head * hd : cols == &p->ffn_ ? hp.n_ff : hp.n_embd;
+  }
+  for (int32_t t = 0; t < o.tp; ++t) {
+    auto q = plan_shard(hp, o, dtype_info(model.layers()[0].w_down.type).block_size, c.stage, t);
+    QILIN_TRY(q);
+    p->heads_.col0.push_back(q->head0 * hd);
+    p->heads_.width.push_back(q->n_head * hd);
+    p->ffn_.col0.push_back(q->ff0);
+    p->ffn_.width.push_back(q->n_ff);
+    p->embd_.col0.push_back(q->embd0);
+    p->embd_.width.push_back(q->n_embd);
+  }
+  for (Columns* cols : {&p->heads_, &p->ffn_, &p->embd_}) {
+    cols->chunk = *std::max_element(cols->width.begin(), cols->width.end());
+  }
   QILIN_TRY(p->copy_slices());
   return p;
 }
@@ -145,27 +168,37 @@ Status ParallelLlama::copy_slices() {
     plan.push_back({&L.wq, &S.wq, p.head0 * hd, p.n_head * hd, 0, hp.n_embd});
     plan.push_back({&L.wk, &S.wk, p.head_kv0 * hd, p.n_head_kv * hd, 0, hp.n_embd});
     plan.push_back({&L.wv, &S.wv, p.head_kv0 * hd, p.n_head_kv * hd, 0, hp.n_embd});
-    plan.push_back({&L.wo, &S.wo, 0, hp.n_embd, p.head0 * hd, p.n_head * hd});
+    if (opt_.exact) {
+      plan.push_back({&L.wo, &S.wo, p.embd0, p.n_embd, 0, hp.n_head * hd});
+    } else {
+      plan.push_back({&L.wo, &S.wo, 0, hp.n_embd, p.head0 * hd, p.n_head * hd});
+    }
     plan.push_back({&L.w_gate, &S.w_gate, p.ff0, p.n_ff, 0, hp.n_embd});
     plan.push_back({&L.w_up, &S.w_up, p.ff0, p.n_ff, 0, hp.n_embd});
-    plan.push_back({&L.w_down, &S.w_down, 0, hp.n_embd, p.ff0, p.n_ff});
+    if (opt_.exact) {
+      plan.push_back({&L.w_down, &S.w_down, p.embd0, p.n_embd, 0, hp.n_ff});
+    } else {
+      plan.push_back({&L.w_down, &S.w_down, 0, hp.n_embd, p.ff0, p.n_ff});
+    }
   }
   const WeightView embd = model_.tok_embd();
   const bool first = p.stage == 0, last = p.stage == opt_.pp - 1;
   // A tied head on a one-stage rank reads the same rows as the embedding: one copy.
-  const bool shared = first && last && model_.output().data == embd.data &&
-                      model_.output().type == embd.type;
+  const bool shared =
+      first && last && model_.output().data == embd.data && model_.output().type == embd.type;
   if (first) plan.push_back({&embd, &tok_embd_, p.vocab0, p.n_vocab, 0, hp.n_embd});
-  if (last && !shared) plan.push_back({&model_.output(), &output_, p.vocab0, p.n_vocab, 0, hp.n_embd});
+  if (last && !shared)
+    plan.push_back({&model_.output(), &output_, p.vocab0, p.n_vocab, 0, hp.n_embd});
 
   size_t total = 0;
   for (const Copy& c : plan) {
     const DTypeInfo& info = dtype_info(c.src->type);
     if (c.n_cols != c.src->n_in &&
         (c.col0 % info.block_size != 0 || c.n_cols % info.block_size != 0 || info.group_blocks)) {
-      return errorf("parallel: a %s weight cannot be split at input column %lld (blocks of "
-                    "%lld elements)", info.name, static_cast<long long>(c.col0),
-                    static_cast<long long>(info.block_size));
+      return errorf(
+          "parallel: a %s weight cannot be split at input column %lld (blocks of "
+          "%lld elements)",
+          info.name, static_cast<long long>(c.col0), static_cast<long long>(info.block_size));
     }
     total += (static_cast<size_t>(c.n_rows) * row_bytes(c.src->type, c.n_cols) + 63) / 64 * 64;
   }
@@ -174,7 +207,8 @@ Status ParallelLlama::copy_slices() {
   constexpr size_t kHuge = size_t{2} << 20;
   const size_t alloc = std::max<size_t>((total + kHuge - 1) / kHuge * kHuge, kHuge);
   weights_ = static_cast<uint8_t*>(std::aligned_alloc(kHuge, alloc));
-  if (!weights_) return errorf("parallel: cannot allocate %zu bytes for this rank's weights", total);
+  if (!weights_)
+    return errorf("parallel: cannot allocate %zu bytes for this rank's weights", total);
   madvise(weights_, alloc, MADV_HUGEPAGE);  // a hint: without THP support it is plain memory
   uint8_t* at = weights_;
   for (const Copy& c : plan) {
@@ -226,8 +260,8 @@ KvCacheConfig ParallelLlama::kv_config(int32_t n_ctx_tokens, int32_t block_size,
   return c;
 }
 
-Workspace ParallelLlama::make_workspace(int32_t max_tokens, int32_t max_logit_rows,
-                                        int32_t max_ctx, int n_threads) const {
+Workspace ParallelLlama::make_workspace(int32_t max_tokens, int32_t max_logit_rows, int32_t max_ctx,
+                                        int n_threads) const {
   const LlamaHparams& hp = model_.hparams();
   Workspace ws;
   ws.max_tokens = max_tokens;
@@ -256,12 +290,21 @@ Workspace ParallelLlama::make_workspace(int32_t max_tokens, int32_t max_logit_ro
       act = std::max(act, matmul_scratch_bytes(w->type, w->n_in, max_tokens));
     }
   }
-  if (output_.data) act = std::max(act, matmul_scratch_bytes(output_.type, output_.n_in, max_logit_rows));
+  if (output_.data)
+    act = std::max(act, matmul_scratch_bytes(output_.type, output_.n_in, max_logit_rows));
   ws.act.resize(act);
   // The call's own scratch, grown here so that forward() allocates nothing.
   const size_t part = static_cast<size_t>(max_logit_rows) * plan_.vocab_chunk;
   if (part_logits_.size() < part) part_logits_.resize(part);
   if (all_logits_.size() < part * opt_.tp) all_logits_.resize(part * opt_.tp);
+  if (opt_.exact && opt_.tp > 1) {
+    const size_t chunk = std::max({heads_.chunk, ffn_.chunk, embd_.chunk});
+    if (gather_part_.size() < nt * chunk) gather_part_.resize(nt * chunk);
+    if (gather_all_.size() < nt * chunk * opt_.tp) gather_all_.resize(nt * chunk * opt_.tp);
+    const size_t in = std::max(heads_.total, ffn_.total);
+    if (full_in_.size() < nt * in) full_in_.resize(nt * in);
+    if (part_out_.size() < nt * embd_.chunk) part_out_.resize(nt * embd_.chunk);
+  }
   const size_t msg = kHeader + 4 * nt + 4096;
   if (msg_.size() < msg) msg_.resize(msg);
   if (static_cast<int32_t>(micro_.size()) < micro_batches()) micro_.resize(micro_batches());
@@ -291,9 +334,18 @@ Result<const float*> ParallelLlama::forward(const Batch& batch, KvCache& kv, Wor
   const size_t len = 4 * static_cast<size_t>(n) + n_seqs + n_table;
   if (msg_.size() < len) msg_.resize(len);  // only when the block tables grew past the guess
   float* m = msg_.data();
-  const int64_t head[kHeader] = {kForward, id, c.n_blocks, c.block_size, ws.max_tokens,
-                                 ws.max_logit_rows, ws.max_ctx, ws.flash_attn ? 1 : 0, n,
-                                 n_seqs, n_table, static_cast<int64_t>(c.type)};
+  const int64_t head[kHeader] = {kForward,
+                                 id,
+                                 c.n_blocks,
+                                 c.block_size,
+                                 ws.max_tokens,
+                                 ws.max_logit_rows,
+                                 ws.max_ctx,
+                                 ws.flash_attn ? 1 : 0,
+                                 n,
+                                 n_seqs,
+                                 n_table,
+                                 static_cast<int64_t>(c.type)};
   float* at = m;
   for (int32_t t = 0; t < n; ++t) {
     at[t] = exact(batch.token[t]);
@@ -335,8 +387,12 @@ void ParallelLlama::copy_blocks(KvCache& kv, const std::vector<BlockCopy>& copie
   if (copies.empty() || world_.size() == 1 || !deferred_) return;
   const KvCacheConfig& c = kv.config();
   const int64_t n = static_cast<int64_t>(copies.size());
-  const int64_t head[kHeader] = {kCopy, cache_id(kv), c.n_blocks, c.block_size, 0, 0, 0, 0, n,
-                                 0, 0, static_cast<int64_t>(c.type)};
+  const int64_t head[kHeader] = {kCopy,      cache_id(kv),
+                                 c.n_blocks, c.block_size,
+                                 0,          0,
+                                 0,          0,
+                                 n,          0,
+                                 0,          static_cast<int64_t>(c.type)};
   if (msg_.size() < static_cast<size_t>(3 * n)) msg_.resize(3 * n);
   for (int64_t i = 0; i < n; ++i) {
     msg_[3 * i] = exact(copies[i].src);
@@ -405,7 +461,8 @@ Status ParallelLlama::follow(ThreadPool& pool) {
     }
     at += 4 * n;
     follower_tables_.resize(n_table);
-    for (int32_t i = 0; i < n_table; ++i) follower_tables_[i] = static_cast<int32_t>(at[n_seqs + i]);
+    for (int32_t i = 0; i < n_table; ++i)
+      follower_tables_[i] = static_cast<int32_t>(at[n_seqs + i]);
     int32_t off = 0;
     for (int32_t s = 0; s < n_seqs; ++s) {
       const int32_t nb = static_cast<int32_t>(at[s]);
@@ -496,21 +553,22 @@ Status ParallelLlama::run_layers(const Batch& b, int32_t row0, int32_t n, KvCach
   const LlamaHparams& hp = model_.hparams();
   const int64_t E = hp.n_embd, hd = hp.head_dim;
   const int64_t d_q = plan_.n_head * hd, d_kv = plan_.n_head_kv * hd, F = plan_.n_ff;
-  float* x = ws.x.data() + row0 * E;           // [n, E] residual stream (every rank)
-  float* cur = ws.cur.data() + row0 * E;       // [n, E]
-  float* q = ws.q.data() + row0 * d_q;         // [n, local n_head, hd]
-  float* k = ws.k.data() + row0 * d_kv;        // [n, local n_head_kv, hd]
-  float* v = ws.v.data() + row0 * d_kv;        // [n, local n_head_kv, hd]
-  float* attn = ws.attn.data() + row0 * d_q;   // [n, local n_head, hd]
-  float* gate = ws.gate.data() + row0 * F;     // [n, local n_ff]
-  float* up = ws.up.data() + row0 * F;         // [n, local n_ff]
+  float* x = ws.x.data() + row0 * E;          // [n, E] residual stream (every rank)
+  float* cur = ws.cur.data() + row0 * E;      // [n, E]
+  float* q = ws.q.data() + row0 * d_q;        // [n, local n_head, hd]
+  float* k = ws.k.data() + row0 * d_kv;       // [n, local n_head_kv, hd]
+  float* v = ws.v.data() + row0 * d_kv;       // [n, local n_head_kv, hd]
+  float* attn = ws.attn.data() + row0 * d_q;  // [n, local n_head, hd]
+  float* gate = ws.gate.data() + row0 * F;    // [n, local n_ff]
+  float* up = ws.up.data() + row0 * F;        // [n, local n_ff]
   void* act = ws.act.data();
 
   AttentionArgs aa = attention_args(ws, kv, b, plan_.n_head, hp.head_dim, q, attn);
 
   for (int32_t il = plan_.layer0; il < plan_.layer1; ++il) {
     const LayerShard& L = layers_[il - plan_.layer0];
-    for_rows(pool, n, [&](int32_t t) { rms_norm(x + t * E, L.attn_norm, cur + t * E, E, hp.rms_eps); });
+    for_rows(pool, n,
+             [&](int32_t t) { rms_norm(x + t * E, L.attn_norm, cur + t * E, E, hp.rms_eps); });
     {
       const WeightView qkv[3] = {L.wq, L.wk, L.wv};  // column-parallel: this rank's heads
       float* const out[3] = {q, k, v};
@@ -526,9 +584,16 @@ Status ParallelLlama::run_layers(const Batch& b, int32_t row0, int32_t n, KvCach
     });
     aa.layer = il - plan_.layer0;
     kv_store(kv, aa.layer, b, k, v);
-    attention(pool, aa);                              // [n, local d_q]
-    matmul(pool, L.wo, attn, n, cur, act);            // row-parallel: partial [n, E]
-    if (opt_.tp > 1) QILIN_TRY(tensor_comm_->all_reduce(cur, n * E));
+    attention(pool, aa);  // [n, local d_q]
+    if (opt_.exact && opt_.tp > 1) {
+      // Column-parallel on the gathered heads: whole dot products, this rank's rows of E.
+      QILIN_TRY(gather_columns(attn, n, heads_, full_in_.data()));    // [n, n_head * hd]
+      matmul(pool, L.wo, full_in_.data(), n, part_out_.data(), act);  // [n, local rows of E]
+      QILIN_TRY(gather_columns(part_out_.data(), n, embd_, cur));     // [n, E]
+    } else {
+      matmul(pool, L.wo, attn, n, cur, act);  // row-parallel: partial [n, E]
+      if (opt_.tp > 1) QILIN_TRY(tensor_comm_->all_reduce(cur, n * E));
+    }
     for_rows(pool, n, [&](int32_t t) {
       float* xt = x + t * E;
       const float* ct = cur + t * E;
@@ -545,11 +610,37 @@ Status ParallelLlama::run_layers(const Batch& b, int32_t row0, int32_t n, KvCach
       }
     }
     for_rows(pool, n, [&](int32_t t) { swiglu(gate + t * F, up + t * F, gate + t * F, F); });
-    matmul(pool, L.w_down, gate, n, cur, act);        // row-parallel: partial [n, E]
-    if (opt_.tp > 1) QILIN_TRY(tensor_comm_->all_reduce(cur, n * E));
+    if (opt_.exact && opt_.tp > 1) {
+      QILIN_TRY(gather_columns(gate, n, ffn_, full_in_.data()));  // [n, n_ff]
+      matmul(pool, L.w_down, full_in_.data(), n, part_out_.data(), act);
+      QILIN_TRY(gather_columns(part_out_.data(), n, embd_, cur));  // [n, E]
+    } else {
+      matmul(pool, L.w_down, gate, n, cur, act);  // row-parallel: partial [n, E]
+      if (opt_.tp > 1) QILIN_TRY(tensor_comm_->all_reduce(cur, n * E));
+    }
     for_rows(pool, n, [&](int32_t t) {
       for (int64_t i = t * E; i < (t + 1) * E; ++i) x[i] += cur[i];
     });
+  }
+  return Status::ok();
+}
+
+Status ParallelLlama::gather_columns(const float* local, int32_t n, const Columns& c,
+                                     float* full) const {
+  const int32_t me = plan_.tensor;
+  const int64_t w = c.width[me], chunk = c.chunk;
+  float* part = gather_part_.data();  // [n, chunk]
+  for (int32_t t = 0; t < n; ++t) {
+    std::memcpy(part + t * chunk, local + t * w, w * sizeof(float));
+    std::fill(part + t * chunk + w, part + (t + 1) * chunk, 0.0f);
+  }
+  float* all = gather_all_.data();  // [tp, n, chunk]
+  QILIN_TRY(tensor_comm_->all_gather(part, all, n * chunk));
+  for (int32_t r = 0; r < opt_.tp; ++r) {
+    for (int32_t t = 0; t < n; ++t) {
+      std::memcpy(full + t * c.total + c.col0[r], all + (static_cast<int64_t>(r) * n + t) * chunk,
+                  c.width[r] * sizeof(float));
+    }
   }
   return Status::ok();
 }

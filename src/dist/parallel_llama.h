@@ -26,6 +26,10 @@ struct ParallelOptions {
   int32_t pp = 1;
   std::vector<int32_t> stage_first;  // [pp] first layer of each stage; empty: an even split
   int32_t micro_batches = 0;         // pieces a batch's rows are cut into (0: pp)
+  // O and down column-parallel too, on all-gathered inputs, with their outputs all-gathered:
+  // each rank computes whole dot products, so the logits are those of one process bit for bit
+  // (quantized weights round partial sums otherwise). 4 all-gathers a layer, not 2 all-reduces.
+  bool exact = false;
 };
 
 // What one rank (stage, tensor) holds. Heads are handed out in whole KV groups, the first
@@ -33,12 +37,13 @@ struct ParallelOptions {
 // (FFN parts on multiples of the down projection's block size).
 struct ShardPlan {
   int32_t stage = 0, tensor = 0;
-  int32_t layer0 = 0, layer1 = 0;      // layers [layer0, layer1)
+  int32_t layer0 = 0, layer1 = 0;       // layers [layer0, layer1)
   int32_t head_kv0 = 0, n_head_kv = 0;  // KV heads [head_kv0, head_kv0 + n_head_kv)
   int32_t head0 = 0, n_head = 0;        // query heads
   int32_t ff0 = 0, n_ff = 0;            // FFN columns
   int32_t vocab0 = 0, n_vocab = 0;      // vocabulary rows
   int32_t vocab_chunk = 0;              // ceil(n_vocab_total / tp): the all-gather unit
+  int32_t embd0 = 0, n_embd = 0;        // exact: the output rows of O and down it computes
 };
 // Errors name the degree that the model cannot be split into.
 Result<ShardPlan> plan_shard(const LlamaHparams& hp, const ParallelOptions& o, int64_t ff_block,
@@ -49,8 +54,7 @@ class ParallelLlama : public DistributedForward {
   // Collective: every rank of `world` calls it with the same options. world.size() must be
   // tp * pp. Fails (the same way on every rank) for splits the model cannot take, a LoRA
   // adapter, or weight types whose blocks do not divide the slices.
-  static Result<std::shared_ptr<ParallelLlama>> create(const LlamaModel& model,
-                                                       Communicator& world,
+  static Result<std::shared_ptr<ParallelLlama>> create(const LlamaModel& model, Communicator& world,
                                                        const ParallelOptions& o);
   ~ParallelLlama() override;
 
@@ -92,11 +96,20 @@ class ParallelLlama : public DistributedForward {
                     ThreadPool& pool) const;
   Status run_head(const Batch& b, int32_t row0, int32_t n, int32_t* n_out, Workspace& ws,
                   ThreadPool& pool) const;
-  int32_t peer(int32_t stage) const;  // world rank of (stage, this tensor index)
-  int32_t cache_id(const KvCache& kv) const;  // driver: the id its followers know kv by
-  Status send_header(const int64_t* head) const;  // driver: kHeader values to every rank
+  int32_t peer(int32_t stage) const;                     // world rank of (stage, this tensor index)
+  int32_t cache_id(const KvCache& kv) const;             // driver: the id its followers know kv by
+  Status send_header(const int64_t* head) const;         // driver: kHeader values to every rank
   Result<KvCache*> follower_cache(const int32_t* head);  // the cache a command names
-  int32_t micro_batches() const { return std::max(1, opt_.micro_batches > 0 ? opt_.micro_batches : opt_.pp); }
+  // Exact mode: every tensor rank's [n, width(r)] block of columns (starting at col0(r) of
+  // total) gathered into full [n, total], on every rank of the group.
+  struct Columns {
+    std::vector<int64_t> col0, width;  // [tp]
+    int64_t total = 0, chunk = 0;      // chunk: the widest block, the all-gather unit
+  };
+  Status gather_columns(const float* local, int32_t n, const Columns& c, float* full) const;
+  int32_t micro_batches() const {
+    return std::max(1, opt_.micro_batches > 0 ? opt_.micro_batches : opt_.pp);
+  }
 
   const LlamaModel& model_;
   Communicator& world_;
@@ -104,6 +117,7 @@ class ParallelLlama : public DistributedForward {
   ParallelOptions opt_;
   ShardPlan plan_;
   std::vector<LayerShard> layers_;  // [layer1 - layer0]
+  Columns heads_, ffn_, embd_;      // exact mode: the group's attention, FFN and output columns
   WeightView tok_embd_;             // [n_embd] -> [local n_vocab] rows of the table (stage 0)
   WeightView output_;               // [n_embd] -> [local n_vocab] (last stage)
   uint8_t* weights_ = nullptr;      // the copied slices, 64-byte aligned, registered with gemm
@@ -118,6 +132,10 @@ class ParallelLlama : public DistributedForward {
   mutable std::vector<Batch> micro_;            // [micro_batches] row ranges of the batch
   mutable std::vector<float> part_logits_;      // [rows, vocab_chunk] this rank's vocabulary
   mutable std::vector<float> all_logits_;       // [tp, rows, vocab_chunk]
+  mutable std::vector<float> gather_part_;      // exact: [rows, chunk] this rank's block
+  mutable std::vector<float> gather_all_;       // exact: [tp, rows, chunk]
+  mutable std::vector<float> full_in_;          // exact: [rows, n_head * head_dim or n_ff]
+  mutable std::vector<float> part_out_;         // exact: [rows, embd_.chunk]
   // Followers: their own caches (by the driver's cache id), workspace and batch.
   std::vector<std::unique_ptr<KvCache>> follower_caches_;
   Workspace follower_ws_;

@@ -3,12 +3,12 @@
 //   die:    rank 1 exits at once without finalizing (a crash); the launcher ends the job.
 //   stall:  rank 1 stays alive but stops calling; rank 0's call times out and aborts the job.
 //   return: rank 1 finalizes and exits 0 early; rank 0 times out as for stall.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <thread>
-
-#include <unistd.h>
 
 #include "dist/comm.h"
 

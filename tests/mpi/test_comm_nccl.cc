@@ -28,7 +28,8 @@ TEST(CommNccl, CollectivesOnGpusOrAClearError) {
     ASSERT_FALSE(c.is_ok());
     const std::string m = c.status().message();
     EXPECT_TRUE(m.find("has no CUDA device") != std::string::npos ||
-                m.find("this machine has") != std::string::npos) << m;
+                m.find("this machine has") != std::string::npos)
+        << m;
     std::printf("rank %d: %s\n", boot.rank(), m.c_str());
     return;
   }
@@ -43,9 +44,11 @@ TEST(CommNccl, CollectivesOnGpusOrAClearError) {
   ASSERT_EQ(cudaMemcpy(d, h.data(), sizeof(float) * k, cudaMemcpyHostToDevice), cudaSuccess);
   ASSERT_TRUE(nc.all_reduce(d, k).is_ok());
   ASSERT_EQ(cudaMemcpy(h.data(), d, sizeof(float) * k, cudaMemcpyDeviceToHost), cudaSuccess);
-  for (int64_t i = 0; i < k; i += 97) EXPECT_EQ(h[i], n * static_cast<float>(i) + n * (n - 1) / 2.0f);
+  for (int64_t i = 0; i < k; i += 97)
+    EXPECT_EQ(h[i], n * static_cast<float>(i) + n * (n - 1) / 2.0f);
   ASSERT_TRUE(nc.all_gather(d, d + k, k).is_ok());
-  ASSERT_EQ(cudaMemcpy(h.data(), d + k, sizeof(float) * k * n, cudaMemcpyDeviceToHost), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(h.data(), d + k, sizeof(float) * k * n, cudaMemcpyDeviceToHost),
+            cudaSuccess);
   for (int q = 0; q < n; ++q) EXPECT_EQ(h[q * k + 5], n * 5.0f + n * (n - 1) / 2.0f);
   ASSERT_TRUE(nc.broadcast(d, k, 0).is_ok());
   ASSERT_TRUE(nc.barrier().is_ok());

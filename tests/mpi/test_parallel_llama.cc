@@ -3,7 +3,7 @@
 // chunks of 8 rows (so the pipeline cuts micro-batches), then 32 greedy steps fed the
 // reference's tokens. Every step's logits must agree within a tolerance of the largest
 // reference logit, and the argmax (the greedy token) must be identical.
-// 2 ranks: TP 2, PP 2; 4 ranks: TP 2 x PP 2, PP 4 (uneven stages).
+// 2 ranks: TP 2, PP 2; 4 ranks: TP 2 x PP 2, PP 4 (uneven stages); --tp-exact on both: 0.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -78,7 +78,7 @@ std::string f32_path() {
 struct Reference {
   std::unique_ptr<LlamaModel> model;
   std::unique_ptr<Tokenizer> tok;
-  std::vector<int32_t> prompt, tokens;  // tokens[s]: the greedy token after step s
+  std::vector<int32_t> prompt, tokens;     // tokens[s]: the greedy token after step s
   std::vector<std::vector<float>> logits;  // [kSteps + 1][n_vocab] (rank 0 only)
 };
 
@@ -95,7 +95,8 @@ Reference& reference(const std::string& path) {
   auto tok = Tokenizer::from_gguf(r.model->gguf());
   EXPECT_TRUE(tok.is_ok());
   r.tok = std::move(*tok);
-  r.prompt = r.tok->encode("The three largest cities of France are Paris, Marseille and", true, false);
+  r.prompt =
+      r.tok->encode("The three largest cities of France are Paris, Marseille and", true, false);
   if (world().rank() != 0) return r;
   const int32_t n_vocab = r.model->hparams().n_vocab;
   auto g = Generator::create(*r.model, config());
@@ -145,8 +146,8 @@ void check(const std::string& path, const ParallelOptions& o, double tol) {
     if (argmax(l, n_vocab) != ref.tokens[s]) {
       std::vector<float> sorted = ref.logits[s];
       std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
-      std::printf("step %d: token %d instead of %d; reference margin %.3f, largest diff %.3f\n",
-                  s, argmax(l, n_vocab), ref.tokens[s], sorted[0] - sorted[1], diff);
+      std::printf("step %d: token %d instead of %d; reference margin %.3f, largest diff %.3f\n", s,
+                  argmax(l, n_vocab), ref.tokens[s], sorted[0] - sorted[1], diff);
       ++mismatched;
     }
     if (s < kSteps) fed = (*g)->feed(&ref.tokens[s], 1);
@@ -154,10 +155,11 @@ void check(const std::string& path, const ParallelOptions& o, double tol) {
   model.set_distributed(nullptr);
   ASSERT_TRUE(fed.is_ok()) << fed.message();
   ASSERT_TRUE((*par)->finish().is_ok());
-  std::printf("%s tp %d pp %d: max |logit - reference| = %.3g of the largest logit over %d "
-              "steps; %d greedy tokens differ\n", path.substr(path.rfind('/') + 1).c_str(),
-              o.tp, o.pp, worst, kSteps + 1, mismatched);
-  EXPECT_LT(worst, tol);
+  std::printf(
+      "%s tp %d pp %d: max |logit - reference| = %.3g of the largest logit over %d "
+      "steps; %d greedy tokens differ\n",
+      path.substr(path.rfind('/') + 1).c_str(), o.tp, o.pp, worst, kSteps + 1, mismatched);
+  EXPECT_LE(worst, tol);
   EXPECT_EQ(mismatched, 0);
 }
 
@@ -170,6 +172,20 @@ void check_both(const ParallelOptions& o) {
 TEST(ParallelLlama, TensorParallel) {
   if (world().size() != 2) GTEST_SKIP() << "runs on 2 ranks";
   check_both({.tp = 2, .pp = 1, .stage_first = {}, .micro_batches = 0});
+}
+
+// --tp-exact: every rank computes whole dot products, so the logits are one process's bit for
+// bit, even with Q4_1's 8-bit activations.
+TEST(ParallelLlama, TensorParallelExact) {
+  ASSERT_TRUE(test::model_present());
+  if (world().size() == 2) {
+    check(test::default_model_path(),
+          {.tp = 2, .pp = 1, .stage_first = {}, .micro_batches = 0, .exact = true}, 0.0);
+  }
+  if (world().size() == 4) {
+    check(test::default_model_path(),
+          {.tp = 2, .pp = 2, .stage_first = {}, .micro_batches = 1, .exact = true}, 0.0);
+  }
 }
 
 TEST(ParallelLlama, PipelineParallel) {
@@ -229,7 +245,8 @@ TEST(ParallelLlama, RefusesSplitsTheModelCannotTake) {
   // SmolLM2 has 3 KV heads: tensor parallelism over 4 ranks would split a group.
   ASSERT_TRUE(test::model_present());
   LlamaModel& model = *reference(test::default_model_path()).model;
-  auto p = ParallelLlama::create(model, world(), {.tp = world().size(), .pp = 1, .stage_first = {}, .micro_batches = 0});
+  auto p = ParallelLlama::create(
+      model, world(), {.tp = world().size(), .pp = 1, .stage_first = {}, .micro_batches = 0});
   if (world().size() <= 3) {
     ASSERT_TRUE(p.is_ok()) << p.status().message();
     if ((*p)->driver()) {
@@ -241,11 +258,14 @@ TEST(ParallelLlama, RefusesSplitsTheModelCannotTake) {
   } else {
     ASSERT_FALSE(p.is_ok());
     EXPECT_NE(p.status().message().find("--tp 4 is more than the model's 3 KV heads"),
-              std::string::npos) << p.status().message();
+              std::string::npos)
+        << p.status().message();
   }
-  auto q = ParallelLlama::create(model, world(), {.tp = 1, .pp = 1, .stage_first = {}, .micro_batches = 0});
+  auto q = ParallelLlama::create(model, world(),
+                                 {.tp = 1, .pp = 1, .stage_first = {}, .micro_batches = 0});
   ASSERT_FALSE(q.is_ok());
-  EXPECT_NE(q.status().message().find("needs 1 ranks (mpirun -np 1)"), std::string::npos) << q.status().message();
+  EXPECT_NE(q.status().message().find("needs 1 ranks (mpirun -np 1)"), std::string::npos)
+      << q.status().message();
 }
 
 }  // namespace

@@ -129,7 +129,8 @@ TEST(ShardPlan, RefusesWhatCannotBeSplit) {
   auto a = plan_shard(hp, o, 32, 0, 0);
   ASSERT_FALSE(a.is_ok());
   EXPECT_NE(a.status().message().find("--tp 4 is more than the model's 3 KV heads"),
-            std::string::npos) << a.status().message();
+            std::string::npos)
+      << a.status().message();
   o.tp = 1;
   o.pp = 31;
   auto b = plan_shard(hp, o, 32, 0, 0);
@@ -146,8 +147,7 @@ TEST(ShardPlan, RefusesWhatCannotBeSplit) {
   o.tp = 2;
   auto d = plan_shard(hp, o, 1024, 0, 0);
   ASSERT_FALSE(d.is_ok());
-  EXPECT_NE(d.status().message().find("n_ff 1536 cannot be split into 2 parts"),
-            std::string::npos);
+  EXPECT_NE(d.status().message().find("n_ff 1536 cannot be split into 2 parts"), std::string::npos);
 }
 
 }  // namespace

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-
 #include <memory>
 #include <string>
 
@@ -18,6 +17,7 @@ namespace qilin::cli {
 struct ParallelCli {
   int32_t tp = 1, pp = 1;
   int32_t micro_batches = 0;
+  bool tp_exact = false;
   std::string device_map;
   bool wanted() const { return tp * pp > 1 || !device_map.empty(); }
 };
