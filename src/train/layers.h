@@ -160,6 +160,20 @@ void rope_backward(T* dx, int64_t n, int32_t n_head, int32_t hd, int32_t n_rot, 
   rope_apply(dx, n, n_head, hd, n_rot, base, neox, T(-1));
 }
 
+// a . b with 8 independent partial sums (the compiler may keep them in vector lanes; one
+// running sum is a chain of dependent adds it must not reorder).
+template <typename T>
+T dot(const T* a, const T* b, int64_t n) {
+  T acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  T s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
 // ---- causal grouped-query attention ------------------------------------------------------------
 // out[t, h] = sum_{s <= t} softmax_s(scale * q[t,h].k[s,g]) v[s,g], g = h / (H / Hkv).
 // The forward saves only the log-sum-exp per (t, h); the backward recomputes the probabilities
@@ -181,8 +195,7 @@ void attention_forward(const T* q /*[n, H, hd]*/, const T* k /*[n, Hkv, hd]*/,
       T mx = -INFINITY;
       for (int64_t j = 0; j <= t; ++j) {
         const T* kj = k + (j * Hkv + g) * hd;
-        T d = 0;
-        for (int32_t i = 0; i < hd; ++i) d += qt[i] * kj[i];
+        const T d = dot(qt, kj, hd);
         s[j] = d * scale;
         mx = std::max(mx, s[j]);
       }
@@ -217,16 +230,11 @@ void attention_backward(const T* dout /*[n, H, hd]*/, const T* q, const T* k, co
       const T* gt = dout + (t * H + h) * hd;
       const T* ot = out + (t * H + h) * hd;
       const int32_t g = h / group;
-      T D = 0;
-      for (int32_t i = 0; i < hd; ++i) D += gt[i] * ot[i];
+      const T D = dot(gt, ot, hd);
       for (int64_t j = 0; j <= t; ++j) {
         const T* kj = k + (j * Hkv + g) * hd;
         const T* vj = v + (j * Hkv + g) * hd;
-        T sd = 0, dpv = 0;
-        for (int32_t i = 0; i < hd; ++i) {
-          sd += qt[i] * kj[i];
-          dpv += gt[i] * vj[i];
-        }
+        const T sd = dot(qt, kj, hd), dpv = dot(gt, vj, hd);
         const T p = std::exp(sd * scale - lse[t * H + h]);
         const T ds = p * (dpv - D) * scale;
         T* dvj = dv + (j * Hkv + g) * hd;
