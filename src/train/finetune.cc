@@ -215,6 +215,25 @@ Result<std::unique_ptr<Finetuner>> Finetuner::create(const LlamaModel& base, con
   }
   f->model_->set_fast_linear(f->impl_->fast.get());
   f->model_->set_thread_pool(&f->impl_->pool);
+  f->scaler_ = LossScaler(cfg.loss_scale_init, cfg.loss_scale_growth_interval, cfg.loss_scale_hysteresis);
+  if (cfg.zero_stage >= 0) {
+    const int n = cfg.comm ? cfg.comm->size() : 1;
+    if (cfg.grad_accum % n != 0) {
+      return errorf("finetune: --grad-accum %d (the global batch) must be a multiple of the %d data-parallel ranks",
+                    cfg.grad_accum, n);
+    }
+    if (cfg.optimizer_memory_bytes > 0) return errorf("finetune: --optimizer-memory-mb does not combine with --zero");
+    if (cfg.checkpoint_every > 0) return errorf("finetune: --checkpoint-every does not combine with --zero yet");
+    ZeroConfig zc;
+    zc.stage = cfg.zero_stage;
+    zc.offload = cfg.offload_optimizer;
+    zc.precision = cfg.precision;
+    auto z = ZeroOptimizer::create(*f->model_, cfg.comm, zc);
+    QILIN_TRY(z);
+    f->zero_ = std::move(*z);
+    return f;
+  }
+  if (cfg.offload_optimizer) return errorf("finetune: --offload-optimizer needs --zero");
   std::vector<int64_t> sizes;
   for (const LoraLayer<float>& l : f->model_->lora()) {
     for (int p = 0; p < kNumProj; ++p) {
@@ -226,7 +245,6 @@ Result<std::unique_ptr<Finetuner>> Finetuner::create(const LlamaModel& base, con
   auto st = PagedAdamW::create(sizes, cfg.optimizer_memory_bytes, cfg.optimizer_swap_dir);
   QILIN_TRY(st);
   f->states_ = std::move(*st);
-  f->scaler_ = LossScaler(cfg.loss_scale_init, cfg.loss_scale_growth_interval, cfg.loss_scale_hysteresis);
   return f;
 }
 
@@ -260,6 +278,13 @@ Status Finetuner::run(const std::function<void(const StepLog&)>& on_step) {
   const bool scaling = cfg_.precision == Precision::F16;
   while (step_ < cfg_.steps) {
     const double t0 = now_s();
+    if (zero_) {
+      StepLog log;
+      QILIN_TRY(data_parallel_step(example_at, &log));
+      log.seconds = now_s() - t0;
+      if (on_step) on_step(log);
+      continue;
+    }
     model_->zero_grad();
     StepLog log;
     log.loss_scale = scaling ? scaler_.scale() : 1.0f;
@@ -317,12 +342,54 @@ Status Finetuner::run(const std::function<void(const StepLog&)>& on_step) {
     log.seconds = now_s() - t0;
     if (on_step) on_step(log);
   }
+  if (zero_) return zero_->export_weights();  // model().lora() gets the trained weights
+  return Status::ok();
+}
+
+// One step on this rank's slice of the global batch; the ZeroOptimizer reduces, updates and
+// gathers. The same arithmetic as the loop above on the whole batch, up to summation order.
+Status Finetuner::data_parallel_step(const std::function<const Example&(int64_t)>& example_at, StepLog* log) {
+  const int n_ranks = zero_->size(), local = cfg_.grad_accum / n_ranks;
+  const bool scaling = cfg_.precision == Precision::F16;
+  zero_->begin_step();
+  log->loss_scale = scaling ? scaler_.scale() : 1.0f;
+  model_->set_loss_scale(log->loss_scale);
+  ZeroOptimizer::StepIn in;
+  for (int32_t a = 0; a < local; ++a) {
+    const Example& e = example_at(cursor_ + static_cast<int64_t>(zero_->rank()) * local + a);
+    in.loss_sum += model_->forward(e.tokens.data(), e.targets.data(), static_cast<int64_t>(e.tokens.size()));
+    model_->backward();
+    in.tokens += scored(e);
+  }
+  cursor_ += cfg_.grad_accum;
+  log->lr = lr_at(step_, cfg_.warmup, cfg_.steps, cfg_.adam.lr, cfg_.adam.lr * cfg_.min_lr_ratio);
+  in.examples = cfg_.grad_accum;
+  in.scaler = scaling ? &scaler_ : nullptr;
+  in.clip_norm = cfg_.clip_norm;
+  in.update = updates_ + 1;
+  in.adam = cfg_.adam;
+  in.lr = log->lr;
+  auto out = zero_->finish_step(in);
+  QILIN_TRY(out);
+  if (!out->skipped) ++updates_;
+  ++step_;
+  log->step = step_;
+  log->skipped = out->skipped;
+  log->grad_norm = out->grad_norm;
+  log->loss = static_cast<float>(out->loss_sum / cfg_.grad_accum);
+  log->tokens = out->tokens;
+  log->comm_bytes = ring_bytes(zero_->step_comm(), n_ranks);
+  if (!eval_.empty() && ((cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0) || step_ == cfg_.steps)) {
+    log->eval_loss = evaluate();  // every rank evaluates (stage 3 gathers inside forward)
+    QILIN_TRY(zero_->error());
+  }
   return Status::ok();
 }
 
 // ---- checkpoints: one GGUF file (adapter, AdamW moments, position), written atomically ----
 
 Status Finetuner::save_checkpoint(const std::string& path) const {
+  if (zero_) return errorf("finetune: checkpoints of sharded optimizer states (--zero) are not written yet");
   GgufWriter w;
   w.set("general.architecture", GgufValue::of_string("qilin-finetune-checkpoint"));
   w.set("qilin.ft.step", GgufValue::of_u64(static_cast<uint64_t>(step_)));
@@ -361,6 +428,7 @@ Status Finetuner::save_checkpoint(const std::string& path) const {
 }
 
 Status Finetuner::load_checkpoint(const std::string& path) {
+  if (zero_) return errorf("finetune: --resume does not combine with --zero yet");
   auto f = GgufFile::open(path);
   QILIN_TRY(f);
   const GgufFile& g = **f;

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "dist/comm.h"
+#include "dist/zero.h"
 #include "model/chat_template.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
@@ -65,6 +67,12 @@ struct FinetuneConfig {
   float loss_scale_init = 65536.0f;
   int loss_scale_growth_interval = 1000;
   int loss_scale_hysteresis = 2;
+  // Data-parallel training (dist/zero.h) when zero_stage >= 0: the ranks of comm (null: one)
+  // each take grad_accum / ranks consecutive examples of every step's global batch of
+  // grad_accum, and together give the weights one process gets on that batch.
+  int zero_stage = -1;
+  bool offload_optimizer = false;
+  Communicator* comm = nullptr;
   // Tests only: sees each step's raw (scaled, summed) gradients before they are checked.
   std::function<void(int64_t step, std::vector<LoraLayer<float>>& grads)> grad_hook;
 };
@@ -79,6 +87,7 @@ struct StepLog {
   float eval_loss = -1;  // held-out mean loss when evaluated this step, else -1
   bool skipped = false;  // FP16: gradients overflowed, no update
   float loss_scale = 1;  // the scale this step's backward used
+  double comm_bytes = 0;  // data-parallel: ring bytes this rank sent this step (train/zero.h)
 };
 
 class Finetuner {
@@ -101,7 +110,9 @@ class Finetuner {
   int64_t step() const { return step_; }
   LoraLlama<float>& model() { return *model_; }
   const LossScaler& loss_scaler() const { return scaler_; }
-  PagedAdamW::Stats optimizer_stats() const { return states_->stats(); }
+  PagedAdamW::Stats optimizer_stats() const { return states_ ? states_->stats() : PagedAdamW::Stats{}; }
+  // The data-parallel optimizer (null unless cfg.zero_stage >= 0).
+  const ZeroOptimizer* zero() const { return zero_.get(); }
   // Bytes of base weights held for training (dense F32 + transposed copy, or quantized).
   size_t base_bytes() const { return base_bytes_; }
   // False when training holds its own copy of every base weight: the model may then be freed.
@@ -109,12 +120,14 @@ class Finetuner {
 
  private:
   Finetuner() = default;
+  Status data_parallel_step(const std::function<const Example&(int64_t)>& example_at, StepLog* log);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   std::unique_ptr<LoraLlama<float>> model_;
   FinetuneConfig cfg_;
   std::vector<Example> train_, eval_;
   std::unique_ptr<PagedAdamW> states_;  // tensors [n_adapted * 2] (A, B), in model order
+  std::unique_ptr<ZeroOptimizer> zero_;  // instead of states_ under data parallelism
   LossScaler scaler_;
   size_t base_bytes_ = 0;
   bool uses_model_ = false;

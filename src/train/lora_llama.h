@@ -65,6 +65,19 @@ struct LoraLayer {
   std::array<std::vector<T>, kNumProj> A, B;  // A [r, in], B [out, r]; empty when not adapted
 };
 
+// Where the LoRA weights and gradients live when not in lora() and grad(): data-parallel
+// training (dist/zero.h) keeps them in flat, possibly sharded buffers. The model runs one layer
+// at a time: it asks for the layer's weights before the layer's forward and again before its
+// backward (a reference valid until the next call), for a zeroed gradient buffer of the layer
+// before its backward, and hands that back after.
+template <typename T>
+struct LoraStore {
+  virtual ~LoraStore() = default;
+  virtual const LoraLayer<T>& layer_weights(int32_t il) = 0;
+  virtual LoraLayer<T>& layer_grads(int32_t il) = 0;
+  virtual void layer_grads_done(int32_t il) = 0;
+};
+
 template <typename T>
 class LoraLlama {
  public:
@@ -93,6 +106,9 @@ class LoraLlama {
   std::vector<BaseLayer<T>>& base() { return base_; }
   std::vector<LoraLayer<T>>& lora() { return lora_; }
   std::vector<LoraLayer<T>>& grad() { return grad_; }  // same shapes as lora()
+  // When set, the LoRA weights and gradients come from and go to the store (one layer at a
+  // time) instead of lora() and grad(); not owned.
+  void set_lora_store(LoraStore<T>* st) { store_ = st; }
   // Optional faster base products (float only); not owned.
   void set_fast_linear(FloatLinear* f) {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
@@ -176,6 +192,7 @@ class LoraLlama {
     embed(tokens, n, work_.x_in.data());
     rnd(work_.x_in);
     for (int32_t il = 0; il < s_.n_layer; ++il) {
+      if (store_) store_w_ = &store_->layer_weights(il);
       layer_forward(il, work_, x_next_);
       if (need_grad) stash(il, work_);
       work_.x_in.swap(x_next_);
@@ -200,8 +217,13 @@ class LoraLlama {
     rnd(dx_);
     for (int32_t il = s_.n_layer - 1; il >= 0; --il) {
       unstash(il, work_);
+      if (store_) {
+        store_w_ = &store_->layer_weights(il);
+        store_g_ = &store_->layer_grads(il);
+      }
       if (checkpoint_) layer_forward(il, work_, x_next_);  // recompute from the block's input
       layer_backward(il, work_, dx_);
+      if (store_) store_->layer_grads_done(il);
     }
   }
 
@@ -447,7 +469,7 @@ class LoraLlama {
 
   // The LoRA weights the compute uses: the FP32 masters, or their 16-bit roundings.
   void refresh_compute_lora() {
-    if (prec_ == Precision::F32) return;
+    if (prec_ == Precision::F32 || store_) return;  // a store hands out compute weights
     lora_c_ = lora_;
     for (LoraLayer<T>& l : lora_c_) {
       for (int p = 0; p < kNumProj; ++p) {
@@ -456,7 +478,10 @@ class LoraLlama {
       }
     }
   }
-  const LoraLayer<T>& compute_lora(int32_t il) const { return prec_ == Precision::F32 ? lora_[il] : lora_c_[il]; }
+  const LoraLayer<T>& compute_lora(int32_t il) const {
+    if (store_) return *store_w_;
+    return prec_ == Precision::F32 ? lora_[il] : lora_c_[il];
+  }
 
   void embed(const int32_t* tokens, int64_t n, T* x) {
     if constexpr (std::is_same_v<T, float>) {
@@ -488,8 +513,9 @@ class LoraLlama {
     base_backward_input(il, p, dy.data(), x.data(), n_, in, out, dx.data());
     if (lc_.targets[p]) {
       const LoraLayer<T>& lw = compute_lora(il);
+      LoraLayer<T>& g = store_ ? *store_g_ : grad_[il];
       lora_backward(dy.data(), x.data(), lw.A[p].data(), lw.B[p].data(), xa.data(), n_, in, lc_.rank, out, scale(),
-                    dx.data(), grad_[il].A[p].data(), grad_[il].B[p].data());
+                    dx.data(), g.A[p].data(), g.B[p].data());
     }
   }
 
@@ -509,6 +535,9 @@ class LoraLlama {
 
   FloatLinear* fast_ = nullptr;
   ThreadPool* pool_ = nullptr;
+  LoraStore<T>* store_ = nullptr;
+  const LoraLayer<T>* store_w_ = nullptr;  // the store's weights and gradients of the layer run
+  LoraLayer<T>* store_g_ = nullptr;
   LlamaShape s_;
   LoraConfig lc_;
   Precision prec_ = Precision::F32;

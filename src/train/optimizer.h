@@ -96,6 +96,12 @@ class LossScaler {
         if (!std::isfinite(g[i])) finite = false;
       }
     }
+    return record(finite);
+  }
+  // Moves the scale after a step whose gradients were (not) all finite, as above; returns
+  // finite. For callers that unscale and check themselves (data-parallel training checks
+  // every rank's shard).
+  bool record(bool finite) {
     if (finite) {
       if (++clean_ >= growth_interval_) {
         scale_ *= 2.0f;

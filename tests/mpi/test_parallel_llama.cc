@@ -18,6 +18,7 @@
 #include "engine/beam_search.h"
 #include "engine/generator.h"
 #include "test_util.h"
+#include "mpi/test_world.h"
 
 namespace qilin {
 namespace {
@@ -32,14 +33,7 @@ constexpr double kTolF32 = 1e-4;
 constexpr double kTolQ4 = 0.1;
 constexpr int kSteps = 32;
 
-Communicator& world() {
-  static std::unique_ptr<Communicator> w = [] {
-    auto c = mpi_world();
-    EXPECT_TRUE(c.is_ok()) << c.status().message();
-    return std::move(*c);
-  }();
-  return *w;
-}
+Communicator& world() { return test::mpi_test_world(); }
 
 int argmax(const float* v, int32_t n) { return static_cast<int>(std::max_element(v, v + n) - v); }
 

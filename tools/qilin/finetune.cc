@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "common.h"
+#include "dist/comm.h"
 #include "quant/quantize.h"
 #include "train/finetune.h"
 
@@ -39,7 +40,17 @@ struct FinetuneOpts {
   std::string base_type = "f32";
   bool checkpoint_activations = false;
   double optimizer_memory_mb = 0;
+  int zero = -1;
+  std::string offload_optimizer;
 };
+
+// True when a launcher (mpirun / mpiexec) started this process as one rank of a job.
+bool under_mpi_launcher() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"}) {
+    if (std::getenv(v)) return true;
+  }
+  return false;
+}
 FinetuneOpts g_opts;
 
 }  // namespace
@@ -77,6 +88,12 @@ CLI::App* add_finetune(CLI::App& app) {
   f->add_option("--optimizer-memory-mb", o.optimizer_memory_mb,
                 "resident AdamW states at most (MiB; 0: no limit); the rest paged to a file in $TMPDIR")
       ->check(CLI::Range(0.0, 1e9));
+  f->add_option("--zero", o.zero,
+                "data-parallel ZeRO stage 0-3 over the mpirun ranks (each takes --grad-accum / ranks "
+                "examples of every step): 0 all-reduces gradients, 1 shards optimizer states, 2 also "
+                "gradients, 3 also the LoRA parameters");
+  f->add_option("--offload-optimizer", o.offload_optimizer,
+                "with --zero: keep the FP32 master weights, AdamW states and the update on the host (cpu)");
   return f;
 }
 
@@ -120,14 +137,40 @@ int run_finetune() {
   fc.checkpoint_activations = o.checkpoint_activations;
   fc.optimizer_memory_bytes = static_cast<size_t>(o.optimizer_memory_mb * 1024 * 1024);
   if (const char* tmp = std::getenv("TMPDIR")) fc.optimizer_swap_dir = tmp;
-  if (mkdir(o.out.c_str(), 0755) != 0 && errno != EEXIST) return fail("cannot create " + o.out);
+  // Data parallelism: every rank runs this whole function; rank 0 prints and writes the files.
+  std::unique_ptr<Communicator> world;
+  if (o.zero != -1 || !o.offload_optimizer.empty()) {
+    if (o.zero < 0 || o.zero > 3) return fail("--zero: the stage must be 0, 1, 2 or 3, got " + std::to_string(o.zero));
+    if (!o.offload_optimizer.empty() && o.offload_optimizer != "cpu") {
+      return fail("--offload-optimizer: the only target is cpu, got '" + o.offload_optimizer + "'");
+    }
+    if (o.resume || o.checkpoint_every > 0) return fail("--resume and --checkpoint-every do not combine with --zero yet");
+    if (under_mpi_launcher()) {
+      auto w = mpi_world();
+      if (!w) return fail(w.status().message());
+      world = std::move(*w);
+    }
+    fc.zero_stage = o.zero;
+    fc.offload_optimizer = o.offload_optimizer == "cpu";
+    fc.comm = world.get();
+  }
+  const int rank = world ? world->rank() : 0, n_ranks = world ? world->size() : 1;
+  // A rank that fails ends the job: the others may be waiting for it inside a collective.
+  auto fail_all = [&](const std::string& msg) -> int {
+    if (world && n_ranks > 1) {
+      fail("rank " + std::to_string(rank) + ": " + msg);
+      world->abort(1);
+    }
+    return fail(msg);
+  };
+  if (rank == 0 && mkdir(o.out.c_str(), 0755) != 0 && errno != EEXIST) return fail_all("cannot create " + o.out);
   fc.checkpoint_path = o.out + "/checkpoint.gguf";
 
   auto l = load(o.c.model, placement_of(o.c));
-  if (!l) return fail(l.status().message());
+  if (!l) return fail_all(l.status().message());
   auto tmpl = model_template(*l);
   auto ex = load_jsonl(o.data, *l->tok, tmpl ? &*tmpl : nullptr, o.seq_len);
-  if (!ex) return fail(ex.status().message());
+  if (!ex) return fail_all(ex.status().message());
   // Seeded split, then packing within each side.
   std::vector<Example> all = std::move(*ex), train, eval;
   std::mt19937_64 rng(o.seed);
@@ -139,41 +182,75 @@ int run_finetune() {
     train = pack(train, o.seq_len);
     eval = pack(eval, o.seq_len);
   }
-  std::fprintf(stderr, "finetune: %zu training and %zu held-out sequences from %s; LoRA r=%d alpha=%g on %s\n",
-               train.size(), eval.size(), o.data.c_str(), o.rank, o.alpha, o.targets.c_str());
+  if (rank == 0) {
+    std::fprintf(stderr, "finetune: %zu training and %zu held-out sequences from %s; LoRA r=%d alpha=%g on %s\n",
+                 train.size(), eval.size(), o.data.c_str(), o.rank, o.alpha, o.targets.c_str());
+  }
   auto ft = Finetuner::create(*l->model, fc, std::move(train), std::move(eval));
-  if (!ft) return fail(ft.status().message());
+  if (!ft) return fail_all(ft.status().message());
   Finetuner& f = **ft;
   const std::string model_path = l->model->gguf().path();
   // Training holds its own copy of the base unless --base-type keep: the loaded file can go.
   if (!f.uses_model_weights()) l->model.reset();
   const PagedAdamW::Stats os = f.optimizer_stats();
-  std::fprintf(stderr, "finetune: base %s in %.1f MiB, compute %s%s; AdamW states %.1f MiB, %.1f MiB resident\n",
+  if (const ZeroOptimizer* z = f.zero()) {
+    // Every rank: what it holds, against ZeRO's formulas.
+    const ZeroMemory m = z->memory();
+    const ZeroFormula want = zero_formula(o.zero, fc.precision, fc.offload_optimizer, static_cast<double>(z->n_params()), n_ranks);
+    std::fprintf(stderr,
+                 "rank %d/%d: ZeRO stage %d%s, %s, %lld trainable parameters: params %.3f MiB, grads %.3f MiB, "
+                 "optimizer states %.3f MiB%s (formula %.3f + %.3f + %.3f MiB); working buffers %.3f MiB%s\n",
+                 rank, n_ranks, o.zero, fc.offload_optimizer ? " + optimizer offload" : "", o.precision.c_str(),
+                 static_cast<long long>(z->n_params()), m.params / 1048576.0, m.grads / 1048576.0,
+                 m.optimizer / 1048576.0, m.optimizer_on_host ? " on the host" : "", want.params / 1048576.0,
+                 want.grads / 1048576.0, want.optimizer / 1048576.0, m.working / 1048576.0,
+                 m.host_grads ? (", host gradient staging " + std::to_string(m.host_grads / 1048576.0) + " MiB").c_str() : "");
+  } else {
+    std::fprintf(stderr, "finetune: base %s in %.1f MiB, compute %s%s; AdamW states %.1f MiB, %.1f MiB resident\n",
                o.base_type.c_str(), f.base_bytes() / 1048576.0, o.precision.c_str(),
                o.checkpoint_activations ? ", activation checkpointing" : "", os.state_bytes / 1048576.0,
                os.resident_bytes / 1048576.0);
+  }
   if (o.resume) {
     if (Status s = f.load_checkpoint(fc.checkpoint_path); !s) return fail(s.message());
     std::fprintf(stderr, "finetune: resumed at step %lld\n", static_cast<long long>(f.step()));
   } else {
     const float e0 = f.evaluate();
-    if (e0 >= 0) std::fprintf(stderr, "finetune: held-out loss before training %.4f (ppl %.2f)\n", e0, std::exp(e0));
+    if (e0 >= 0 && rank == 0) std::fprintf(stderr, "finetune: held-out loss before training %.4f (ppl %.2f)\n", e0, std::exp(e0));
   }
-  double elapsed = 0;
+  double elapsed = 0, comm_bytes = 0;
   int64_t done = 0;
   Status st = f.run([&](const StepLog& s) {
     elapsed += s.seconds;
+    comm_bytes += s.comm_bytes;
     ++done;
+    if (rank != 0) return;
     const double eta = elapsed / done * static_cast<double>(o.steps - s.step);
     char scale[64] = "";
     if (fc.precision == Precision::F16) std::snprintf(scale, sizeof scale, "  scale %g", s.loss_scale);
-    std::fprintf(stderr, "step %lld/%lld  loss %.4f  lr %.2e  |g| %.3f  %.0f tok/s%s  ETA %.0f s%s%s",
+    char comm[64] = "";
+    if (n_ranks > 1) std::snprintf(comm, sizeof comm, "  %.1f KiB sent", s.comm_bytes / 1024);
+    std::fprintf(stderr, "step %lld/%lld  loss %.4f  lr %.2e  |g| %.3f  %.0f tok/s%s%s  ETA %.0f s%s%s",
                  static_cast<long long>(s.step), static_cast<long long>(o.steps), s.loss, s.lr,
-                 s.grad_norm, s.tokens / std::max(s.seconds, 1e-9), scale, eta,
+                 s.grad_norm, s.tokens / std::max(s.seconds, 1e-9), scale, comm, eta,
                  s.skipped ? "  SKIPPED (gradient overflow: inf/NaN)" : "", s.eval_loss >= 0 ? "" : "\n");
     if (s.eval_loss >= 0) std::fprintf(stderr, "  held-out loss %.4f (ppl %.2f)\n", s.eval_loss, std::exp(s.eval_loss));
   });
-  if (!st) return fail(st.message());
+  if (!st) return fail_all(st.message());
+  if (const ZeroOptimizer* z = f.zero()) {
+    const CommStats& c = z->step_comm();
+    std::fprintf(stderr,
+                 "rank %d/%d: last step's payload bytes: all_reduce %llu reduce_scatter %llu all_gather %llu; "
+                 "ring bytes sent %.0f per step (mean over %lld steps)\n",
+                 rank, n_ranks, static_cast<unsigned long long>(c.all_reduce),
+                 static_cast<unsigned long long>(c.reduce_scatter), static_cast<unsigned long long>(c.all_gather),
+                 done ? comm_bytes / done : 0.0, static_cast<long long>(done));
+    if (rank != 0) return 0;
+    if (Status s = f.save_gguf_adapter(o.out + "/adapter.gguf"); !s) return fail_all(s.message());
+    if (Status s = f.save_peft(o.out + "/peft", model_path.substr(model_path.rfind('/') + 1)); !s) return fail_all(s.message());
+    std::fprintf(stderr, "finetune: wrote %s/adapter.gguf, %s/peft/\n", o.out.c_str(), o.out.c_str());
+    return 0;
+  }
   if (Status s = f.save_checkpoint(fc.checkpoint_path); !s) return fail(s.message());
   if (Status s = f.save_gguf_adapter(o.out + "/adapter.gguf"); !s) return fail(s.message());
   if (Status s = f.save_peft(o.out + "/peft", model_path.substr(model_path.rfind('/') + 1)); !s) return fail(s.message());
