@@ -18,6 +18,7 @@
 
 #include "core/assert.h"
 #include "core/thread_pool.h"
+#include "cpu/train_attention.h"
 #include "train/layers.h"
 #include "train/precision.h"
 
@@ -175,6 +176,9 @@ class LoraLlama {
   void set_thread_pool(ThreadPool* pool) { pool_ = pool; }
   // The loss's gradient is multiplied by this (FP16's dynamic loss scaling); the caller unscales.
   void set_loss_scale(T s) { loss_scale_ = s; }
+  // The attention kernels (float): the CPU's best by default; null runs the reference loops of
+  // train/layers.h (what double always runs).
+  void set_attention_kernels(const TrainAttnKernels* k) { attn_ = k; }
 
   // Mean cross-entropy of targets (target < 0: not scored) given tokens. With need_grad, saves
   // what backward() needs (and already runs the output head's backward: its input gradient is
@@ -325,9 +329,16 @@ class LoraLlama {
     rnd(a.k);
     a.att.resize(n * H * hd);
     a.lse.resize(n * H);
-    for_heads([&](int32_t h0, int32_t h1, int) {
-      attention_forward(a.q.data(), a.k.data(), a.v.data(), n, H, Hkv, hd, a.att.data(), a.lse.data(), h0, h1);
-    });
+    if (const TrainAttnKernels* ak = attention_kernels()) {
+      const TrainAttnArgs args = attention_args(a);
+      for_items(ak->lanes, [&](int32_t g, int64_t i0, int64_t i1, int) {
+        ak->forward(args, g, i0, i1, f32(a.att.data()), f32(a.lse.data()));
+      });
+    } else {
+      for_heads([&](int32_t h0, int32_t h1, int) {
+        attention_forward(a.q.data(), a.k.data(), a.v.data(), n, H, Hkv, hd, a.att.data(), a.lse.data(), h0, h1);
+      });
+    }
     rnd(a.att);
     proj(il, kO, a.att, tmp_, a.xa[kO]);
     a.x_mid.resize(n * E);
@@ -387,11 +398,20 @@ class LoraLlama {
     const int64_t m = n * Hkv * hd;
     const int n_parts = pool_ ? pool_->size() : 1;
     dkv_part_.assign(static_cast<size_t>(n_parts) * 2 * m, T(0));
-    for_heads([&](int32_t h0, int32_t h1, int ith) {
-      T* dk = dkv_part_.data() + ith * 2 * m;
-      attention_backward(datt_.data(), a.q.data(), a.k.data(), a.v.data(), a.att.data(), a.lse.data(), n, H, Hkv, hd,
-                         dq_.data(), dk, dk + m, h0, h1);
-    });
+    if (const TrainAttnKernels* ak = attention_kernels()) {
+      const TrainAttnArgs args = attention_args(a);
+      for_items(ak->lanes, [&](int32_t g, int64_t i0, int64_t i1, int ith) {
+        float* dk = f32(dkv_part_.data() + ith * 2 * m);
+        ak->backward(args, f32(a.att.data()), f32(a.lse.data()), f32(datt_.data()), g, i0, i1, f32(dq_.data()), dk,
+                     dk + m);
+      });
+    } else {
+      for_heads([&](int32_t h0, int32_t h1, int ith) {
+        T* dk = dkv_part_.data() + ith * 2 * m;
+        attention_backward(datt_.data(), a.q.data(), a.k.data(), a.v.data(), a.att.data(), a.lse.data(), n, H, Hkv,
+                           hd, dq_.data(), dk, dk + m, h0, h1);
+      });
+    }
     for (int i = 0; i < n_parts; ++i) {
       const T* dk = dkv_part_.data() + i * 2 * m;
       for (int64_t j = 0; j < m; ++j) {
@@ -456,6 +476,32 @@ class LoraLlama {
       fn(static_cast<int32_t>(h0), static_cast<int32_t>(h1), ith);
     });
   }
+  // fn(g, i0, i1, thread) over every KV head's query items (cpu/train_attention.h), each thread
+  // taking about an equal share of each head's causal cost.
+  template <typename F>
+  void for_items(int32_t lanes, F&& fn) {
+    const int32_t group = s_.n_head / s_.n_head_kv;
+    auto part = [&](int ith, int nth) {
+      for (int32_t g = 0; g < s_.n_head_kv; ++g) {
+        int64_t i0, i1;
+        train_attention_split(n_, group, lanes, ith, nth, &i0, &i1);
+        if (i0 < i1) fn(g, i0, i1, ith);
+      }
+    };
+    if (!pool_) return part(0, 1);
+    pool_->run([&](int ith, int nth) { part(ith, nth); });
+  }
+  const TrainAttnKernels* attention_kernels() const {
+    if constexpr (std::is_same_v<T, float>) return attn_;
+    return nullptr;
+  }
+  // The kernels' float views (reached only when T is float).
+  static float* f32(T* p) { return reinterpret_cast<float*>(p); }
+  static const float* f32(const T* p) { return reinterpret_cast<const float*>(p); }
+  TrainAttnArgs attention_args(const Acts& a) const {
+    return {f32(a.q.data()), f32(a.k.data()), f32(a.v.data()), n_, s_.n_head, s_.n_head_kv, s_.head_dim};
+  }
+
   // fn(t0, t1) over the rows of the sequence, split likewise.
   template <typename F>
   void for_rows(F&& fn) {
@@ -538,6 +584,7 @@ class LoraLlama {
   LoraStore<T>* store_ = nullptr;
   const LoraLayer<T>* store_w_ = nullptr;  // the store's weights and gradients of the layer run
   LoraLayer<T>* store_g_ = nullptr;
+  const TrainAttnKernels* attn_ = train_attention_kernels();
   LlamaShape s_;
   LoraConfig lc_;
   Precision prec_ = Precision::F32;
