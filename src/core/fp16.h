@@ -21,7 +21,8 @@ inline float fp16_to_fp32(uint16_t h) {
     mant &= 0x3ff;
     return bits_to_f32(sign | static_cast<uint32_t>(127 - 15 - e) << 23 | mant << 13);
   }
-  if (exp == 31) return bits_to_f32(sign | 0x7f800000 | mant << 13);
+  // A NaN keeps its payload and becomes quiet, as F16C's VCVTPH2PS makes it.
+  if (exp == 31) return bits_to_f32(sign | 0x7f800000 | mant << 13 | (mant ? 0x400000u : 0u));
   return bits_to_f32(sign | (exp + 127 - 15) << 23 | mant << 13);
 }
 

@@ -6,6 +6,7 @@
 #include <functional>
 
 #include "core/assert.h"
+#include "core/fp16.h"
 
 namespace qilin::train {
 

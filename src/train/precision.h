@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <string>
 
-#include "core/fp16.h"
+#include "cpu/round16.h"
 
 namespace qilin::train {
 
@@ -26,12 +26,13 @@ inline bool parse_precision(const std::string& s, Precision* p) {
   return true;
 }
 
-// x[i] = the nearest value of the 16-bit type (FP16: beyond 65504 it becomes inf).
+// x[i] = the nearest value of the 16-bit type (FP16: beyond 65504 it becomes inf). The CPU's
+// SIMD conversions (cpu/round16.h), bit-identical to core/fp16.h's per-element ones.
 inline void round_to(Precision p, float* x, int64_t n) {
   if (p == Precision::BF16) {
-    for (int64_t i = 0; i < n; ++i) x[i] = bf16_to_fp32(fp32_to_bf16(x[i]));
+    round16_kernels().round_bf16(x, n);
   } else if (p == Precision::F16) {
-    for (int64_t i = 0; i < n; ++i) x[i] = fp16_to_fp32(fp32_to_fp16(x[i]));
+    round16_kernels().round_f16(x, n);
   }
 }
 // Double is the finite-difference tests' type: always exact.
@@ -39,16 +40,16 @@ inline void round_to(Precision, double*, int64_t) {}
 
 inline void pack16(Precision p, const float* x, int64_t n, uint16_t* out) {
   if (p == Precision::BF16) {
-    for (int64_t i = 0; i < n; ++i) out[i] = fp32_to_bf16(x[i]);
+    round16_kernels().to_bf16(x, out, n);
   } else {
-    for (int64_t i = 0; i < n; ++i) out[i] = fp32_to_fp16(x[i]);
+    round16_kernels().to_f16(x, out, n);
   }
 }
 inline void unpack16(Precision p, const uint16_t* in, int64_t n, float* x) {
   if (p == Precision::BF16) {
-    for (int64_t i = 0; i < n; ++i) x[i] = bf16_to_fp32(in[i]);
+    round16_kernels().from_bf16(in, x, n);
   } else {
-    for (int64_t i = 0; i < n; ++i) x[i] = fp16_to_fp32(in[i]);
+    round16_kernels().from_f16(in, x, n);
   }
 }
 
