@@ -17,7 +17,10 @@
 namespace qilin {
 namespace {
 
-constexpr DType kWeightTypes[] = {DType::Q4_0, DType::Q4_1, DType::Q8_0};
+// Qilin's 4-bit types run through the same kernels (gemm_quant_impl.h, pack_int4_row).
+constexpr DType kWeightTypes[] = {DType::Q4_0,    DType::Q4_1,     DType::Q8_0,
+                                  DType::QI4_G32, DType::QI4_G64,  DType::QI4_G128,
+                                  DType::NF4,     DType::NF4_DQ};
 struct Shape {
   int64_t rows, cols;
 };
@@ -88,6 +91,7 @@ int register_all() {
     for (DType wt : kWeightTypes) {
       if (gemm_kernel(wt, isa) == nullptr) continue;
       for (Shape s : kShapes) {
+        if (s.cols % dtype_info(wt).block_size != 0) continue;  // QI4_G128 on 576
         for (Calls calls : kCalls) {
           const std::string name = std::string("GemmQuant/") + isa_name(isa) + "/" +
                                    dtype_name(wt) + "/" + std::to_string(s.rows) + "x" +

@@ -43,8 +43,8 @@ const uint8_t* get(const void* w, size_t w_stride, int64_t n_rows, int64_t n, in
                    const void* ctx);
 }  // namespace gemm_cache
 
-// Sub-dispatchers, one per family (gemm_quant.cc: Q4_0, Q4_1, Q8_0; gemm_float.cc: F16,
-// BF16, F32). Null for types they do not cover.
+// Sub-dispatchers, one per family (gemm_quant.cc: Q4_0, Q4_1, Q8_0 and Qilin's QI4_G32/64/128,
+// NF4, NF4_DQ; gemm_float.cc: F16, BF16, F32). Null for types they do not cover.
 GemmFn gemm_quant_kernel(DType weight, Isa isa);
 GemmFn gemm_float_kernel(DType weight, Isa isa);
 

@@ -1,6 +1,7 @@
-// Tiled kernels for Q4_0, Q4_1 and Q8_0 weights: picks the per-ISA gemm, and holds the ISA-free
-// parts of the packed layout (group plan, tail gather offsets; see gemm_quant_impl.h). No scalar
-// tile: the caller's vec_dot-per-pair fallback is already the scalar reference.
+// Tiled kernels for Q4_0, Q4_1 and Q8_0 weights, and Qilin's 4-bit types run through them
+// (pack_int4_row): picks the per-ISA gemm, and holds the ISA-free parts of the packed layout
+// (group plan, tail gather offsets, the 4-bit packer; see gemm_quant_impl.h). No scalar tile:
+// the caller's vec_dot-per-pair fallback is already the scalar reference.
 // NOTE: shared helpers live here, compiled without ISA flags, rather than inline in the header:
 // an inline function compiled into both an AVX-512 and an AVX2 file may be merged by the linker
 // into the AVX-512 copy and then run on a CPU that lacks it.
@@ -12,6 +13,10 @@
 #include <tuple>
 #include <vector>
 
+#include "core/assert.h"
+#include "core/fp16.h"
+#include "cpu/quants_int4.h"
+
 namespace qilin {
 
 GemmFn gemm_quant_kernel(DType weight, Isa isa) {
@@ -21,11 +26,21 @@ GemmFn gemm_quant_kernel(DType weight, Isa isa) {
       if (weight == DType::Q4_0) return avx512::gemm_q4_0_q8_0;
       if (weight == DType::Q4_1) return avx512::gemm_q4_1_q8_1;
       if (weight == DType::Q8_0) return avx512::gemm_q8_0_q8_0;
+      if (weight == DType::QI4_G32) return avx512::gemm_qi4_g32_q8_1;
+      if (weight == DType::QI4_G64) return avx512::gemm_qi4_g64_q8_1;
+      if (weight == DType::QI4_G128) return avx512::gemm_qi4_g128_q8_1;
+      if (weight == DType::NF4) return avx512::gemm_nf4_q8_0;
+      if (weight == DType::NF4_DQ) return avx512::gemm_nf4dq_q8_0;
       return nullptr;
     case Isa::Avx2:
       if (weight == DType::Q4_0) return avx2::gemm_q4_0_q8_0;
       if (weight == DType::Q4_1) return avx2::gemm_q4_1_q8_1;
       if (weight == DType::Q8_0) return avx2::gemm_q8_0_q8_0;
+      if (weight == DType::QI4_G32) return avx2::gemm_qi4_g32_q8_1;
+      if (weight == DType::QI4_G64) return avx2::gemm_qi4_g64_q8_1;
+      if (weight == DType::QI4_G128) return avx2::gemm_qi4_g128_q8_1;
+      if (weight == DType::NF4) return avx2::gemm_nf4_q8_0;
+      if (weight == DType::NF4_DQ) return avx2::gemm_nf4dq_q8_0;
       return nullptr;
     case Isa::Scalar:
       return nullptr;
@@ -145,6 +160,106 @@ TailLayout plan_tail(const GroupPlan& plan, DType type) {
     }
   }
   return t;
+}
+
+int64_t int4_kernel_len(DType type, int64_t n) { return qi4_group(type) > 0 ? n : 2 * n; }
+
+void nf4_duplicate_act(const uint8_t* a, int64_t n, uint8_t* dst) {
+  for (int64_t b = 0; b < n / kQK; ++b, a += sizeof(BlockQ8_0)) {
+    std::memcpy(dst, a, sizeof(BlockQ8_0));
+    std::memcpy(dst + sizeof(BlockQ8_0), a, sizeof(BlockQ8_0));
+    dst += 2 * sizeof(BlockQ8_0);
+  }
+}
+
+namespace {
+
+// One 32-element block of the packed row, decoded: bytes as the microkernel reads them, d, x.
+struct Block32 {
+  uint8_t q[kQK];
+  float d, x;
+};
+
+// Decodes a row of n elements into its packed blocks in order (out[int4_kernel_len / 32]).
+void decode_int4_row(DType type, uint8_t xor_byte, const uint8_t* src, int64_t n, Block32* out) {
+  if (const int g = qi4_group(type); g > 0) {
+    const size_t gbytes = row_bytes(type, g);
+    for (int64_t b = 0; b < n / g; ++b, src += gbytes) {
+      // BlockQI4: f16 d, u8 z, qs[g / 2] (element j low nibble, j + g / 2 high nibble).
+      uint16_t d16;
+      std::memcpy(&d16, src, 2);
+      const float d = fp16_to_fp32(d16);
+      const uint8_t* qs = src + 3;
+      for (int s = 0; s < g / kQK; ++s) {
+        Block32& o = out[b * (g / kQK) + s];
+        for (int j = 0; j < kQK; ++j) {
+          const int e = s * kQK + j;
+          o.q[j] = e < g / 2 ? qs[e] & 15 : qs[e - g / 2] >> 4;
+        }
+        o.d = d;
+        o.x = -d * static_cast<float>(src[2]);
+      }
+    }
+    return;
+  }
+  // 64-element block b, half h -> packed blocks 4b + 2h (hi) and 4b + 2h + 1 (lo).
+  auto nf4 = [&](int64_t b, float absmax, const uint8_t* qs) {
+    for (int h = 0; h < 2; ++h) {
+      Block32& hi = out[4 * b + 2 * h];
+      Block32& lo = out[4 * b + 2 * h + 1];
+      for (int j = 0; j < kQK; ++j) {
+        const int v = kNf4Int[h == 0 ? qs[j] & 15 : qs[j] >> 4];
+        hi.q[j] = static_cast<uint8_t>(v >> 6) ^ xor_byte;  // floor(v / 64)
+        lo.q[j] = static_cast<uint8_t>(v & 63) ^ xor_byte;
+      }
+      hi.d = absmax * (1.0f / 64);
+      lo.d = absmax * (1.0f / 4096);
+      hi.x = lo.x = 0.0f;
+    }
+  };
+  if (type == DType::NF4) {
+    const auto* x = reinterpret_cast<const BlockNF4*>(src);
+    for (int64_t b = 0; b < n / kQKNf4; ++b) nf4(b, x[b].d, x[b].qs);
+  } else {
+    QILIN_ASSERT(type == DType::NF4_DQ);
+    for_nf4dq_blocks(src, n, nf4);
+  }
+}
+
+}  // namespace
+
+void pack_int4_row(const GroupPlan& plan, DType type, uint8_t xor_byte, const uint8_t* src,
+                   int64_t n, uint8_t* dst) {
+  QILIN_ASSERT(n % dtype_info(type).block_size == 0);
+  const int64_t nk = int4_kernel_len(type, n);
+  thread_local std::vector<Block32> blocks;
+  if (blocks.size() < static_cast<size_t>(nk / kQK)) blocks.resize(nk / kQK);
+  decode_int4_row(type, xor_byte, src, n, blocks.data());
+  const int lanes = plan.lanes;
+  const size_t vec = static_cast<size_t>(lanes) * 4;
+  const Block32* b = blocks.data();
+  for (int64_t g = 0; g < plan.n_full; ++g, dst += plan.full_bytes, b += lanes) {
+    for (int lane = 0; lane < lanes; ++lane) {
+      for (int k = 0; k < 8; ++k) std::memcpy(dst + k * vec + lane * 4, b[lane].q + 4 * k, 4);
+      std::memcpy(dst + 8 * vec + lane * 4, &b[lane].d, 4);
+      std::memcpy(dst + 9 * vec + lane * 4, &b[lane].x, 4);
+    }
+  }
+  if (plan.tail_steps == 0) return;
+  // The tail spreads each block over lanes / tail_blocks lanes (plan_tail); padding lanes hold
+  // zero data and zero scales.
+  std::memset(dst, 0, static_cast<size_t>(plan.tail_steps + 2) * vec);
+  const int per_block = lanes / plan.tail_blocks;
+  for (int tb = 0; tb < plan.tail_real; ++tb) {
+    for (int i = 0; i < per_block; ++i) {
+      const int lane = tb * per_block + i;
+      for (int k = 0; k < plan.tail_steps; ++k) {
+        std::memcpy(dst + k * vec + lane * 4, b[tb].q + 4 * (k * per_block + i), 4);
+      }
+      std::memcpy(dst + plan.tail_steps * vec + lane * 4, &b[tb].d, 4);
+      if (i == 0) std::memcpy(dst + (plan.tail_steps + 1) * vec + lane * 4, &b[tb].x, 4);
+    }
+  }
 }
 
 }  // namespace gemm_quant

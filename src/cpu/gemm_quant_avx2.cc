@@ -55,7 +55,7 @@ struct Traits<Kind::Q8_0> {
 // Thread-local packing buffers, 64-byte aligned; they grow to the largest call seen and are
 // then reused, so steady-state calls allocate nothing.
 uint8_t* scratch(int which, size_t bytes) {
-  thread_local std::vector<uint8_t> buf[2];
+  thread_local std::vector<uint8_t> buf[3];
   std::vector<uint8_t>& b = buf[which];
   if (b.size() < bytes + 64) b.resize(bytes + 64);
   const uintptr_t p = reinterpret_cast<uintptr_t>(b.data());
@@ -207,6 +207,16 @@ void pack_weight_row(const GroupPlan& plan, const TailGather& tail, const uint8_
   if (plan.tail_steps > 0) pack_tail<K != Kind::Q8_0, 0, K == Kind::Q4_1>(tail, src, dst);
 }
 
+// A weight row of type wt (Tr::kW, or a 4-bit type run as K) into the packed layout.
+template <Kind K>
+void pack_weight(DType wt, const GroupPlan& plan, const TailGather& tail, const uint8_t* src,
+                 uint8_t* dst) {
+  if (wt == Traits<K>::kW) return pack_weight_row<K>(plan, tail, src, dst);
+  const int64_t nk = (plan.n_full * kLanes + plan.tail_real) * kQK;
+  const int64_t n = nk == gemm_quant::int4_kernel_len(wt, nk) ? nk : nk / 2;
+  gemm_quant::pack_int4_row(plan, wt, K == Kind::Q8_0 ? 0 : 0, src, n, dst);
+}
+
 template <Kind K>
 void pack_act_row(const GroupPlan& plan, const TailGather& tail, const uint8_t* src, uint8_t* dst) {
   using T = Traits<K>;
@@ -325,29 +335,40 @@ TileFn edge_tile(int rows, int toks) {
 }
 
 // Token slices outermost, as in the AVX-512 file.
+// wt: the weights' type, Tr::kW or one of Qilin's 4-bit types run as kernel K
+// (gemm_quant::pack_int4_row).
 template <Kind K>
-void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a, size_t a_stride,
-          int64_t n_tok, float* c, int64_t ldc) {
+void gemm(DType wt, int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
+          size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
   using Tr = Traits<K>;
-  const GroupPlan plan = gemm_quant::plan_groups(n, kLanes);
+  // NF4 runs on rows of 2n (gemm_quant_impl.h): activations are read with each block twice.
+  const bool dup = wt != Tr::kW && gemm_quant::int4_kernel_len(wt, n) != n;
+  const GroupPlan plan = gemm_quant::plan_groups(dup ? 2 * n : n, kLanes);
   TailGather w_tail, a_tail;
   if (plan.tail_steps > 0) {
-    w_tail = tail_gather(plan, Tr::kW);
+    if (wt == Tr::kW) w_tail = tail_gather(plan, Tr::kW);
     a_tail = tail_gather(plan, Tr::kA);
   }
   const size_t pb = plan.row_bytes;
   const auto* wb = static_cast<const uint8_t*>(w);
   const auto* ab = static_cast<const uint8_t*>(a);
+  uint8_t* a_dup = dup ? scratch(2, row_bytes(Tr::kA, 2 * n)) : nullptr;
   uint8_t* pa = scratch(0, pb * static_cast<size_t>(std::min(n_tok, kTokSlice)));
   uint8_t* pw = scratch(1, pb * static_cast<size_t>(std::min(n_rows, kRowSlice)));
   for (int64_t t0 = 0; t0 < n_tok; t0 += kTokSlice) {
     const int64_t nt = std::min(kTokSlice, n_tok - t0);
-    for (int64_t t = 0; t < nt; ++t)
-      pack_act_row<K>(plan, a_tail, ab + (t0 + t) * a_stride, pa + t * pb);
+    for (int64_t t = 0; t < nt; ++t) {
+      const uint8_t* at = ab + (t0 + t) * a_stride;
+      if (dup) {
+        gemm_quant::nf4_duplicate_act(at, n, a_dup);
+        at = a_dup;
+      }
+      pack_act_row<K>(plan, a_tail, at, pa + t * pb);
+    }
     for (int64_t r0 = 0; r0 < n_rows; r0 += kRowSlice) {
       const int64_t nr = std::min(kRowSlice, n_rows - r0);
       for (int64_t r = 0; r < nr; ++r) {
-        pack_weight_row<K>(plan, w_tail, wb + (r0 + r) * w_stride, pw + r * pb);
+        pack_weight<K>(wt, plan, w_tail, wb + (r0 + r) * w_stride, pw + r * pb);
       }
       for (int64_t r = 0; r < nr; r += kTileRows) {
         const int tr = static_cast<int>(std::min<int64_t>(kTileRows, nr - r));
@@ -369,17 +390,42 @@ void gemm(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void*
 
 void gemm_q4_0_q8_0(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
                     size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
-  gemm<Kind::Q4_0>(n, w, w_stride, n_rows, a, a_stride, n_tok, c, ldc);
+  gemm<Kind::Q4_0>(DType::Q4_0, n, w, w_stride, n_rows, a, a_stride, n_tok, c, ldc);
 }
 
 void gemm_q4_1_q8_1(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
                     size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
-  gemm<Kind::Q4_1>(n, w, w_stride, n_rows, a, a_stride, n_tok, c, ldc);
+  gemm<Kind::Q4_1>(DType::Q4_1, n, w, w_stride, n_rows, a, a_stride, n_tok, c, ldc);
 }
 
 void gemm_q8_0_q8_0(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
                     size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
-  gemm<Kind::Q8_0>(n, w, w_stride, n_rows, a, a_stride, n_tok, c, ldc);
+  gemm<Kind::Q8_0>(DType::Q8_0, n, w, w_stride, n_rows, a, a_stride, n_tok, c, ldc);
+}
+
+void gemm_qi4_g32_q8_1(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
+                       size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
+  gemm<Kind::Q4_1>(DType::QI4_G32, n, w, w_stride, n_rows, a, a_stride, n_tok, c, ldc);
+}
+
+void gemm_qi4_g64_q8_1(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
+                       size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
+  gemm<Kind::Q4_1>(DType::QI4_G64, n, w, w_stride, n_rows, a, a_stride, n_tok, c, ldc);
+}
+
+void gemm_qi4_g128_q8_1(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
+                        size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
+  gemm<Kind::Q4_1>(DType::QI4_G128, n, w, w_stride, n_rows, a, a_stride, n_tok, c, ldc);
+}
+
+void gemm_nf4_q8_0(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
+                   size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
+  gemm<Kind::Q8_0>(DType::NF4, n, w, w_stride, n_rows, a, a_stride, n_tok, c, ldc);
+}
+
+void gemm_nf4dq_q8_0(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,
+                     size_t a_stride, int64_t n_tok, float* c, int64_t ldc) {
+  gemm<Kind::Q8_0>(DType::NF4_DQ, n, w, w_stride, n_rows, a, a_stride, n_tok, c, ldc);
 }
 
 }  // namespace qilin::avx2

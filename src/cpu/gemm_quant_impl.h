@@ -61,17 +61,48 @@ struct TailLayout {
 // For blocks of `type` (Q4_0, Q4_1: nibbles; Q8_0, Q8_1: bytes).
 TailLayout plan_tail(const GroupPlan& plan, DType type);
 
+// Qilin's 4-bit types (quants_int4.h) reuse the Q4_1 and Q8_0 microkernels through their own
+// weight packer, which writes a row straight into the packed layout above:
+// - QI4_G32/64/128 run as Q4_1 (Q8_1 activations): nibbles 0..15, d = the group's scale, x =
+//   m = -d * z (exact in f32: an 11-bit f16 mantissa times a 4-bit zero).
+// - NF4 / NF4_DQ run as Q8_0 (Q8_0 activations) on a row of twice the length: each code's
+//   integer v = kNf4Int[code] (round(value * 2^12), what vec_dot uses) is split as 64 * hi + lo
+//   with hi in [-64, 64] and lo in [0, 63], both int8; 32-element block b becomes packed block
+//   2b (the hi bytes, d = absmax / 64) and 2b + 1 (the lo bytes, d = absmax / 4096), and the
+//   activation row is read with every block twice (nf4_duplicate_act). One int8 lookup of
+//   the code values at a fixed scale (round(127 v)) measured +0.09 perplexity on SmolLM2
+//   (12.44 -> 12.53); the split keeps vec_dot's exact integer sums for 2x the integer work.
+// Either way each block's integer sum is exact, so only the f32 summation order differs from
+// vec_dot. int4_kernel_len: the packed row length for a row of n elements (n, or 2n for NF4).
+int64_t int4_kernel_len(DType type, int64_t n);
+// A row of n elements of `type` (n_kernel = int4_kernel_len(type, n) in `plan`); xor_byte is
+// applied to the Q8_0-kind bytes (0x80: AVX-512's unsigned weights).
+void pack_int4_row(const GroupPlan& plan, DType type, uint8_t xor_byte, const uint8_t* src,
+                   int64_t n, uint8_t* dst);
+// Q8_0 activations of n elements -> 2n, each block written twice (for NF4's hi/lo blocks).
+void nf4_duplicate_act(const uint8_t* a, int64_t n, uint8_t* dst);
+
 }  // namespace gemm_quant
 
 // Signatures match GemmFn; activations are what matmul_kernels(weight, isa)->quantize_act made
-// (Q8_0 for Q4_0 and Q8_0 weights, Q8_1 for Q4_1).
-#define QILIN_DECLARE_GEMM_QUANT                                                                \
-  void gemm_q4_0_q8_0(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a, \
-                      size_t a_stride, int64_t n_tok, float* c, int64_t ldc);                   \
-  void gemm_q4_1_q8_1(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a, \
-                      size_t a_stride, int64_t n_tok, float* c, int64_t ldc);                   \
-  void gemm_q8_0_q8_0(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a, \
-                      size_t a_stride, int64_t n_tok, float* c, int64_t ldc);
+// (Q8_0 for Q4_0, Q8_0, NF4 and NF4_DQ weights, Q8_1 for Q4_1 and QI4_G*).
+#define QILIN_DECLARE_GEMM_QUANT                                                                   \
+  void gemm_q4_0_q8_0(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,    \
+                      size_t a_stride, int64_t n_tok, float* c, int64_t ldc);                      \
+  void gemm_q4_1_q8_1(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,    \
+                      size_t a_stride, int64_t n_tok, float* c, int64_t ldc);                      \
+  void gemm_q8_0_q8_0(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,    \
+                      size_t a_stride, int64_t n_tok, float* c, int64_t ldc);                      \
+  void gemm_qi4_g32_q8_1(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a, \
+                         size_t a_stride, int64_t n_tok, float* c, int64_t ldc);                   \
+  void gemm_qi4_g64_q8_1(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a, \
+                         size_t a_stride, int64_t n_tok, float* c, int64_t ldc);                   \
+  void gemm_qi4_g128_q8_1(int64_t n, const void* w, size_t w_stride, int64_t n_rows,               \
+                          const void* a, size_t a_stride, int64_t n_tok, float* c, int64_t ldc);   \
+  void gemm_nf4_q8_0(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,     \
+                     size_t a_stride, int64_t n_tok, float* c, int64_t ldc);                       \
+  void gemm_nf4dq_q8_0(int64_t n, const void* w, size_t w_stride, int64_t n_rows, const void* a,   \
+                       size_t a_stride, int64_t n_tok, float* c, int64_t ldc);
 
 namespace avx2 {
 QILIN_DECLARE_GEMM_QUANT
