@@ -98,6 +98,8 @@ Result<std::unique_ptr<Engine>> Engine::create(const LlamaModel& model, const To
   if (c.n_threads < 1 || c.n_threads > 1024) return errorf("engine: n_threads must be in [1, 1024], got %d", c.n_threads);
   if (c.block_size < 1 || c.block_size > 1024) return errorf("engine: block_size must be in [1, 1024], got %d", c.block_size);
   if (c.max_batch_tokens < 1) return errorf("engine: max_batch_tokens must be >= 1, got %d", c.max_batch_tokens);
+  if (c.max_prefill_tokens < 0)
+    return errorf("engine: max_prefill_tokens must be >= 0, got %d", c.max_prefill_tokens);
   if (c.max_running < 1) return errorf("engine: max_running must be >= 1, got %d", c.max_running);
   if (c.max_queue < 1) return errorf("engine: max_queue must be >= 1, got %d", c.max_queue);
   std::unique_ptr<Engine> e(new Engine(model, tok, c));
@@ -442,6 +444,8 @@ bool Engine::schedule_and_run() {
     plan.push_back({s, 1});
     --budget;
   }
+  // While anything decodes, prompts get at most max_prefill_tokens of what is left.
+  if (!plan.empty() && cfg_.max_prefill_tokens > 0) budget = std::min(budget, cfg_.max_prefill_tokens);
   // 2. Prefills in progress share what is left (their blocks were allocated on admission).
   for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
     Seq* s = running_[i].get();

@@ -89,6 +89,11 @@ struct EngineConfig {
   int32_t kv_blocks = 0;
   int32_t block_size = 16;
   int32_t max_batch_tokens = 512;  // tokens per step (decode rows + prefill chunks)
+  // Prompt tokens a step may carry while other sequences decode (stall-free batching, as in
+  // Sarathi-Serve): a burst of new prompts is then spread over several steps instead of one
+  // long step that delays every decode and every prompt in it to its end. With nothing
+  // decoding, prompts fill max_batch_tokens. 0: no separate cap.
+  int32_t max_prefill_tokens = 128;
   int32_t max_running = 64;        // sequences in flight (each choice counts)
   int32_t max_queue = 1024;        // waiting requests before QueueFull
   int32_t max_seq_len = 0;         // prompt + generated per sequence; 0: the model's context

@@ -155,6 +155,46 @@ TEST_F(EngineTest, ChunkedPrefillNeverStallsADecode) {
   EXPECT_EQ(b.tokens[0], alone(lp.prompt, 4));
 }
 
+// Stall-free batching: while a sequence decodes, a burst of prompts that would fit one step's
+// budget together is spread over several steps (max_prefill_tokens each); with nothing
+// decoding, the same burst goes into one step.
+TEST_F(EngineTest, PromptBurstSpreadsOverStepsOnlyWhileOthersDecode) {
+  std::string words;
+  for (int i = 0; i < 8; ++i) words += "the river runs to the sea ";
+  std::vector<RequestParams> burst;
+  for (int i = 0; i < 3; ++i) burst.push_back(greedy(std::string(kPrompts[i]) + " " + words, 3));
+  for (const RequestParams& p : burst) ASSERT_LE(p.prompt.size(), 60u);
+  for (bool decoding : {false, true}) {
+    SCOPED_TRACE(decoding ? "beside a decode" : "alone");
+    EngineConfig c;
+    c.max_batch_tokens = 512;  // room for the whole burst in one step
+    c.max_prefill_tokens = 64;  // one prompt of the burst per step while decoding
+    auto e = make(c);
+    int step = 0;
+    Collected d;
+    if (decoding) {
+      ASSERT_TRUE(e->submit(greedy("Count slowly:", 30), collect(&d, &step)).ok());
+      for (int i = 0; i < 2; ++i) {
+        ASSERT_TRUE(e->step());
+        ++step;
+      }
+    }
+    std::vector<Collected> got(3);
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(e->submit(burst[i], collect(&got[i], &step)).ok());
+    run_until_idle(*e, &step);
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_EQ(got[i].tokens[0], alone(burst[i].prompt, 3)) << i;
+      const int first = got[i].steps_with_token[0].front();
+      const int first0 = got[0].steps_with_token[0].front();
+      EXPECT_EQ(first, decoding ? first0 + i : first0) << i;
+    }
+    if (decoding) {  // the decode got a token at every step throughout
+      const std::vector<int32_t>& s = d.steps_with_token[0];
+      for (size_t i = 1; i < s.size(); ++i) EXPECT_EQ(s[i], s[i - 1] + 1) << "token " << i;
+    }
+  }
+}
+
 TEST_F(EngineTest, PreemptionUnderATinyPoolRecomputesAndFinishesEverything) {
   EngineConfig c;
   c.kv_blocks = 14;  // 224 slots; four requests of ~80 tokens need ~20 blocks together

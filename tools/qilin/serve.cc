@@ -29,6 +29,7 @@ struct ServeOpts {
   std::string api_key;
   std::string alias;
   int32_t max_batch_tokens = 512;
+  int32_t max_prefill_tokens = EngineConfig{}.max_prefill_tokens;
   int32_t max_running = 64;
   int32_t max_queue = 1024;
   double kv_cache_gb = 0.5;
@@ -60,6 +61,12 @@ CLI::App* add_serve(CLI::App& app) {
   s->add_option("--max-batch-tokens", o.max_batch_tokens,
                 "tokens per engine step: decode rows plus prefill chunks")
       ->check(CLI::Range(1, 1 << 16));
+  s->add_option("--max-prefill-tokens", o.max_prefill_tokens,
+                "prompt tokens per step while other sequences are decoding (stall-free "
+                "batching: a burst of prompts spreads over several steps; 0: only "
+                "--max-batch-tokens limits them)")
+      ->check(CLI::Range(0, 1 << 16))
+      ->capture_default_str();
   s->add_option("--max-running", o.max_running, "sequences in flight at once (each choice counts)")
       ->check(CLI::Range(1, 4096));
   s->add_option("--max-queue", o.max_queue, "waiting requests before 429")
@@ -106,6 +113,7 @@ int run_serve() {
   ec.n_threads = o.c.threads;
   ec.kv_cache_bytes = static_cast<size_t>(o.kv_cache_gb * double(size_t{1} << 30));
   ec.max_batch_tokens = o.max_batch_tokens;
+  ec.max_prefill_tokens = o.max_prefill_tokens;
   ec.max_running = o.max_running;
   ec.max_queue = o.max_queue;
   ec.max_seq_len = o.c.ctx;
