@@ -18,6 +18,8 @@
 #include <sstream>
 #include <string_view>
 
+#include "core/atomic_file.h"
+
 namespace qilin {
 
 // GGUF is little-endian on disk and the reader copies scalars straight from the file.
@@ -949,41 +951,15 @@ Result<std::vector<uint8_t>> GgufWriter::serialize() const {
 
 Status GgufWriter::write(const std::string& path) const {
   QILIN_TRY(validate());
-  // mkstemp needs exactly six trailing X's; the temp file sits beside `path` so that the
-  // final rename stays within one file system (and is atomic).
-  std::string tmp = path + ".tmp.XXXXXX";
-  const int fd = mkstemp(tmp.data());
-  if (fd < 0) {
-    return Status::error(
-        cat("gguf writer: ", path, ": cannot create a temp file: ", std::strerror(errno)));
-  }
-  auto fail = [&](const std::string& what, int err) {
-    ::unlink(tmp.c_str());
-    return Status::error(cat("gguf writer: ", path, ": ", what, ": ", std::strerror(err)));
-  };
-  FILE* file = fdopen(fd, "wb");
-  if (file == nullptr) {
-    const int err = errno;
-    ::close(fd);
-    return fail("fdopen failed", err);
-  }
+  // Whole or nothing: a failure or a kill leaves neither a partial file nor a temp file.
+  AtomicFile out;
+  if (Status st = out.open(path); !st.is_ok()) return Status::error("gguf writer: " + st.message());
   Sink sink;
-  sink.file = file;
-  Status emitted = emit(sink);
-  int err = 0;
-  bool ok = emitted.is_ok() && !sink.failed;
-  if (!ok) err = errno;
-  if (ok && std::fflush(file) != 0) ok = false, err = errno;
-  // Flush to disk before the rename so a crash cannot leave a renamed but empty file.
-  if (ok && fsync(fileno(file)) != 0) ok = false, err = errno;
-  if (ok && fchmod(fileno(file), 0644) != 0) ok = false, err = errno;
-  if (std::fclose(file) != 0 && ok) ok = false, err = errno;
-  if (!emitted.is_ok()) {
-    ::unlink(tmp.c_str());
-    return emitted;
+  sink.file = out.stream();
+  QILIN_TRY(emit(sink));  // out's destructor discards the data on an error
+  if (Status st = out.commit(!sink.failed); !st.is_ok()) {
+    return Status::error("gguf writer: " + st.message());
   }
-  if (!ok) return fail("write failed", err);
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) return fail("rename failed", errno);
   return Status::ok();
 }
 

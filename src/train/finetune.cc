@@ -1,6 +1,9 @@
 // Fine-tuning: see finetune.h.
 #include "train/finetune.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -8,13 +11,11 @@
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 
-#include <nlohmann/json.hpp>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include "core/assert.h"
+#include "core/atomic_file.h"
 #include "formats/gguf.h"
 #include "model/lora_adapter.h"
 #include "train/gemm_linear.h"
@@ -61,21 +62,6 @@ int64_t scored(const Example& e) {
 const char* kHfProj[kNumProj] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                  "self_attn.o_proj", "mlp.gate_proj",   "mlp.up_proj",
                                  "mlp.down_proj"};
-
-// Writes bytes to path through a temporary file and rename: readers never see a partial file.
-Status write_atomically(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) return errorf("cannot write %s: %s", tmp.c_str(), std::strerror(errno));
-  const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() &&
-                  std::fflush(f) == 0 && fsync(fileno(f)) == 0;
-  std::fclose(f);
-  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return errorf("cannot write %s: %s", path.c_str(), std::strerror(errno));
-  }
-  return Status::ok();
-}
 
 }  // namespace
 
@@ -566,12 +552,12 @@ Status Finetuner::save_peft(const std::string& dir, const std::string& base_name
   for (int i = 0; i < 8; ++i) file[i] = static_cast<char>((hn >> (8 * i)) & 0xff);
   file += hj;
   file += data;
-  QILIN_TRY(write_atomically(dir + "/adapter_model.safetensors", file));
+  QILIN_TRY(write_file_atomically(dir + "/adapter_model.safetensors", file));
   nlohmann::json cfg = {{"base_model_name_or_path", base_name}, {"peft_type", "LORA"}, {"task_type", "CAUSAL_LM"},
                         {"r", r}, {"lora_alpha", cfg_.lora.alpha}, {"lora_dropout", 0.0},
                         {"target_modules", targets}, {"bias", "none"}, {"fan_in_fan_out", false},
                         {"inference_mode", true}};
-  return write_atomically(dir + "/adapter_config.json", cfg.dump(2) + "\n");
+  return write_file_atomically(dir + "/adapter_config.json", cfg.dump(2) + "\n");
 }
 
 }  // namespace qilin::train

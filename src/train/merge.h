@@ -1,7 +1,7 @@
 // Merging a LoRA adapter into its base model: W' = W + scale * B A for every adapted projection,
 // written as a new GGUF through quant/quantize.h's writer (each merged weight requantized to the
-// base's type or a chosen one, every other tensor copied bit for bit when its type stays; a temp
-// file renamed into place, so a failure or a kill never leaves a partial output).
+// base's type or a chosen one, every other tensor copied bit for bit when its type stays; written
+// through core/atomic_file.h, so a failure or a kill never leaves a partial output).
 #pragma once
 
 #include <string>

@@ -2,6 +2,7 @@
 // (fixture from tests/golden/gen_quantize_fixtures.py, which also ran llama.cpp on Qilin's
 // files), every Qilin type loads and runs in LlamaModel close to the F32 model, and bad input
 // or a kill leaves no output file.
+#include <dirent.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -40,6 +41,19 @@ CliResult run_cli(const std::string& args) {
   const int status = pclose(p);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+// The names in a directory, but . and ..
+std::vector<std::string> list_dir(const std::string& dir) {
+  std::vector<std::string> names;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (const dirent* e = readdir(d)) {
+      const std::string n = e->d_name;
+      if (n != "." && n != "..") names.push_back(n);
+    }
+    closedir(d);
+  }
+  return names;
 }
 
 bool exists(const std::string& p) {
@@ -182,7 +196,7 @@ TEST_F(QuantTool, BadInputNamesFileTensorAndTypeAndWritesNothing) {
 }
 
 // SIGKILL at moments spread over the run: the output path either does not exist or holds the
-// complete file (the data goes to a temp file that is renamed only when complete).
+// complete file, and nothing else is left in the directory (core/atomic_file.h).
 TEST_F(QuantTool, KillLeavesNoPartialOutput) {
   const std::string f32 = test::f32_model_path();
   ASSERT_FALSE(f32.empty());
@@ -202,6 +216,9 @@ TEST_F(QuantTool, KillLeavesNoPartialOutput) {
     kill(pid, SIGKILL);
     int status = 0;
     waitpid(pid, &status, 0);
+    for (const std::string& name : list_dir(dir_)) {
+      EXPECT_EQ(name, "killed.gguf") << "left after a kill at " << delay_ms << " ms";
+    }
     if (!exists(out)) {
       killed_mid_run += WIFSIGNALED(status);
       continue;
@@ -212,6 +229,51 @@ TEST_F(QuantTool, KillLeavesNoPartialOutput) {
     ASSERT_EQ(unlink(out.c_str()), 0);
   }
   EXPECT_GT(killed_mid_run, 0) << "every run finished before its kill";
+}
+
+// SIGKILL while the output is being written (the moment the process holds a file in the
+// output directory open, seen through /proc/PID/fd), over an existing output: the old file
+// stays as it was and no partial or temp file remains.
+TEST_F(QuantTool, KillDuringTheWriteLeavesNothingBehind) {
+  const std::string f32 = test::f32_model_path();
+  ASSERT_FALSE(f32.empty());
+  const std::string out = dir_ + "/out.gguf";
+  {
+    std::ofstream old(out);
+    old << "the previous output";
+  }
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl(QILIN_CLI_PATH, QILIN_CLI_PATH, "quantize", f32.c_str(), out.c_str(), "--type", "f32",
+          "-q", "-t", "1", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const std::string fd_dir = "/proc/" + std::to_string(pid) + "/fd";
+  bool seen = false, reaped = false;
+  int status = 0;
+  for (int i = 0; i < 200000 && !seen; ++i) {  // up to ~20 s
+    for (const std::string& fd : list_dir(fd_dir)) {
+      char target[4096];
+      const ssize_t len = readlink((fd_dir + "/" + fd).c_str(), target, sizeof target - 1);
+      if (len > 0 && std::string(target, len).rfind(dir_ + "/", 0) == 0) seen = true;
+    }
+    if (!seen) {
+      reaped = waitpid(pid, &status, WNOHANG) == pid;
+      if (reaped) break;  // finished (or failed) unseen
+      usleep(100);
+    }
+  }
+  if (!reaped) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  ASSERT_TRUE(seen) << "never saw the output being written";
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "finished before the kill";
+  EXPECT_EQ(list_dir(dir_), std::vector<std::string>{"out.gguf"});
+  std::ifstream in(out);
+  const std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(content, "the previous output");
 }
 
 }  // namespace
