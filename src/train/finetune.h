@@ -73,7 +73,8 @@ struct FinetuneConfig {
   int zero_stage = -1;
   bool offload_optimizer = false;
   Communicator* comm = nullptr;
-  // Tests only: sees each step's raw (scaled, summed) gradients before they are checked.
+  // Tests only: sees each step's raw (scaled, summed) gradients before they are checked (not
+  // called under zero_stage, whose gradients are sharded).
   std::function<void(int64_t step, std::vector<LoraLayer<float>>& grads)> grad_hook;
 };
 

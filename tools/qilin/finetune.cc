@@ -196,6 +196,8 @@ int run_finetune() {
   if (const ZeroOptimizer* z = f.zero()) {
     // Every rank: what it holds, against ZeRO's formulas.
     const ZeroMemory m = z->memory();
+    char host[80] = "";
+    if (m.host_grads) std::snprintf(host, sizeof host, ", host gradient staging %.3f MiB", m.host_grads / 1048576.0);
     const ZeroFormula want = zero_formula(o.zero, fc.precision, fc.offload_optimizer, static_cast<double>(z->n_params()), n_ranks);
     std::fprintf(stderr,
                  "rank %d/%d: ZeRO stage %d%s, %s, %lld trainable parameters: params %.3f MiB, grads %.3f MiB, "
@@ -203,8 +205,7 @@ int run_finetune() {
                  rank, n_ranks, o.zero, fc.offload_optimizer ? " + optimizer offload" : "", o.precision.c_str(),
                  static_cast<long long>(z->n_params()), m.params / 1048576.0, m.grads / 1048576.0,
                  m.optimizer / 1048576.0, m.optimizer_on_host ? " on the host" : "", want.params / 1048576.0,
-                 want.grads / 1048576.0, want.optimizer / 1048576.0, m.working / 1048576.0,
-                 m.host_grads ? (", host gradient staging " + std::to_string(m.host_grads / 1048576.0) + " MiB").c_str() : "");
+                 want.grads / 1048576.0, want.optimizer / 1048576.0, m.working / 1048576.0, host);
   } else {
     std::fprintf(stderr, "finetune: base %s in %.1f MiB, compute %s%s; AdamW states %.1f MiB, %.1f MiB resident\n",
                o.base_type.c_str(), f.base_bytes() / 1048576.0, o.precision.c_str(),
