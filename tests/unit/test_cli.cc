@@ -86,6 +86,23 @@ TEST(Cli, InvalidFlagValuesAreRejected) {
   EXPECT_NE(r.out.find("xml"), std::string::npos) << r.out;
 }
 
+TEST(Cli, ZeroOptionErrorsNameTheValue) {
+  const std::string ft = "finetune -o /tmp/qilin-zero-cli --data " +
+                         std::string(QILIN_TEST_DATA_DIR) + "/data/finetune_brackets.jsonl ";
+  CliResult r = run_cli(ft + "--zero 4");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("--zero: the stage must be 0, 1, 2 or 3, got 4"), std::string::npos) << r.out;
+  r = run_cli(ft + "--zero 1 --offload-optimizer nvme");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("the only target is cpu, got 'nvme'"), std::string::npos) << r.out;
+  r = run_cli(ft + "--offload-optimizer cpu");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("--offload-optimizer needs --zero"), std::string::npos) << r.out;
+  r = run_cli(ft + "--zero 2 --resume");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("do not combine with --zero"), std::string::npos) << r.out;
+}
+
 TEST(Cli, PromptLongerThanContextIsReported) {
   ASSERT_TRUE(test::model_present());
   std::string words;

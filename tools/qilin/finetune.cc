@@ -140,6 +140,7 @@ int run_finetune() {
   // Data parallelism: every rank runs this whole function; rank 0 prints and writes the files.
   std::unique_ptr<Communicator> world;
   if (o.zero != -1 || !o.offload_optimizer.empty()) {
+    if (o.zero == -1) return fail("--offload-optimizer needs --zero (a ZeRO stage, 0-3)");
     if (o.zero < 0 || o.zero > 3) return fail("--zero: the stage must be 0, 1, 2 or 3, got " + std::to_string(o.zero));
     if (!o.offload_optimizer.empty() && o.offload_optimizer != "cpu") {
       return fail("--offload-optimizer: the only target is cpu, got '" + o.offload_optimizer + "'");
