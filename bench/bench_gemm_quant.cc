@@ -82,6 +82,63 @@ void bm_gemm(benchmark::State& state, DType wt, Isa isa, Shape s, Calls calls) {
       benchmark::Counter::kIsRate);
 }
 
+// Batched decode: every projection of the 135M model (30 layers x q, k, v, o, gate, up, down:
+// 106M weights, more than the caches hold) times n_tok tokens, the weights registered as a
+// loaded model's are (packed once into the cache), one thread: an engine step's matmuls.
+void bm_decode_batch(benchmark::State& state, DType wt, Isa isa, int64_t n_tok) {
+  const MatmulKernels* k = matmul_kernels(wt, isa);
+  struct Proj {
+    int64_t rows, cols;
+  };
+  const Proj layer[] = {{576, 576}, {192, 576}, {192, 576}, {576, 576},
+                        {1536, 576}, {1536, 576}, {576, 1536}};
+  // One random copy of each shape, replicated: the cache packs per address, so every layer is
+  // its own stream from DRAM all the same.
+  std::vector<size_t> offset;
+  size_t total = 0;
+  for (int l = 0; l < 30; ++l) {
+    for (const Proj& p : layer) {
+      offset.push_back(total);
+      total += (row_bytes(wt, p.cols) * p.rows + 63) / 64 * 64;
+    }
+  }
+  std::vector<uint8_t> w(total);
+  for (size_t i = 0; i < std::size(layer); ++i) {
+    const Proj& p = layer[i];
+    const size_t wr = row_bytes(wt, p.cols);
+    const std::vector<float> wf = random_floats(p.rows * p.cols, 7 + static_cast<uint32_t>(i));
+    for (int64_t r = 0; r < p.rows; ++r)
+      quantize_row_ref(wt, wf.data() + r * p.cols, w.data() + offset[i] + r * wr, p.cols);
+    for (int l = 1; l < 30; ++l) {
+      std::copy_n(w.data() + offset[i], wr * p.rows, w.data() + offset[l * std::size(layer) + i]);
+    }
+  }
+  gemm_register_immutable(w.data(), w.size());
+  std::vector<uint8_t> a576(row_bytes(k->vec_dot_type, 576) * n_tok),
+      a1536(row_bytes(k->vec_dot_type, 1536) * n_tok);
+  const std::vector<float> af = random_floats(n_tok * 1536, 3);
+  for (int64_t t = 0; t < n_tok; ++t) {
+    k->quantize_act(af.data() + t * 576, a576.data() + t * row_bytes(k->vec_dot_type, 576), 576);
+    k->quantize_act(af.data() + t * 1536, a1536.data() + t * row_bytes(k->vec_dot_type, 1536), 1536);
+  }
+  std::vector<float> c(static_cast<size_t>(1536 * n_tok));
+  const GemmFn gemm = gemm_kernel(wt, isa);
+  double ops = 0;
+  for (auto _ : state) {
+    for (size_t i = 0; i < offset.size(); ++i) {
+      const Proj& p = layer[i % std::size(layer)];
+      const std::vector<uint8_t>& a = p.cols == 576 ? a576 : a1536;
+      gemm(p.cols, w.data() + offset[i], row_bytes(wt, p.cols), p.rows, a.data(),
+           row_bytes(k->vec_dot_type, p.cols), n_tok, c.data(), p.rows);
+      ops += 2.0 * static_cast<double>(p.rows * p.cols * n_tok);
+    }
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  gemm_unregister_immutable(w.data());
+  state.counters["GOP/s"] = benchmark::Counter(1e-9 * ops, benchmark::Counter::kIsRate);
+}
+
 // With --benchmark_repetitions=N, "_min" is the run least disturbed by other processes.
 double min_of(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
 
@@ -101,6 +158,18 @@ int register_all() {
               ->Unit(benchmark::kMillisecond)
               ->ComputeStatistics("min", min_of);
         }
+      }
+    }
+  }
+  for (Isa isa : {Isa::Avx2, Isa::Avx512}) {
+    if (!cpu_supports(isa)) continue;
+    for (DType wt : {DType::Q4_1, DType::Q4_0}) {
+      for (int64_t n_tok : {4, 16, 64}) {
+        const std::string name = std::string("GemmQuantDecodeBatch/") + isa_name(isa) + "/" +
+                                 dtype_name(wt) + "/tok" + std::to_string(n_tok);
+        benchmark::RegisterBenchmark(name.c_str(), bm_decode_batch, wt, isa, n_tok)
+            ->Unit(benchmark::kMillisecond)
+            ->ComputeStatistics("min", min_of);
       }
     }
   }

@@ -10,6 +10,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/dtype.h"
@@ -365,34 +366,40 @@ namespace {
 
 // Registered (immutable) weights are packed once and reused: the results must be the bits of
 // an unregistered call, and unregistering must drop the packed copy (a new model loaded at the
-// same address must never see the old one's packing).
+// same address must never see the old one's packing). With and without a tail group (n = 576 =
+// 512 + 64; 1024), few tokens and more than one 3-token tile column per 4-row tile.
 TEST(GemmQuant, PackedWeightCacheGivesTheSameBitsAndForgetsOnUnregister) {
   std::mt19937 rng(9);
   int checked = 0;
   for (Isa isa : kIsas) {
     if (!cpu_supports(isa)) continue;
     for (DType wt : kTypes) {
-      const GemmFn gemm = gemm_quant_kernel(wt, isa);
-      const int64_t n = 576, n_rows = 70, n_tok = 5;
-      const std::vector<float> wf = random_floats(n_rows * n, rng), af = random_floats(n_tok * n, rng);
-      Operands o = make_random(wt, isa, n, n_rows, n_tok, wf, af);
-      const int64_t ldc = n_rows;
-      const std::vector<float> plain = run(gemm, o, ldc);
-      gemm_register_immutable(o.w.data(), o.w.size());
-      EXPECT_EQ(run(gemm, o, ldc), plain) << label(wt, isa);  // packs and caches
-      EXPECT_EQ(run(gemm, o, ldc), plain) << label(wt, isa);  // from the cache
-      gemm_unregister_immutable(o.w.data());
-      // New weights in the same buffer, registered again: the old packing must be gone.
-      const std::vector<float> wf2 = random_floats(n_rows * n, rng);
-      Operands o2 = make_random(wt, isa, n, n_rows, n_tok, wf2, af);
-      ASSERT_EQ(o2.w.size(), o.w.size());
-      std::copy(o2.w.begin(), o2.w.end(), o.w.begin());
-      const std::vector<float> plain2 = run(gemm, o, ldc);
-      EXPECT_NE(plain2, plain);
-      gemm_register_immutable(o.w.data(), o.w.size());
-      EXPECT_EQ(run(gemm, o, ldc), plain2) << label(wt, isa);
-      gemm_unregister_immutable(o.w.data());
-      ++checked;
+      for (const auto& [n_tok, n] :
+           {std::pair<int64_t, int64_t>{5, 576}, {5, 1024}, {40, 576}, {40, 1024}}) {
+        SCOPED_TRACE("n_tok=" + std::to_string(n_tok) + " n=" + std::to_string(n));
+        const GemmFn gemm = gemm_quant_kernel(wt, isa);
+        const int64_t n_rows = 70;
+        const std::vector<float> wf = random_floats(n_rows * n, rng),
+                                 af = random_floats(n_tok * n, rng);
+        Operands o = make_random(wt, isa, n, n_rows, n_tok, wf, af);
+        const int64_t ldc = n_rows;
+        const std::vector<float> plain = run(gemm, o, ldc);
+        gemm_register_immutable(o.w.data(), o.w.size());
+        EXPECT_EQ(run(gemm, o, ldc), plain) << label(wt, isa);  // packs and caches
+        EXPECT_EQ(run(gemm, o, ldc), plain) << label(wt, isa);  // from the cache
+        gemm_unregister_immutable(o.w.data());
+        // New weights in the same buffer, registered again: the old packing must be gone.
+        const std::vector<float> wf2 = random_floats(n_rows * n, rng);
+        Operands o2 = make_random(wt, isa, n, n_rows, n_tok, wf2, af);
+        ASSERT_EQ(o2.w.size(), o.w.size());
+        std::copy(o2.w.begin(), o2.w.end(), o.w.begin());
+        const std::vector<float> plain2 = run(gemm, o, ldc);
+        EXPECT_NE(plain2, plain);
+        gemm_register_immutable(o.w.data(), o.w.size());
+        EXPECT_EQ(run(gemm, o, ldc), plain2) << label(wt, isa);
+        gemm_unregister_immutable(o.w.data());
+        ++checked;
+      }
     }
   }
   if (checked == 0) GTEST_SKIP() << "no SIMD ISA on this CPU";
