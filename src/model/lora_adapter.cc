@@ -1,6 +1,8 @@
 // LoRA adapters at inference: see lora_adapter.h.
 #include "model/lora_adapter.h"
 
+#include <cstdlib>
+
 #include "cpu/quants.h"
 #include "formats/gguf.h"
 #include "model/llama.h"
@@ -73,6 +75,19 @@ Result<LoraAdapter> load_lora_adapter(const std::string& path, const LlamaModel&
   if (found == 0) return errorf("lora: %s holds no blk.N.<proj>.weight.lora_a/lora_b tensors", path.c_str());
   ad.scale = static_cast<float>(*alpha) / ad.rank * multiplier;
   return ad;
+}
+
+void split_lora_spec(const std::string& spec, std::string* file, float* multiplier) {
+  *file = spec;
+  *multiplier = 1.0f;
+  const size_t colon = spec.rfind(':');
+  if (colon == std::string::npos || colon + 1 >= spec.size()) return;
+  char* end = nullptr;
+  const float v = std::strtof(spec.c_str() + colon + 1, &end);
+  if (end && *end == '\0') {
+    *file = spec.substr(0, colon);
+    *multiplier = v;
+  }
 }
 
 }  // namespace qilin

@@ -30,6 +30,10 @@ struct LoraAdapter {
 
 // Reads and checks an adapter for `model` (every shape against the model's); `multiplier`
 // scales it (--lora FILE:0.5). Errors name the file, tensor and shape.
+// "FILE" or "FILE:SCALE" (the --lora spelling) split into the file and the multiplier (1 when
+// absent, or when what follows the last colon is not a number: then it is part of the file).
+void split_lora_spec(const std::string& spec, std::string* file, float* multiplier);
+
 Result<LoraAdapter> load_lora_adapter(const std::string& path, const LlamaModel& model,
                                       float multiplier);
 

@@ -1,7 +1,6 @@
 // merge_lora: see merge.h.
 #include "train/merge.h"
 
-#include <cstdlib>
 #include <map>
 #include <vector>
 
@@ -61,19 +60,6 @@ Result<MergeReport> merge_lora(const LlamaModel& base, const LoraAdapter& adapte
   QILIN_TRY(q);
   rep.quant = std::move(*q);
   return rep;
-}
-
-void split_lora_spec(const std::string& spec, std::string* file, float* multiplier) {
-  *file = spec;
-  *multiplier = 1.0f;
-  const size_t colon = spec.rfind(':');
-  if (colon == std::string::npos || colon + 1 >= spec.size()) return;
-  char* end = nullptr;
-  const float v = std::strtof(spec.c_str() + colon + 1, &end);
-  if (end && *end == '\0') {
-    *file = spec.substr(0, colon);
-    *multiplier = v;
-  }
 }
 
 }  // namespace qilin::train

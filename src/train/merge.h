@@ -24,7 +24,5 @@ struct MergeReport {
 Result<MergeReport> merge_lora(const LlamaModel& base, const LoraAdapter& adapter, const std::string& out, DType type,
                                bool keep_type, int n_threads);
 
-// "FILE" or "FILE:SCALE" (the --lora spelling) split into the file and the multiplier.
-void split_lora_spec(const std::string& spec, std::string* file, float* multiplier);
 
 }  // namespace qilin::train

@@ -12,6 +12,7 @@
 
 #include "engine/generator.h"
 #include "test_util.h"
+#include "model/lora_adapter.h"
 #include "train/merge.h"
 
 namespace qilin::train {
@@ -67,6 +68,27 @@ std::string temp_dir() {
   char dir[] = "/tmp/qilin-merge-XXXXXX";
   EXPECT_NE(mkdtemp(dir), nullptr);
   return dir;
+}
+
+// --lora's spelling, shared by run/chat/bench/serve and merge.
+TEST(TrainMerge, LoraSpecSplitsFileAndScale) {
+  std::string file;
+  float mult = 0;
+  split_lora_spec("out/adapter.gguf", &file, &mult);
+  EXPECT_EQ(file, "out/adapter.gguf");
+  EXPECT_EQ(mult, 1.0f);
+  split_lora_spec("out/adapter.gguf:0.5", &file, &mult);
+  EXPECT_EQ(file, "out/adapter.gguf");
+  EXPECT_EQ(mult, 0.5f);
+  split_lora_spec("C:/a.gguf:-2", &file, &mult);  // the last colon only
+  EXPECT_EQ(file, "C:/a.gguf");
+  EXPECT_EQ(mult, -2.0f);
+  split_lora_spec("dir:x/a.gguf", &file, &mult);  // not a number: part of the file name
+  EXPECT_EQ(file, "dir:x/a.gguf");
+  EXPECT_EQ(mult, 1.0f);
+  split_lora_spec("a.gguf:", &file, &mult);
+  EXPECT_EQ(file, "a.gguf:");
+  EXPECT_EQ(mult, 1.0f);
 }
 
 TEST(TrainMerge, MergedF32ModelGivesTheUnmergedAdapterLogits) {

@@ -103,17 +103,9 @@ Result<Loaded> load(std::string path, WeightPlacement placement, const std::stri
   QILIN_TRY(t);
   l.tok = std::move(*t);
   if (!lora.empty()) {
-    std::string file = lora;
+    std::string file;
     float scale = 1.0f;
-    const size_t colon = lora.rfind(':');
-    if (colon != std::string::npos && colon + 1 < lora.size()) {
-      char* end = nullptr;
-      const float v = std::strtof(lora.c_str() + colon + 1, &end);
-      if (end && *end == '\0') {
-        file = lora.substr(0, colon);
-        scale = v;
-      }
-    }
+    split_lora_spec(lora, &file, &scale);
     auto ad = load_lora_adapter(file, *l.model, scale);
     QILIN_TRY(ad);
     QILIN_TRY(l.model->set_adapter(std::make_shared<const LoraAdapter>(std::move(*ad))));

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "common.h"
+#include "model/lora_adapter.h"
 #include "train/merge.h"
 
 namespace qilin::cli {
@@ -42,7 +43,7 @@ int run_merge() {
   if (!l) return fail(l.status().message());
   std::string file;
   float mult = 1.0f;
-  train::split_lora_spec(o.lora, &file, &mult);
+  split_lora_spec(o.lora, &file, &mult);
   auto ad = load_lora_adapter(file, *l->model, mult);
   if (!ad) return fail(ad.status().message());
   const double t0 = now_ms();
