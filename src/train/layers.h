@@ -13,6 +13,20 @@
 
 namespace qilin::train {
 
+// a . b with 8 independent partial sums (the compiler may keep them in vector lanes; one
+// running sum is a chain of dependent adds it must not reorder).
+template <typename T>
+T dot(const T* a, const T* b, int64_t n) {
+  T acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  T s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
 // ---- embedding ----------------------------------------------------------------------------
 
 // out[t] = table[tokens[t]]
@@ -67,11 +81,7 @@ template <typename T>
 void linear_forward(const T* x /*[n, in]*/, const T* W /*[out, in]*/, int64_t n, int64_t in,
                     int64_t out, T* y /*[n, out]*/) {
   for (int64_t t = 0; t < n; ++t) {
-    for (int64_t o = 0; o < out; ++o) {
-      T s = 0;
-      for (int64_t i = 0; i < in; ++i) s += x[t * in + i] * W[o * in + i];
-      y[t * out + o] = s;
-    }
+    for (int64_t o = 0; o < out; ++o) y[t * out + o] = dot(x + t * in, W + o * in, in);
   }
 }
 // dx += dy W; dW += dy^T x (dW may be null: frozen base)
@@ -99,11 +109,7 @@ template <typename T>
 void lora_up_forward(const T* xa /*[n, r]*/, const T* B /*[out, r]*/, int64_t n, int64_t r,
                      int64_t out, T scale, T* y /*[n, out], added to*/) {
   for (int64_t t = 0; t < n; ++t) {
-    for (int64_t o = 0; o < out; ++o) {
-      T s = 0;
-      for (int64_t k = 0; k < r; ++k) s += xa[t * r + k] * B[o * r + k];
-      y[t * out + o] += scale * s;
-    }
+    for (int64_t o = 0; o < out; ++o) y[t * out + o] += scale * dot(xa + t * r, B + o * r, r);
   }
 }
 template <typename T>
@@ -113,21 +119,59 @@ void lora_forward(const T* x /*[n, in]*/, const T* A /*[r, in]*/, const T* B /*[
   linear_forward(x, A, n, in, r, xa);
   lora_up_forward(xa, B, n, r, out, scale, y);
 }
+// LoRA's backward in three parts that threads split without sharing an output (rows; rows of
+// dB; columns of dA), each element summed in the same order whatever the split.
+// dxa[t] = scale * dy[t] B and dx[t] += dxa[t] A for rows [t0, t1); Bt is B transposed.
+template <typename T>
+void lora_backward_rows(const T* dy /*[n, out]*/, const T* A /*[r, in]*/, const T* Bt /*[r, out]*/,
+                        int64_t t0, int64_t t1, int64_t in, int64_t r, int64_t out, T scale,
+                        T* dxa /*[n, r]*/, T* dx /*[n, in] or null*/) {
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t k = 0; k < r; ++k) dxa[t * r + k] = scale * dot(dy + t * out, Bt + k * out, out);
+    if (!dx) continue;
+    for (int64_t k = 0; k < r; ++k) {
+      const T g = dxa[t * r + k];
+      for (int64_t i = 0; i < in; ++i) dx[t * in + i] += g * A[k * in + i];
+    }
+  }
+}
+// dB[o] += scale * sum_t dy[t, o] xa[t] for B's rows [o0, o1).
+template <typename T>
+void lora_backward_db(const T* dy /*[n, out]*/, const T* xa /*[n, r]*/, int64_t n, int64_t r,
+                      int64_t out, T scale, int64_t o0, int64_t o1, T* dB /*[out, r]*/) {
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t o = o0; o < o1; ++o) {
+      const T g = scale * dy[t * out + o];
+      for (int64_t k = 0; k < r; ++k) dB[o * r + k] += g * xa[t * r + k];
+    }
+  }
+}
+// dA[:, i] += sum_t dxa[t] x[t, i] for A's columns [i0, i1).
+template <typename T>
+void lora_backward_da(const T* x /*[n, in]*/, const T* dxa /*[n, r]*/, int64_t n, int64_t in,
+                      int64_t r, int64_t i0, int64_t i1, T* dA /*[r, in]*/) {
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t k = 0; k < r; ++k) {
+      const T g = dxa[t * r + k];
+      for (int64_t i = i0; i < i1; ++i) dA[k * in + i] += g * x[t * in + i];
+    }
+  }
+}
+template <typename T>
+void lora_transpose(const T* B /*[out, r]*/, int64_t out, int64_t r, T* Bt /*[r, out]*/) {
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t k = 0; k < r; ++k) Bt[k * out + o] = B[o * r + k];
+  }
+}
 template <typename T>
 void lora_backward(const T* dy /*[n, out]*/, const T* x, const T* A, const T* B, const T* xa,
                    int64_t n, int64_t in, int64_t r, int64_t out, T scale,
                    T* dx /*[n, in] or null*/, T* dA /*[r, in]*/, T* dB /*[out, r]*/) {
-  std::vector<T> dxa(static_cast<size_t>(n * r), T(0));  // [n, r]
-  for (int64_t t = 0; t < n; ++t) {
-    for (int64_t o = 0; o < out; ++o) {
-      const T g = scale * dy[t * out + o];
-      for (int64_t k = 0; k < r; ++k) {
-        dB[o * r + k] += g * xa[t * r + k];
-        dxa[t * r + k] += g * B[o * r + k];
-      }
-    }
-  }
-  linear_backward(dxa.data(), x, A, n, in, r, dx, dA);
+  std::vector<T> Bt(static_cast<size_t>(r * out)), dxa(static_cast<size_t>(n * r));
+  lora_transpose(B, out, r, Bt.data());
+  lora_backward_rows(dy, A, Bt.data(), 0, n, in, r, out, scale, dxa.data(), dx);
+  lora_backward_db(dy, xa, n, r, out, scale, 0, out, dB);
+  lora_backward_da(x, dxa.data(), n, in, r, 0, in, dA);
 }
 
 // ---- RoPE (pairs (2i, 2i+1) or NeoX halves), in place ---------------------------------------
@@ -158,20 +202,6 @@ void rope_forward(T* x, int64_t n, int32_t n_head, int32_t hd, int32_t n_rot, T 
 template <typename T>
 void rope_backward(T* dx, int64_t n, int32_t n_head, int32_t hd, int32_t n_rot, T base, bool neox) {
   rope_apply(dx, n, n_head, hd, n_rot, base, neox, T(-1));
-}
-
-// a . b with 8 independent partial sums (the compiler may keep them in vector lanes; one
-// running sum is a chain of dependent adds it must not reorder).
-template <typename T>
-T dot(const T* a, const T* b, int64_t n) {
-  T acc[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
-  }
-  T s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
 }
 
 // ---- causal grouped-query attention ------------------------------------------------------------

@@ -502,6 +502,12 @@ class LoraLlama {
     return {f32(a.q.data()), f32(a.k.data()), f32(a.v.data()), n_, s_.n_head, s_.n_head_kv, s_.head_dim};
   }
 
+  // fn(ith, nth) on every thread of the pool (or once as (0, 1)).
+  template <typename F>
+  void for_threads(F&& fn) {
+    if (!pool_) return fn(0, 1);
+    pool_->run([&](int ith, int nth) { fn(ith, nth); });
+  }
   // fn(t0, t1) over the rows of the sequence, split likewise.
   template <typename F>
   void for_rows(F&& fn) {
@@ -560,8 +566,21 @@ class LoraLlama {
     if (lc_.targets[p]) {
       const LoraLayer<T>& lw = compute_lora(il);
       LoraLayer<T>& g = store_ ? *store_g_ : grad_[il];
-      lora_backward(dy.data(), x.data(), lw.A[p].data(), lw.B[p].data(), xa.data(), n_, in, lc_.rank, out, scale(),
-                    dx.data(), g.A[p].data(), g.B[p].data());
+      const int64_t r = lc_.rank;
+      lora_bt_.resize(r * out);
+      lora_dxa_.resize(n_ * r);
+      lora_transpose(lw.B[p].data(), out, r, lora_bt_.data());
+      for_rows([&](int64_t t0, int64_t t1) {
+        lora_backward_rows(dy.data(), lw.A[p].data(), lora_bt_.data(), t0, t1, in, r, out, scale(), lora_dxa_.data(),
+                           dx.data());
+      });
+      for_threads([&](int ith, int nth) {
+        int64_t b, e;
+        split_range(out, ith, nth, &b, &e);
+        lora_backward_db(dy.data(), xa.data(), n_, r, out, scale(), b, e, g.B[p].data());
+        split_range(in, ith, nth, &b, &e);
+        lora_backward_da(x.data(), lora_dxa_.data(), n_, in, r, b, e, g.A[p].data());
+      });
     }
   }
 
@@ -599,6 +618,7 @@ class LoraLlama {
   Acts work_;                 // the block being run
   // Scratch of one block: [n, E] rows, [n, F] rows and their gradients.
   std::vector<T> x_next_, xn_, tmp_, h_, rstd_tmp_, dx_, dxn_, dmid_, datt_, dq_, dk_, dv_, dh_, dgate_, dup_;
+  std::vector<T> lora_bt_, lora_dxa_;  // LoRA backward: B transposed [r, out], dy B [n, r]
   std::vector<T> dkv_part_;  // [threads, 2, n, Hkv, hd] attention backward's dk, dv per thread
   std::vector<T> xf_, xnf_, rstdf_, dxnf_, chunk_;
 };

@@ -103,13 +103,14 @@ double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 // Tolerances on ||w - w_ref|| / ||w_ref||. FP32: the ranks' gradients are summed in another
-// order than one process accumulates them; measured at most 2.1e-5 on 4 ranks (one element in
-// thousands, whose gradient is near zero, moves by up to 6e-4 of the largest weight: AdamW divides
-// by the gradient's own size). BF16: each rank's gradients are rounded to 16 bits before they are
+// order than one process accumulates them; measured at most 2.1e-5 on 4 ranks, then 2.0e-4 once
+// the LoRA backward summed dy B with 8 partial sums (one element in thousands, whose gradient is
+// near zero, moves by up to 6e-4 of the largest weight: AdamW divides by the gradient's own size,
+// so rounding-order noise there is amplified). BF16: each rank's gradients are rounded to 16 bits before they are
 // summed, where one process rounds the sum; measured at most 1.6e-2. One rank's slice of the
 // batch alone is 0.2-0.3 away, which a missing or doubled rank, a wrong average or a wrong global
 // norm would resemble.
-constexpr double kTolF32 = 1e-4;
+constexpr double kTolF32 = 1e-3;
 constexpr double kTolBf16 = 3e-2;
 
 // One example a step: one process's loop then accumulates nothing, and ZeRO on one rank does the
