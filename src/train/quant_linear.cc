@@ -69,6 +69,7 @@ Result<std::unique_ptr<QuantLinear>> QuantLinear::create(const LlamaModel& model
     if (q->tied_) q->head_.data = q->embd_.data;
   }
   q->rows_.resize(static_cast<size_t>(pool.size() * max_in));
+  q->codes_.resize(q->rows_.size());
   return q;
 }
 
@@ -112,9 +113,12 @@ void QuantLinear::backward_input(int32_t layer, int p, const float* dy, int64_t 
           float* t = reinterpret_cast<float*>(tile_.data());
           for (int64_t i = 0; i < in; ++i) t[i * rows + r] = row[i];
         } else {
+          // Converted a row at a time (SIMD), then transposed.
           uint16_t* t = reinterpret_cast<uint16_t*>(tile_.data());
-          const bool bf = tile_type_ == DType::BF16;
-          for (int64_t i = 0; i < in; ++i) t[i * rows + r] = bf ? fp32_to_bf16(row[i]) : fp32_to_fp16(row[i]);
+          uint16_t* h = codes_.data() + static_cast<size_t>(ith) * (codes_.size() / pool_.size());
+          const Round16Kernels& k = round16_kernels();
+          (tile_type_ == DType::BF16 ? k.to_bf16 : k.to_f16)(row, h, in);
+          for (int64_t i = 0; i < in; ++i) t[i * rows + r] = h[i];
         }
       }
     });

@@ -47,6 +47,7 @@ class QuantLinear : public FloatLinear {
   DType tile_type_ = DType::F32;
   std::vector<uint8_t> tile_;     // [in, kTile] one tile of W^T in tile_type_
   std::vector<float> rows_;       // [n_threads, in] dequantized rows
+  std::vector<uint16_t> codes_;   // [n_threads, in] a row's 16-bit codes
   std::vector<float> dyc_, tmp_;  // [n, kTile] dy's tile columns; [n, in] the tile's product
   std::vector<uint8_t> scratch_;
 };
