@@ -197,6 +197,28 @@ int32_t Sampler::pick() {
 }
 
 int32_t Sampler::sample(const float* logits) {
+  const SamplingParams& p = params_;
+  const bool penalties = ring_size_ > 0 && (p.repeat_penalty != 1.0f || p.frequency_penalty != 0.0f ||
+                                            p.presence_penalty != 0.0f);
+  if (p.temperature <= 0.0f && !penalties) {
+    // Greedy without penalties: one pass over the row, no working copy (a serving step samples
+    // every sequence on one thread while the others wait). The same choice as below: NaN never
+    // wins (comparisons with it are false), the lowest id wins ties (strict >).
+    int32_t best = kNoToken;
+    float best_v = 0.0f;
+    for (int32_t t = 0; t < n_vocab_; ++t) {
+      const float v = logits[t];
+      if (v > best_v || (best == kNoToken && !std::isnan(v))) {
+        best = t;
+        best_v = v;
+      }
+    }
+    sorted_ = false;
+    n_cand_ = best == kNoToken ? 0 : 1;
+    cand_[0] = best;
+    probs_[0] = 1.0;
+    return best;
+  }
   std::memcpy(logits_.data(), logits, sizeof(float) * size_t(n_vocab_));
   apply_penalties();
 
@@ -208,7 +230,6 @@ int32_t Sampler::sample(const float* logits) {
   sorted_ = false;
   if (n_cand_ == 0) return kNoToken;
 
-  const SamplingParams& p = params_;
   if (p.temperature <= 0.0f) {
     int32_t best = cand_[0];
     for (int32_t i = 1; i < n_cand_; ++i) {
