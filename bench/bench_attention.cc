@@ -3,7 +3,7 @@
 // head, head_dim 64, 3 KV heads in the slot) and head_dim 128, over a shuffled block table.
 // "prefill": the last `rows` rows of a causal prompt of length ctx (rows = the flash kernel's
 // block); "decode": one row at the end of ctx. GFLOP/s counts 4 * head_dim per (query head,
-// key) pair: q.k and p.v.
+// key) pair: q.k and p.v. The cache is F32 (kernel comparisons) or F16 (the default format).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cpu/attention.h"
+#include "cpu/kv_types.h"
 
 namespace qilin {
 namespace {
@@ -23,11 +24,12 @@ constexpr int32_t kGroup = 3, kNumKv = 3, kBlockSize = 16;
 
 struct Problem {
   std::vector<float> q, out, k, v, scores;
+  std::vector<uint8_t> k_typed, v_typed;  // k and v in the task's kv_type (not F32)
   std::vector<int32_t> table;
   AttnTask task;
 };
 
-Problem make_problem(int32_t head_dim, int32_t ctx, int32_t rows) {
+Problem make_problem(int32_t head_dim, int32_t ctx, int32_t rows, KvType kv_type) {
   Problem p;
   std::mt19937 rng(5);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -60,12 +62,25 @@ Problem make_problem(int32_t head_dim, int32_t ctx, int32_t rows) {
   t.block_size = kBlockSize;
   t.slot_elems = slot;
   t.head_offset = head_dim;  // KV head 1 of 3
+  if (kv_type != KvType::F32) {  // every row converted, the pools then read in place
+    const size_t rb = kv_row_bytes(kv_type, head_dim);
+    const size_t n_rows = p.k.size() / static_cast<size_t>(head_dim);
+    p.k_typed.resize(n_rows * rb);
+    p.v_typed.resize(n_rows * rb);
+    for (size_t r = 0; r < n_rows; ++r) {
+      kv_quantize_row(kv_type, p.k.data() + r * head_dim, head_dim, p.k_typed.data() + r * rb);
+      kv_quantize_row(kv_type, p.v.data() + r * head_dim, head_dim, p.v_typed.data() + r * rb);
+    }
+    t.k = p.k_typed.data();
+    t.v = p.v_typed.data();
+    t.kv_type = kv_type;
+  }
   return p;
 }
 
 void bm_attention(benchmark::State& state, Isa isa, bool flash, int32_t head_dim, int32_t ctx,
-                  int32_t rows) {
-  Problem p = make_problem(head_dim, ctx, rows);
+                  int32_t rows, KvType kv_type) {
+  Problem p = make_problem(head_dim, ctx, rows, kv_type);
   const AttnFn fn = flash ? attention_flash_kernel(isa, head_dim) : attention_kernel(isa, head_dim);
   for (auto _ : state) {
     if (flash) {
@@ -103,8 +118,15 @@ const int kRegistered = [] {
                                      (flash ? "flash" : "two_pass") + "/hd" + std::to_string(hd) +
                                      "/ctx" + std::to_string(ctx) +
                                      (decode ? "/decode" : "/prefill_rows" + std::to_string(rows));
-            benchmark::RegisterBenchmark(name.c_str(), bm_attention, isa, flash, hd, ctx, rows);
+            benchmark::RegisterBenchmark(name.c_str(), bm_attention, isa, flash, hd, ctx, rows,
+                                         KvType::F32);
           }
+          // The default cache format, flash only.
+          const std::string name = std::string("Attention/") + isa_name(isa) + "/flash_f16/hd" +
+                                   std::to_string(hd) + "/ctx" + std::to_string(ctx) +
+                                   (decode ? "/decode" : "/prefill_rows" + std::to_string(rows));
+          benchmark::RegisterBenchmark(name.c_str(), bm_attention, isa, true, hd, ctx, rows,
+                                       KvType::F16);
         }
       }
     }
