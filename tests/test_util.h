@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "cpu/quants.h"
 #include "formats/gguf.h"
+#include "quant/quantize.h"
 
 #include "model/llama.h"
 #include "model/tokenizer.h"
@@ -42,7 +42,7 @@ inline void load_default(std::unique_ptr<LlamaModel>* model, std::unique_ptr<Tok
   *tok = std::move(*t);
 }
 
-// The default model's weights dequantized to F32 (our dequantizer and GGUF writer), written
+// The default model's weights dequantized to F32 (the model quantizer at --type f32), written
 // once per test process to a temporary folder and removed at exit. With F32 weights nothing
 // re-quantizes activations, so differently batched runs agree to float rounding (~1e-6)
 // instead of the ~1 logit that 8-bit activation rounding can amplify last-bit differences to.
@@ -54,27 +54,13 @@ inline std::string f32_model_path() {
   auto q = GgufFile::open(default_model_path());
   EXPECT_TRUE(q.is_ok()) << q.status().message();
   if (!q.is_ok()) return "";
-  GgufWriter w;
-  for (const auto& [key, value] : (*q)->kvs()) {
-    w.set(key, key == "general.file_type" ? GgufValue::of_u32(0) : value);
-  }
-  std::vector<std::vector<float>> data;
-  data.reserve((*q)->tensors().size());
-  for (const GgufTensorInfo& t : (*q)->tensors()) {
-    const int64_t n_row = t.ne[0], n_rows = t.n_elements() / t.ne[0];
-    std::vector<float>& d = data.emplace_back(t.n_elements());
-    for (int64_t r = 0; r < n_rows; ++r) {
-      dequantize_row_ref(t.type, t.data + r * row_bytes(t.type, n_row), d.data() + r * n_row,
-                         n_row);
-    }
-    w.add_tensor(t.name, DType::F32, std::vector<int64_t>(t.ne, t.ne + t.n_dims), d.data(),
-                 d.size() * sizeof(float));
-  }
   char dir[] = "/tmp/qilin-f32-XXXXXX";
   EXPECT_NE(mkdtemp(dir), nullptr);
   const std::string p = std::string(dir) + "/smollm2-f32.gguf";
-  Status st = w.write(p);
-  EXPECT_TRUE(st.is_ok()) << st.message();
+  QuantizeOptions opt;
+  opt.target = DType::F32;  // every tensor, the embedding table too (`qilin quantize --type f32`)
+  auto st = quantize_gguf(**q, p, opt);
+  EXPECT_TRUE(st.is_ok()) << st.status().message();
   if (!st.is_ok()) return "";
   path = p;
   static std::string* cleanup = &path;

@@ -5,7 +5,7 @@ over HTTP by the official `openai` client and by raw sockets.
     QILIN_BUILD=build .cache/venv/bin/python -m unittest -v tests/integration/test_server.py
 
 Covers: completions, chat and streaming through the openai client; concurrent greedy requests
-equal to the same prompts run alone (on an F32 copy of the model, see make_f32_model.cc);
+equal to the same prompts run alone (on an F32 copy of the model, `qilin quantize --type f32`);
 a client disconnecting mid-stream frees its KV blocks; the API key; malformed JSON, wrong
 types, huge bodies and absurd max_tokens answered with OpenAI-shaped errors while another
 request keeps streaming; a soak of 64 concurrent clients with random cancellations, after
@@ -423,7 +423,8 @@ class ConcurrencyEqualsSoloTest(unittest.TestCase):
         tmp = tempfile.mkdtemp(prefix="qilin-f32-")
         f32 = os.path.join(tmp, "smollm2-f32.gguf")
         try:
-            subprocess.run([os.path.join(BUILD, "make_f32_model"), MODEL, f32], check=True)
+            subprocess.run([os.path.join(BUILD, "qilin"), "quantize", MODEL, f32, "--type", "f32"],
+                           check=True, stdout=subprocess.DEVNULL)
             srv = Server(f32)
             try:
                 c = srv.client()
