@@ -1,6 +1,7 @@
 // AWQ (see awq.h). The heavy parts are F32 matrix products, done with Qilin's own matmul (tiled
 // gemm on the thread pool): H += X^T X per calibration window, E H per alpha, and per clipping
-// ratio E_g H_g for each quantization group g.
+// ratio E_g H_g for each quantization group g. The q/k/v search runs the layer's attention
+// (plain loops, causal softmax per window and head) once per alpha on a few windows.
 #include "quant/awq.h"
 
 #include <algorithm>
@@ -112,6 +113,122 @@ double awq_output_error(ThreadPool& pool, const float* w, const float* w_hat, in
   return row_dots(pool, y.data(), e.data(), n_out, n_in, nullptr);
 }
 
+void awq_attention(ThreadPool& pool, const LlamaHparams& hp, const float* x, int64_t n_tok,
+                   int32_t n_ctx, const float* wq, const float* wk, const float* wv,
+                   const float* wo, float* out) {
+  const int64_t E = hp.n_embd, hd = hp.head_dim;
+  const int64_t d_q = static_cast<int64_t>(hp.n_head) * hd, d_kv = static_cast<int64_t>(hp.n_head_kv) * hd;
+  QILIN_ASSERT(n_ctx > 0 && n_tok % n_ctx == 0);
+  std::vector<float> q(n_tok * d_q), k(n_tok * d_kv), v(n_tok * d_kv);  // [n_tok, d_q|d_kv]
+  std::vector<float> a(wo ? n_tok * d_q : 0);                             // [n_tok, d_q]
+  float* heads = wo ? a.data() : out;
+  std::vector<uint8_t> scratch;
+  matmul_f32(pool, wq, d_q, E, x, n_tok, q.data(), scratch);
+  matmul_f32(pool, wk, d_kv, E, x, n_tok, k.data(), scratch);
+  matmul_f32(pool, wv, d_kv, E, x, n_tok, v.data(), scratch);
+  for (int64_t t = 0; t < n_tok; ++t) {
+    rope(q.data() + t * d_q, hp.n_head, static_cast<int32_t>(hd), static_cast<int32_t>(t % n_ctx), hp.rope);
+    rope(k.data() + t * d_kv, hp.n_head_kv, static_cast<int32_t>(hd), static_cast<int32_t>(t % n_ctx), hp.rope);
+  }
+  const int64_t n_win = n_tok / n_ctx, n_rep = hp.n_head / hp.n_head_kv;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));  // as attention_args
+  pool.run([&](int ith, int nth) {
+    std::vector<float> p(n_ctx);
+    for (int64_t job = ith; job < n_win * hp.n_head; job += nth) {
+      const int64_t w = job / hp.n_head, h = job % hp.n_head, hk = h / n_rep;
+      for (int64_t i = 0; i < n_ctx; ++i) {
+        const float* qi = q.data() + (w * n_ctx + i) * d_q + h * hd;
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j <= i; ++j) {
+          const float* kj = k.data() + (w * n_ctx + j) * d_kv + hk * hd;
+          float d = 0.0f;
+          for (int64_t c = 0; c < hd; ++c) d += qi[c] * kj[c];
+          p[j] = d * scale;
+          mx = std::max(mx, p[j]);
+        }
+        float sum = 0.0f;
+        for (int64_t j = 0; j <= i; ++j) sum += (p[j] = std::exp(p[j] - mx));
+        float* oi = heads + (w * n_ctx + i) * d_q + h * hd;
+        for (int64_t c = 0; c < hd; ++c) oi[c] = 0.0f;
+        for (int64_t j = 0; j <= i; ++j) {
+          const float* vj = v.data() + (w * n_ctx + j) * d_kv + hk * hd;
+          const float pj = p[j] / sum;
+          for (int64_t c = 0; c < hd; ++c) oi[c] += pj * vj[c];
+        }
+      }
+    }
+  });
+  if (wo) matmul_f32(pool, wo, E, d_q, a.data(), n_tok, out, scratch);
+}
+
+namespace {
+
+// s = mean_abs^alpha clamped to >= 1e-4, normalised by sqrt(max * min) (llm-awq).
+void scales_for(const std::vector<float>& xm, float alpha, std::vector<float>& s) {
+  s.resize(xm.size());
+  float mx = 0.0f, mn = std::numeric_limits<float>::infinity();
+  for (size_t c = 0; c < xm.size(); ++c) {
+    s[c] = std::max(std::pow(xm[c], alpha), 1e-4f);
+    mx = std::max(mx, s[c]);
+    mn = std::min(mn, s[c]);
+  }
+  const float norm = 1.0f / std::sqrt(mx * mn);
+  for (float& v : s) v *= norm;
+}
+
+// out = Q(w diag(s)) diag(s)^-1, w [n_out, n_in].
+void fake_quantize_scaled(ThreadPool& pool, DType type, const float* w, int64_t n_out,
+                          int64_t n_in, const std::vector<float>& s, std::vector<float>& ws,
+                          std::vector<float>& out) {
+  const size_t sz = static_cast<size_t>(n_out * n_in);
+  ws.resize(sz);
+  out.resize(sz);
+  for (int64_t r = 0; r < n_out; ++r) {
+    for (int64_t c = 0; c < n_in; ++c) ws[r * n_in + c] = w[r * n_in + c] * s[c];
+  }
+  fake_quantize(pool, type, ws.data(), out.data(), n_out, n_in);
+  for (int64_t r = 0; r < n_out; ++r) {
+    for (int64_t c = 0; c < n_in; ++c) out[r * n_in + c] /= s[c];
+  }
+}
+
+}  // namespace
+
+AwqScaleSearch awq_search_scale_attention(ThreadPool& pool, const LlamaHparams& hp,
+                                          const AwqLinear& q, const AwqLinear& k,
+                                          const AwqLinear& v, const float* wo,
+                                          const AwqInputStats& stats, const std::vector<float>& x,
+                                          int32_t n_ctx, int n_grid) {
+  const int64_t E = hp.n_embd, n_tok = static_cast<int64_t>(x.size()) / E;
+  QILIN_ASSERT(stats.n == E && n_grid >= 1 && n_tok > 0 && n_tok % n_ctx == 0);
+  std::vector<float> ref(n_tok * E), out(n_tok * E);  // [n_tok, n_embd]
+  awq_attention(pool, hp, x.data(), n_tok, n_ctx, q.w, k.w, v.w, wo, ref.data());
+  const std::vector<float> xm = stats.mean_abs();
+  AwqScaleSearch best;
+  best.loss_best = std::numeric_limits<double>::infinity();
+  std::vector<float> s, ws, wq, wk, wv;
+  for (int i = 0; i < n_grid; ++i) {
+    const float alpha = static_cast<float>(i) / static_cast<float>(n_grid);
+    scales_for(xm, alpha, s);
+    fake_quantize_scaled(pool, search_type(q.type), q.w, q.n_out, E, s, ws, wq);
+    fake_quantize_scaled(pool, search_type(k.type), k.w, k.n_out, E, s, ws, wk);
+    fake_quantize_scaled(pool, search_type(v.type), v.w, v.n_out, E, s, ws, wv);
+    awq_attention(pool, hp, x.data(), n_tok, n_ctx, wq.data(), wk.data(), wv.data(), wo, out.data());
+    double loss = 0.0;
+    for (size_t j = 0; j < out.size(); ++j) {
+      const double d = static_cast<double>(out[j]) - ref[j];
+      loss += d * d;
+    }
+    if (i == 0) best.loss_rtn = loss;
+    if (loss < best.loss_best) {
+      best.loss_best = loss;
+      best.alpha = alpha;
+      best.scales = s;
+    }
+  }
+  return best;
+}
+
 AwqScaleSearch awq_search_scale(ThreadPool& pool, const std::vector<AwqLinear>& group,
                                 int64_t n_in, const AwqInputStats& stats, int n_grid,
                                 const std::vector<int32_t>* tie) {
@@ -126,29 +243,13 @@ AwqScaleSearch awq_search_scale(ThreadPool& pool, const std::vector<AwqLinear>& 
   }
   AwqScaleSearch best;
   best.loss_best = std::numeric_limits<double>::infinity();
-  std::vector<float> s(n_in), ws, wq;
+  std::vector<float> s, ws, wq;
   for (int i = 0; i < n_grid; ++i) {
     const float alpha = static_cast<float>(i) / static_cast<float>(n_grid);
-    float mx = 0.0f, mn = std::numeric_limits<float>::infinity();
-    for (int64_t c = 0; c < n_in; ++c) {
-      s[c] = std::max(std::pow(xm[c], alpha), 1e-4f);
-      mx = std::max(mx, s[c]);
-      mn = std::min(mn, s[c]);
-    }
-    const float norm = 1.0f / std::sqrt(mx * mn);
-    for (float& v : s) v *= norm;
+    scales_for(xm, alpha, s);
     double loss = 0.0;
     for (const AwqLinear& lin : group) {
-      const size_t sz = static_cast<size_t>(lin.n_out * n_in);
-      ws.resize(sz);
-      wq.resize(sz);
-      for (int64_t r = 0; r < lin.n_out; ++r) {
-        for (int64_t c = 0; c < n_in; ++c) ws[r * n_in + c] = lin.w[r * n_in + c] * s[c];
-      }
-      fake_quantize(pool, search_type(lin.type), ws.data(), wq.data(), lin.n_out, n_in);
-      for (int64_t r = 0; r < lin.n_out; ++r) {
-        for (int64_t c = 0; c < n_in; ++c) wq[r * n_in + c] /= s[c];
-      }
+      fake_quantize_scaled(pool, search_type(lin.type), lin.w, lin.n_out, n_in, s, ws, wq);
       loss += awq_output_error(pool, lin.w, wq.data(), lin.n_out, n_in, stats.h.data());
     }
     if (i == 0) best.loss_rtn = loss;
@@ -238,9 +339,13 @@ struct CalibrationTap : ForwardTap {
   ThreadPool& pool;
   AwqCalibration& cal;
   std::vector<float> scratch;
+  bool keep_attn = false;  // this window's attn_norm outputs are kept
   CalibrationTap(ThreadPool& p, AwqCalibration& c) : pool(p), cal(c) {}
   void linear_input(int32_t il, LinearInput site, const float* x, int32_t n_tokens,
                     int64_t n) override {
+    if (keep_attn && site == LinearInput::Attn) {
+      cal.attn_x[il].insert(cal.attn_x[il].end(), x, x + static_cast<int64_t>(n_tokens) * n);
+    }
     AwqInputStats& s = cal.layers[il][static_cast<int>(site)];
     if (s.n == 0) s.init(n);
     s.add(pool, x, n_tokens, scratch);
@@ -251,6 +356,7 @@ struct CalibrationTap : ForwardTap {
 
 Result<AwqCalibration> awq_calibrate(const LlamaModel& model, const std::vector<int32_t>& tokens,
                                      int32_t n_ctx, int32_t bos, ThreadPool& pool,
+                                     int32_t attn_windows,
                                      const std::function<void(int, int)>& progress) {
   if (n_ctx < 2) return errorf("awq: calibration window must be at least 2 tokens, got %d", n_ctx);
   const int64_t n_windows = static_cast<int64_t>(tokens.size()) / n_ctx;
@@ -260,6 +366,8 @@ Result<AwqCalibration> awq_calibrate(const LlamaModel& model, const std::vector<
   }
   AwqCalibration cal;
   cal.layers.resize(model.hparams().n_layer);
+  cal.n_ctx = n_ctx;
+  if (attn_windows > 0) cal.attn_x.resize(model.hparams().n_layer);
   constexpr int32_t kBlock = 16;
   auto kv = KvCache::create(model.kv_config(n_ctx, kBlock));
   QILIN_TRY(kv);
@@ -276,6 +384,7 @@ Result<AwqCalibration> awq_calibrate(const LlamaModel& model, const std::vector<
       const int32_t t = i == 0 && bos >= 0 ? bos : tokens[w * n_ctx + i];
       batch.add(t, i, 0, false);
     }
+    tap.keep_attn = w < attn_windows;
     auto out = model.forward(batch, **kv, ws, pool, &tap);
     QILIN_TRY(out);
     cal.n_tokens += n_ctx;
@@ -327,15 +436,28 @@ Result<AwqResult> awq_quantize(const LlamaModel& model, const AwqCalibration& ca
                     down = lin("ffn_down.weight", E);
     const auto& st = cal.layers[il];
     // All four searches see the original weights, as llm-awq's auto_scale_block.
-    const AwqScaleSearch sa = awq_search_scale(pool, {q, k, v}, E, st[0], opt.n_grid);
-    const AwqScaleSearch so = awq_search_scale(pool, {o}, d_q, st[1], opt.n_grid,
-                                               n_rep > 1 ? &tie : nullptr);
+    // q/k/v as llm-awq: on the self-attention output when windows were kept.
+    const AwqScaleSearch sa =
+        cal.attn_x.empty()
+            ? awq_search_scale(pool, {q, k, v}, E, st[0], opt.n_grid)
+            : awq_search_scale_attention(pool, hp, q, k, v, o.w, st[0], cal.attn_x[il], cal.n_ctx,
+                                         opt.n_grid);
+    // v -> o only when v and o read and write the same channels: under GQA llm-awq and AutoAWQ
+    // skip it (the shapes differ), and so does this (s = 1, o quantized plainly).
+    AwqScaleSearch so;
+    if (n_rep == 1 || opt.gqa_v_o) {
+      so = awq_search_scale(pool, {o}, d_q, st[1], opt.n_grid, n_rep > 1 ? &tie : nullptr);
+    } else {
+      so.scales.assign(d_q, 1.0f);
+    }
     const AwqScaleSearch sf = awq_search_scale(pool, {gate, up}, E, st[2], opt.n_grid);
     const AwqScaleSearch sd = awq_search_scale(pool, {down}, n_ff, st[3], opt.n_grid);
     AwqLayerReport& rep = res.layers[il];
     rep.alpha[0] = sa.alpha, rep.alpha[1] = so.alpha, rep.alpha[2] = sf.alpha, rep.alpha[3] = sd.alpha;
-    rep.loss_rtn = sa.loss_rtn + so.loss_rtn + sf.loss_rtn + sd.loss_rtn;
-    rep.loss_scaled = sa.loss_best + so.loss_best + sf.loss_best + sd.loss_best;
+    // The linears' output errors (the attention search's loss is of another kind: not summed).
+    const bool sa_h = cal.attn_x.empty();
+    rep.loss_rtn = (sa_h ? sa.loss_rtn : 0.0) + so.loss_rtn + sf.loss_rtn + sd.loss_rtn;
+    rep.loss_scaled = (sa_h ? sa.loss_best : 0.0) + so.loss_best + sf.loss_best + sd.loss_best;
 
     // Fold: the previous operator's output channel c is divided by s_c, the weights' input
     // column c multiplied by it, so the full-precision model computes the same function.

@@ -1,6 +1,7 @@
 // AWQ (quant/awq.h) on synthetic layers: the H-based output error against a direct computation
 // from the inputs, planted salient input channels (AWQ must beat RTN, as the paper's premise),
-// clipping never worse than none, and folding that leaves the full-precision model unchanged.
+// clipping never worse than none, folding that leaves the full-precision model unchanged (with
+// the q/k/v search on the attention output), and that attention against the model's own.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,6 +9,8 @@
 #include <vector>
 
 #include "cpu/quants.h"
+#include "engine/batch.h"
+#include "kv/kv_cache.h"
 #include "quant/awq.h"
 #include "quant/quantize.h"
 #include "test_util.h"
@@ -140,6 +143,78 @@ TEST(QuantAwq, NeverWorseThanRtnOnItsCalibration) {
   EXPECT_LE(s.loss_best, s.loss_rtn);
 }
 
+// Captures layer `il`'s attn_norm output and attention heads' output during forward().
+struct AttnTap : ForwardTap {
+  int32_t il = 0;
+  std::vector<float> x, heads;  // [n_tok, n_embd], [n_tok, n_head * head_dim]
+  void linear_input(int32_t l, LinearInput site, const float* p, int32_t n_tok, int64_t n) override {
+    if (l != il) return;
+    if (site == LinearInput::Attn) x.assign(p, p + n_tok * n);
+    if (site == LinearInput::Out) heads.assign(p, p + n_tok * n);
+  }
+};
+
+// awq_attention (the q/k/v search's self-attention) computes what LlamaModel::forward computes:
+// the heads' output equals the model's attn_output input (RoPE, GQA, causal softmax), and with
+// wo the product wo . heads; on two windows, each from position 0.
+TEST(QuantAwq, AttentionMatchesTheModel) {
+  auto model = LlamaModel::load(test::f32_model_path(), WeightPlacement::Mapped);
+  ASSERT_TRUE(model.is_ok()) << model.status().message();
+  const LlamaHparams& hp = (*model)->hparams();
+  ThreadPool pool(2);
+  constexpr int32_t n_ctx = 48;
+  const int64_t E = hp.n_embd, d_q = static_cast<int64_t>(hp.n_head) * hp.head_dim;
+  for (int32_t il : {0, hp.n_layer - 1}) {
+    std::vector<float> x, heads;  // two windows
+    for (int win = 0; win < 2; ++win) {
+      auto kv = KvCache::create((*model)->kv_config(n_ctx, 16, KvType::F32));  // as awq_attention
+      ASSERT_TRUE(kv.is_ok());
+      std::vector<int32_t> table{0, 1, 2};
+      Workspace ws = (*model)->make_workspace(n_ctx, n_ctx, n_ctx, 2);
+      Batch b;
+      b.seqs.push_back({table.data(), 3});
+      for (int i = 0; i < n_ctx; ++i) b.add(i == 0 ? 1 : 200 + 53 * i + 7 * win, i, 0, false);
+      AttnTap tap;
+      tap.il = il;
+      ASSERT_TRUE((*model)->forward(b, **kv, ws, pool, &tap).is_ok());
+      x.insert(x.end(), tap.x.begin(), tap.x.end());
+      heads.insert(heads.end(), tap.heads.begin(), tap.heads.end());
+    }
+    const GgufFile& f = (*model)->gguf();
+    auto w = [&](const char* nm) {
+      auto v = read_tensor_f32(f, *f.find_tensor("blk." + std::to_string(il) + "." + nm));
+      EXPECT_TRUE(v.is_ok());
+      return *v;
+    };
+    const std::vector<float> wq = w("attn_q.weight"), wk = w("attn_k.weight"),
+                             wv = w("attn_v.weight"), wo = w("attn_output.weight");
+    const int64_t n_tok = 2 * n_ctx;
+    std::vector<float> got(n_tok * d_q), got_o(n_tok * E);
+    awq_attention(pool, hp, x.data(), n_tok, n_ctx, wq.data(), wk.data(), wv.data(), nullptr,
+                  got.data());
+    awq_attention(pool, hp, x.data(), n_tok, n_ctx, wq.data(), wk.data(), wv.data(), wo.data(),
+                  got_o.data());
+    double max_abs = 0.0, max_diff = 0.0, max_abs_o = 0.0, max_diff_o = 0.0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_FALSE(std::isnan(got[i]));
+      max_abs = std::max(max_abs, static_cast<double>(std::fabs(heads[i])));
+      max_diff = std::max(max_diff, static_cast<double>(std::fabs(got[i] - heads[i])));
+    }
+    for (int64_t t = 0; t < n_tok; ++t) {
+      for (int64_t r = 0; r < E; ++r) {
+        double ref = 0.0;
+        for (int64_t c = 0; c < d_q; ++c) ref += static_cast<double>(wo[r * d_q + c]) * heads[t * d_q + c];
+        ASSERT_FALSE(std::isnan(got_o[t * E + r]));
+        max_abs_o = std::max(max_abs_o, std::fabs(ref));
+        max_diff_o = std::max(max_diff_o, std::fabs(got_o[t * E + r] - ref));
+      }
+    }
+    EXPECT_GT(max_abs, 0.0);
+    EXPECT_LT(max_diff, 1e-4 * max_abs) << "layer " << il;
+    EXPECT_LT(max_diff_o, 1e-4 * max_abs_o) << "layer " << il;
+  }
+}
+
 // The fold keeps the full-precision model's function: scaled (unclipped) weights written as F32
 // give the original model's logits up to float rounding. Covers attn_norm, v -> o under GQA
 // (SmolLM2: 9 query heads, 3 KV heads), ffn_norm and up -> down.
@@ -151,11 +226,14 @@ TEST(QuantAwq, FoldingPreservesTheFullPrecisionModel) {
   ThreadPool pool(2);
   std::vector<int32_t> tokens(64);
   for (int i = 0; i < 64; ++i) tokens[i] = 100 + 37 * i;
-  auto cal = awq_calibrate(**model, tokens, 64, 1, pool);
+  auto cal = awq_calibrate(**model, tokens, 32, 1, pool, /*attn_windows=*/1);
   ASSERT_TRUE(cal.is_ok()) << cal.status().message();
+  ASSERT_EQ(cal->attn_x.size(), static_cast<size_t>((*model)->hparams().n_layer));
+  EXPECT_EQ(cal->attn_x[0].size(), static_cast<size_t>(32 * (*model)->hparams().n_embd));
   AwqOptions ao;
   ao.n_grid = 2;  // alpha in {0, 0.5}: nonzero scales, cheap
   ao.clip = false;
+  ao.gqa_v_o = true;  // the tied fold is covered too
   auto r = awq_quantize(**model, *cal, pool, ao);
   ASSERT_TRUE(r.is_ok()) << r.status().message();
   int scaled = 0;

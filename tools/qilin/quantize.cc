@@ -29,6 +29,7 @@ struct QuantizeCli {
   std::vector<std::string> calib;
   int32_t calib_ctx = 512;
   int32_t calib_windows = 32;
+  int32_t calib_attn_windows = 8;
   bool no_clip = false;
 };
 QuantizeCli g_opts;
@@ -87,6 +88,10 @@ CLI::App* add_quantize(CLI::App& app) {
   q->add_option("--calib-windows", o.calib_windows,
                 "AWQ calibration windows at most (default 32)")
       ->check(CLI::Range(1, 1 << 20));
+  q->add_option("--calib-attn-windows", o.calib_attn_windows,
+                "AWQ: windows whose attention output the q/k/v search measures (default 8; "
+                "0: q, k and v's output error instead)")
+      ->check(CLI::Range(0, 1 << 20));
   q->add_flag("--no-clip", o.no_clip, "AWQ: skip the clipping search (scales only)");
   return q;
 }
@@ -129,7 +134,7 @@ int run_quantize() {
     const double tc = now_ms();
     const bool tty = isatty(STDERR_FILENO) == 1 && !o.quiet;
     auto cal = awq_calibrate(*model, tokens, o.calib_ctx, (*tok)->add_bos() ? (*tok)->bos() : -1,
-                             pool, [&](int done, int total) {
+                             pool, o.calib_attn_windows, [&](int done, int total) {
                                if (tty) std::fprintf(stderr, "\rquantize: calibration %d/%d", done, total);
                              });
     if (!cal) return fail("quantize: " + cal.status().message());
