@@ -237,8 +237,9 @@ TEST(GemmQuant, MatchesReferenceOnRandomData) {
   if (checked == 0) GTEST_SKIP() << "no SIMD ISA on this CPU";
 }
 
-// More rows and tokens than one internal slice (64 rows, 128 tokens), with remainders, so the
-// slice loops and the reuse of the packing buffers across calls of other sizes are covered.
+// More rows and tokens than one internal slice (64 rows; 128 tokens AVX2, 256 AVX-512), with
+// remainders, so the slice loops and the reuse of the packing buffers across calls of other
+// sizes are covered.
 TEST(GemmQuant, MatchesReferenceAcrossSlices) {
   std::mt19937 rng(5);
   const int64_t n = 576, n_rows = 131, n_tok = 263;
