@@ -163,7 +163,7 @@ int register_all() {
   }
   for (Isa isa : {Isa::Avx2, Isa::Avx512}) {
     if (!cpu_supports(isa)) continue;
-    for (DType wt : {DType::Q4_1, DType::Q4_0}) {
+    for (DType wt : {DType::Q4_1, DType::Q4_0, DType::Q8_0}) {
       for (int64_t n_tok : {4, 16, 64}) {
         const std::string name = std::string("GemmQuantDecodeBatch/") + isa_name(isa) + "/" +
                                  dtype_name(wt) + "/tok" + std::to_string(n_tok);
