@@ -262,6 +262,17 @@ void pack_int4_row(const GroupPlan& plan, DType type, uint8_t xor_byte, const ui
   }
 }
 
+SlicePrefetch::SlicePrefetch(const void* begin, size_t bytes, int64_t calls)
+    : p_(static_cast<const uint8_t*>(begin)), end_(p_ + bytes) {
+  const size_t lines = (bytes + 63) / 64;
+  per_call_ = (lines + static_cast<size_t>(calls) - 1) / static_cast<size_t>(calls) * 64;
+}
+
+void SlicePrefetch::step_slow() {
+  const uint8_t* e = end_ - p_ > static_cast<ptrdiff_t>(per_call_) ? p_ + per_call_ : end_;
+  for (; p_ < e; p_ += 64) __builtin_prefetch(p_, 0, 2);  // into L2 (prefetcht1)
+}
+
 }  // namespace gemm_quant
 
 }  // namespace qilin

@@ -370,9 +370,19 @@ void gemm(DType wt, int64_t n, const void* w, size_t w_stride, int64_t n_rows, c
       for (int64_t r = 0; r < nr; ++r) {
         pack_weight<K>(wt, plan, w_tail, wb + (r0 + r) * w_stride, pw + r * pb);
       }
+      // The next row slice's source rows stream into L2 while these tiles compute.
+      gemm_quant::SlicePrefetch next;
+      if (r0 + kRowSlice < n_rows) {
+        const int64_t nr_next = std::min(kRowSlice, n_rows - r0 - kRowSlice);
+        next = gemm_quant::SlicePrefetch(wb + (r0 + kRowSlice) * w_stride,
+                                         static_cast<size_t>(nr_next) * w_stride,
+                                         (nr + kTileRows - 1) / kTileRows *
+                                             ((nt + kTileToks - 1) / kTileToks));
+      }
       for (int64_t r = 0; r < nr; r += kTileRows) {
         const int tr = static_cast<int>(std::min<int64_t>(kTileRows, nr - r));
         for (int64_t t = 0; t < nt; t += kTileToks) {
+          next.step();
           const int tt = static_cast<int>(std::min<int64_t>(kTileToks, nt - t));
           float* ct = c + (t0 + t) * ldc + r0 + r;
           if (tr == kTileRows && tt == kTileToks) {

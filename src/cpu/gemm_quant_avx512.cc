@@ -443,24 +443,20 @@ void gemm(DType wt, int64_t n, const void* w, size_t w_stride, int64_t n_rows, c
           pack_weight<K>(wt, plan, w_tail, wb + (r0 + r) * w_stride, pw_scratch + r * pb);
         }
       }
-      // The next row slice's cached bytes stream into L2 while these tiles compute, spread
-      // evenly over the tile calls, so its widening (or copy) reads cache, not DRAM.
-      const uint8_t* pf = nullptr;
-      const uint8_t* pf_end = nullptr;
-      size_t pf_step = 0;
-      if (cached && r0 + kRowSlice < n_rows) {
+      // The next row slice's bytes (cached or source) stream into L2 while these tiles compute.
+      gemm_quant::SlicePrefetch next;
+      if (r0 + kRowSlice < n_rows) {
         const int64_t nr_next = std::min(kRowSlice, n_rows - r0 - kRowSlice);
-        pf = cached + (r0 + kRowSlice) * cb;
-        pf_end = pf + nr_next * cb;
         const int64_t calls = (nr + kTileRows - 1) / kTileRows * ((nt + kTileToks - 1) / kTileToks);
-        pf_step = (static_cast<size_t>(pf_end - pf) / 64 + calls - 1) / calls * 64;
+        next = cached ? gemm_quant::SlicePrefetch(cached + (r0 + kRowSlice) * cb,
+                                                  static_cast<size_t>(nr_next) * cb, calls)
+                      : gemm_quant::SlicePrefetch(wb + (r0 + kRowSlice) * w_stride,
+                                                  static_cast<size_t>(nr_next) * w_stride, calls);
       }
       for (int64_t r = 0; r < nr; r += kTileRows) {
         const int tr = static_cast<int>(std::min<int64_t>(kTileRows, nr - r));
         for (int64_t t = 0; t < nt; t += kTileToks) {
-          for (const uint8_t* e = std::min(pf + pf_step, pf_end); pf < e; pf += 64) {
-            _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T1);
-          }
+          next.step();
           const int tt = static_cast<int>(std::min<int64_t>(kTileToks, nt - t));
           float* ct = c + (t0 + t) * ldc + r0 + r;
           if (tr == kTileRows && tt == kTileToks) {

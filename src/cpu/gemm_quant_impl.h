@@ -82,6 +82,26 @@ void pack_int4_row(const GroupPlan& plan, DType type, uint8_t xor_byte, const ui
 // Q8_0 activations of n elements -> 2n, each block written twice (for NF4's hi/lo blocks).
 void nf4_duplicate_act(const uint8_t* a, int64_t n, uint8_t* dst);
 
+// Streams the next row slice's weight bytes into L2 while the current slice's tiles compute:
+// `calls` tile calls each issue an equal share of [begin, begin + bytes). Without it the next
+// slice's packing (or widening) reads DRAM in a burst with the cores otherwise idle, a fixed
+// cost per slice that dominates batched decode (docs/benchmarks.md). Out of line so that the
+// per-ISA files share one baseline-compiled copy.
+class SlicePrefetch {
+ public:
+  SlicePrefetch() = default;
+  SlicePrefetch(const void* begin, size_t bytes, int64_t calls);
+  void step() {
+    if (p_ < end_) step_slow();
+  }
+
+ private:
+  void step_slow();
+  const uint8_t* p_ = nullptr;
+  const uint8_t* end_ = nullptr;
+  size_t per_call_ = 0;
+};
+
 }  // namespace gemm_quant
 
 // Signatures match GemmFn; activations are what matmul_kernels(weight, isa)->quantize_act made
