@@ -3,7 +3,8 @@
 // head, head_dim 64, 3 KV heads in the slot) and head_dim 128, over a shuffled block table.
 // "prefill": the last `rows` rows of a causal prompt of length ctx (rows = the flash kernel's
 // block); "decode": one row at the end of ctx. GFLOP/s counts 4 * head_dim per (query head,
-// key) pair: q.k and p.v. The cache is F32 (kernel comparisons) or F16 (the default format).
+// key) pair: q.k and p.v. The cache is F32 (kernel comparisons), F16 (the default format) or
+// BF16 (on AVX512_BF16 CPUs the avx512 decode rows run VDPBF16PS: attention_flash_kernel).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -121,12 +122,15 @@ const int kRegistered = [] {
             benchmark::RegisterBenchmark(name.c_str(), bm_attention, isa, flash, hd, ctx, rows,
                                          KvType::F32);
           }
-          // The default cache format, flash only.
-          const std::string name = std::string("Attention/") + isa_name(isa) + "/flash_f16/hd" +
-                                   std::to_string(hd) + "/ctx" + std::to_string(ctx) +
-                                   (decode ? "/decode" : "/prefill_rows" + std::to_string(rows));
-          benchmark::RegisterBenchmark(name.c_str(), bm_attention, isa, true, hd, ctx, rows,
-                                       KvType::F16);
+          // The default cache format and BF16, flash only.
+          for (KvType type : {KvType::F16, KvType::BF16}) {
+            const std::string name = std::string("Attention/") + isa_name(isa) + "/flash_" +
+                                     kv_type_name(type) + "/hd" + std::to_string(hd) + "/ctx" +
+                                     std::to_string(ctx) +
+                                     (decode ? "/decode" : "/prefill_rows" + std::to_string(rows));
+            benchmark::RegisterBenchmark(name.c_str(), bm_attention, isa, true, hd, ctx, rows,
+                                         type);
+          }
         }
       }
     }

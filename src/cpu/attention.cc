@@ -124,7 +124,9 @@ void attention_merge(const float* o, const float* ml, int32_t n_parts, int32_t n
 }
 
 AttnFn attention_flash_kernel(Isa isa, int32_t head_dim) {
-  if (isa == Isa::Avx512 && head_dim % 16 == 0 && head_dim <= 256) return avx512::attention_flash;
+  if (isa == Isa::Avx512 && head_dim % 16 == 0 && head_dim <= 256) {
+    return cpu_has_avx512_bf16() ? avx512::attention_flash_bf16dot : avx512::attention_flash;
+  }
   if (isa >= Isa::Avx2 && head_dim % 8 == 0 && head_dim <= 256) return avx2::attention_flash;
   return attention_flash_ref;
 }

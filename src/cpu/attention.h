@@ -76,7 +76,9 @@ void attention_ref(const AttnTask& task, float* scores);
 void attention_flash_ref(const AttnTask& task, float* scores);
 // The best two-pass kernel for `isa` that handles this head_dim (else the reference).
 AttnFn attention_kernel(Isa isa, int32_t head_dim);
-// The best flash kernel for `isa` and head_dim (else the flash reference).
+// The best flash kernel for `isa` and head_dim (else the flash reference). For Avx512 on a CPU
+// with AVX512_BF16 that is avx512::attention_flash_bf16dot, whose BF16 decode is not exact on
+// the cache's values (q and the softmax weights are rounded to bf16).
 AttnFn attention_flash_kernel(Isa isa, int32_t head_dim);
 // Query rows per flash task that the kernel for `isa` uses best with n_q heads per row (its
 // register tile); callers may pass fewer or more.
@@ -92,6 +94,12 @@ void attention_merge(const float* o, const float* ml, int32_t n_parts, int32_t n
 namespace avx512 {
 void attention(const AttnTask& task, float* scores);        // head_dim % 16 == 0
 void attention_flash(const AttnTask& task, float* scores);  // head_dim % 16 == 0, <= 256
+// attention_flash, except for decode tasks (n_rows * n_q <= 4) of a BF16 cache with
+// head_dim % 32 == 0: VDPBF16PS on the rows as stored, with q and each key's softmax weight
+// rounded to bf16 (nearest even, relative error <= 2^-8 each). Against exact attention with q
+// so rounded, each output element is off by at most about 2^-7 x sum_p w_p |v_p| (the weights'
+// rounding, normalised by their rounded sum) plus float rounding. Needs cpu_has_avx512_bf16().
+void attention_flash_bf16dot(const AttnTask& task, float* scores);
 int32_t attention_flash_rows(int32_t n_q);
 }  // namespace avx512
 namespace avx2 {

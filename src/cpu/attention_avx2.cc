@@ -42,7 +42,8 @@ struct SlotCursor {
 };
 
 // A K/V row as F32: in place for F32, else converted into buf (head_dim floats; F16 with
-// F16C, the 8-bit formats through the scalar conversion: AVX2 is the fallback ISA here).
+// F16C, BF16 by a shift, the 8-bit formats through the scalar conversion: AVX2 is the
+// fallback ISA here).
 inline const float* row_f32(KvType type, const uint8_t* row, int32_t hd, float* buf) {
   switch (type) {
     case KvType::F32:
@@ -51,6 +52,13 @@ inline const float* row_f32(KvType type, const uint8_t* row, int32_t hd, float* 
       for (int32_t d = 0; d < hd; d += 8) {
         _mm256_store_ps(buf + d, _mm256_cvtph_ps(_mm_loadu_si128(
                                      reinterpret_cast<const __m128i*>(row + 2 * d))));
+      }
+      return buf;
+    case KvType::BF16:  // the top half of an f32
+      for (int32_t d = 0; d < hd; d += 8) {
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * d));
+        _mm256_store_ps(buf + d,
+                        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
       }
       return buf;
     default:

@@ -1,6 +1,8 @@
 // AVX-512 attention for one GQA group: each K slot is loaded once and dotted with all n_q
 // query heads held in registers; each V slot is loaded once and accumulated into all n_q
 // outputs. exp() is vec_avx512.h's polynomial (about 2 ulp), not libm's.
+// NOTE: AVX512_BF16 instructions appear only in the BF16 decode kernel (Bf16Dot below), which
+// runs only where cpu_has_avx512_bf16(); everything else needs the Avx512 tier alone.
 // GCC 12's AVX-512 headers trip -Wuninitialized on their own _mm512_undefined_* temporaries
 // (a known compiler bug, fixed in 12.3); the warnings say nothing about this file.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -11,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu/attention.h"
 #include "cpu/vec_avx512.h"
@@ -21,6 +24,7 @@ namespace {
 constexpr int kMaxGroup = 8;  // query heads processed together (larger groups loop)
 constexpr int kMaxVecs = 16;  // head_dim / 16 <= 16
 constexpr int kTile = 16;     // keys per flash tile
+constexpr int kVecMax = 4;    // query vectors up to which flash keeps head_dim in the lanes
 
 // The four horizontal sums of a[0..3], as one vector {sum a0, sum a1, sum a2, sum a3}.
 inline __m128 reduce4(const __m512 a[4]) {
@@ -70,6 +74,13 @@ struct KvLoad<KvType::F16> {
   }
 };
 template <>
+struct KvLoad<KvType::BF16> {  // bf16 is the top half of an f32: widen and shift, exact
+  static __m512 load(const uint8_t* r, int32_t j) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 32 * j));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+};
+template <>
 struct KvLoad<KvType::Q8_0> {  // 16 int8 codes of a 32-value block times its f16 scale
   static __m512 load(const uint8_t* r, int32_t j) {
     const uint8_t* b = r + (j >> 1) * static_cast<int32_t>(sizeof(BlockQ8_0));
@@ -94,6 +105,30 @@ struct KvLoad<KvType::FP8> {
                         _mm256_slli_epi16(_mm256_and_si256(c, _mm256_set1_epi16(0x80)), 8));
     return _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(s * 256.0f));
   }
+};
+
+// How the decode kernels dot q with a K row. FmaDot: q in F32, each row widened by KvLoad<T>,
+// one FMA per 16 values. Bf16Dot (AVX512_BF16, BF16 rows only): q rounded to bf16 once and
+// the rows used as stored, one VDPBF16PS per 32 values (pairs of products summed into each
+// F32 lane; the pairing does not matter for a dot product).
+template <KvType T>
+struct FmaDot {
+  using Reg = __m512;
+  static constexpr int kVals = 16;  // values per register
+  static Reg q(const float* x) { return _mm512_loadu_ps(x); }
+  static Reg k(const uint8_t* r, int32_t j) { return KvLoad<T>::load(r, j); }
+  static __m512 madd(__m512 acc, Reg q, Reg k) { return _mm512_fmadd_ps(q, k, acc); }
+};
+struct Bf16Dot {
+  using Reg = __m512bh;
+  static constexpr int kVals = 32;
+  static Reg q(const float* x) {  // VCVTNE2PS2BF16: nearest even, the high half from x + 16
+    return _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
+  }
+  static Reg k(const uint8_t* r, int32_t j) {
+    return reinterpret_cast<Reg>(_mm512_loadu_si512(r + 64 * j));
+  }
+  static __m512 madd(__m512 acc, Reg q, Reg k) { return _mm512_dpbf16_ps(acc, q, k); }
 };
 
 // Byte offsets (from the pool's start) of the rows of keys p0 .. p0 + n - 1 in both pools:
@@ -132,10 +167,11 @@ inline void prefetch_tile(const KvRows& kv, int32_t p0, int32_t end) {
 }
 
 // scores[g * stride + c] = scale * q_g . k_c for the next `count` keys of the cursor and the
-// ng heads of q. Four keys at a time: their four per-head accumulators are reduced together
-// (one transpose-and-add tree instead of four full horizontal sums).
-template <KvType T, int kG, int kV>
-inline void score_keys(const __m512 (&q)[kG][kV], int32_t ng, int32_t nv, float scale,
+// ng heads of q (nr registers each, in policy P's format). Four keys at a time: their four
+// per-head accumulators are reduced together (one transpose-and-add tree instead of four full
+// horizontal sums).
+template <class P, int kG, int kV>
+inline void score_keys(const typename P::Reg (&q)[kG][kV], int32_t ng, int32_t nr, float scale,
                        SlotCursor& keys, int32_t count, float* scores, int64_t stride) {
   const __m128 scale4 = _mm_set1_ps(scale);
   int32_t c = 0;
@@ -146,10 +182,10 @@ inline void score_keys(const __m512 (&q)[kG][kV], int32_t ng, int32_t nv, float 
     for (int32_t g = 0; g < ng; ++g) {
       for (int u = 0; u < 4; ++u) acc[g][u] = _mm512_setzero_ps();
     }
-    for (int32_t j = 0; j < nv; ++j) {
+    for (int32_t j = 0; j < nr; ++j) {
       for (int u = 0; u < 4; ++u) {
-        const __m512 kv = KvLoad<T>::load(kp[u], j);
-        for (int32_t g = 0; g < ng; ++g) acc[g][u] = _mm512_fmadd_ps(q[g][j], kv, acc[g][u]);
+        const typename P::Reg kv = P::k(kp[u], j);
+        for (int32_t g = 0; g < ng; ++g) acc[g][u] = P::madd(acc[g][u], q[g][j], kv);
       }
     }
     for (int32_t g = 0; g < ng; ++g) {
@@ -160,9 +196,9 @@ inline void score_keys(const __m512 (&q)[kG][kV], int32_t ng, int32_t nv, float 
     const uint8_t* kp = keys.next();
     __m512 acc[kG];
     for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_setzero_ps();
-    for (int32_t j = 0; j < nv; ++j) {
-      const __m512 kv = KvLoad<T>::load(kp, j);
-      for (int32_t g = 0; g < ng; ++g) acc[g] = _mm512_fmadd_ps(q[g][j], kv, acc[g]);
+    for (int32_t j = 0; j < nr; ++j) {
+      const typename P::Reg kv = P::k(kp, j);
+      for (int32_t g = 0; g < ng; ++g) acc[g] = P::madd(acc[g], q[g][j], kv);
     }
     for (int32_t g = 0; g < ng; ++g) scores[g * stride + c] = _mm512_reduce_add_ps(acc[g]) * scale;
   }
@@ -187,7 +223,7 @@ void attend_group(const AttnTask& t, int32_t g0, int32_t ng_arg, float* scores) 
   }
   const KvRows kv(t);
   SlotCursor keys{kv, kv.k};
-  score_keys<T>(q, ng, nv, t.scale, keys, n, scores, n);
+  score_keys<FmaDot<T>>(q, ng, nv, t.scale, keys, n, scores, n);
   // Softmax per head, vectorised over positions.
   float inv[kG];
   for (int32_t g = 0; g < ng; ++g) {
@@ -254,24 +290,34 @@ inline QueryVec query_vec(const AttnTask& t, int32_t i) {
           std::min(t.kv_end, t.n_ctx + r)};
 }
 
-template <KvType T, int NG, int NV>
+// Query vectors i0 .. i0 + ng - 1 of a task (decode: few vectors) with head_dim in the lanes,
+// q and the output accumulators in registers. P: FmaDot<T> for every format, or Bf16Dot
+// (BF16 rows with AVX512_BF16, head_dim % 32 == 0): scores by VDPBF16PS, and the tile's
+// weights rounded to bf16 so that p.v takes two keys per VDPBF16PS. Keys k, k + 1 are
+// interleaved value by value (VPUNPCKL/HWD: within each 128-bit lane, values 0-3 of both rows
+// go to the "lo" register and 4-7 to "hi") and dotted with the broadcast pair (p_k, p_k+1);
+// the accumulators hold head_dim in that order until the end. The sum l adds the rounded
+// weights, so the output stays a weighted mean of V rows.
+template <class P, int NG, int NV>
 void flash_vec(const AttnTask& t, int32_t i0, int32_t ng_arg) {
+  constexpr bool kPairs = std::is_same_v<P, Bf16Dot>;
   const int32_t ng = NG > 0 ? NG : ng_arg;
-  const int32_t nv = NV > 0 ? NV : t.head_dim / 16;
+  const int32_t nv = NV > 0 ? NV : t.head_dim / 16;  // F32 accumulators per vector
+  const int32_t nr = nv * 16 / P::kVals;             // q registers per vector
   constexpr int kG = NG > 0 ? NG : kMaxGroup;
   constexpr int kV = NV > 0 ? NV : kMaxVecs;
   const int32_t lo = std::max(t.kv_begin, 0);
-  __m512 q[kG][kV], o[kG][kV], l[kG];
+  typename P::Reg q[kG][kV];
+  __m512 o[kG][kV], l[kG];
   float m[kG];
   int32_t hi[kG];
   int32_t hi_max = lo;
   alignas(64) float sc[kG][kTile];
+  alignas(64) uint32_t pw[kG][kTile / 2];  // Bf16Dot: the tile's weights, bf16 pairs
   for (int32_t g = 0; g < ng; ++g) {
     const QueryVec qv = query_vec(t, i0 + g);
-    for (int32_t j = 0; j < nv; ++j) {
-      q[g][j] = _mm512_loadu_ps(qv.q + 16 * j);
-      o[g][j] = _mm512_setzero_ps();
-    }
+    for (int32_t j = 0; j < nr; ++j) q[g][j] = P::q(qv.q + P::kVals * j);
+    for (int32_t j = 0; j < nv; ++j) o[g][j] = _mm512_setzero_ps();
     m[g] = -INFINITY;
     l[g] = _mm512_setzero_ps();
     hi[g] = qv.hi;
@@ -282,7 +328,7 @@ void flash_vec(const AttnTask& t, int32_t i0, int32_t ng_arg) {
   SlotCursor values{kv, kv.v, lo / t.block_size, lo % t.block_size};
   for (int32_t p0 = lo; p0 < hi_max; p0 += kTile) {
     const int32_t nt = hi_max - p0 < kTile ? hi_max - p0 : kTile;
-    score_keys<T>(q, ng, nv, t.scale, keys, nt, &sc[0][0], kTile);
+    score_keys<P>(q, ng, nr, t.scale, keys, nt, &sc[0][0], kTile);
     // Online softmax update per query vector; keys past its end weigh 0.
     for (int32_t g = 0; g < ng; ++g) {
       const int32_t n_live = std::clamp(hi[g] - p0, 0, nt);
@@ -290,8 +336,14 @@ void flash_vec(const AttnTask& t, int32_t i0, int32_t ng_arg) {
       const __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), live, sc[g]);
       const float m_new = std::max(m[g], _mm512_reduce_max_ps(s));
       const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet
-      const __m512 pr = _mm512_maskz_mov_ps(live, exp_ps(_mm512_sub_ps(s, _mm512_set1_ps(m_use))));
-      _mm512_store_ps(sc[g], pr);
+      __m512 pr = _mm512_maskz_mov_ps(live, exp_ps(_mm512_sub_ps(s, _mm512_set1_ps(m_use))));
+      if constexpr (kPairs) {
+        const __m256i pb = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(pr));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(pw[g]), pb);
+        pr = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(pb), 16));
+      } else {
+        _mm512_store_ps(sc[g], pr);
+      }
       if (m_new != m[g]) {  // the max grew: rescale (skipped once the max has settled)
         const __m512 av = _mm512_set1_ps(std::exp(m[g] - m_use));
         l[g] = _mm512_mul_ps(l[g], av);
@@ -301,12 +353,36 @@ void flash_vec(const AttnTask& t, int32_t i0, int32_t ng_arg) {
       l[g] = _mm512_add_ps(l[g], pr);
     }
     // Weighted values of the tile, each V slot read once for all query vectors.
-    for (int32_t u = 0; u < nt; ++u) {
-      const uint8_t* vp = values.next();
-      for (int32_t j = 0; j < nv; ++j) {
-        const __m512 vv = KvLoad<T>::load(vp, j);
-        for (int32_t g = 0; g < ng; ++g) {
-          o[g][j] = _mm512_fmadd_ps(_mm512_set1_ps(sc[g][u]), vv, o[g][j]);
+    if constexpr (kPairs) {
+      // Keys u, u + 1 (v1 null: an odd last key, paired with zeros and weight 0).
+      auto pair = [&](int32_t u, const uint8_t* v0, const uint8_t* v1) {
+        for (int32_t j = 0; j < nv / 2; ++j) {
+          const __m512i a = _mm512_loadu_si512(v0 + 64 * j);
+          const __m512i b = v1 ? _mm512_loadu_si512(v1 + 64 * j) : _mm512_setzero_si512();
+          const __m512bh vlo = reinterpret_cast<__m512bh>(_mm512_unpacklo_epi16(a, b));
+          const __m512bh vhi = reinterpret_cast<__m512bh>(_mm512_unpackhi_epi16(a, b));
+          for (int32_t g = 0; g < ng; ++g) {
+            const __m512bh w =
+                reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(pw[g][u / 2])));
+            o[g][2 * j] = _mm512_dpbf16_ps(o[g][2 * j], vlo, w);
+            o[g][2 * j + 1] = _mm512_dpbf16_ps(o[g][2 * j + 1], vhi, w);
+          }
+        }
+      };
+      int32_t u = 0;
+      for (; u + 2 <= nt; u += 2) {
+        const uint8_t* v0 = values.next();
+        pair(u, v0, values.next());
+      }
+      if (u < nt) pair(u, values.next(), nullptr);
+    } else {
+      for (int32_t u = 0; u < nt; ++u) {
+        const uint8_t* vp = values.next();
+        for (int32_t j = 0; j < nv; ++j) {
+          const __m512 vv = P::k(vp, j);
+          for (int32_t g = 0; g < ng; ++g) {
+            o[g][j] = _mm512_fmadd_ps(_mm512_set1_ps(sc[g][u]), vv, o[g][j]);
+          }
         }
       }
     }
@@ -322,7 +398,20 @@ void flash_vec(const AttnTask& t, int32_t i0, int32_t ng_arg) {
       mul = 1.0f / lsum;
     }
     const __m512 s = _mm512_set1_ps(mul);
-    for (int32_t j = 0; j < nv; ++j) _mm512_storeu_ps(qv.out + 16 * j, _mm512_mul_ps(o[g][j], s));
+    if constexpr (kPairs) {  // lo/hi back to head_dim order: 4 from lo, 4 from hi, ...
+      const __m512i first =
+          _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+      const __m512i second =
+          _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+      for (int32_t j = 0; j < nv / 2; ++j) {
+        const __m512 a = o[g][2 * j], b = o[g][2 * j + 1];
+        _mm512_storeu_ps(qv.out + 32 * j, _mm512_mul_ps(_mm512_permutex2var_ps(a, first, b), s));
+        _mm512_storeu_ps(qv.out + 32 * j + 16,
+                         _mm512_mul_ps(_mm512_permutex2var_ps(a, second, b), s));
+      }
+    } else {
+      for (int32_t j = 0; j < nv; ++j) _mm512_storeu_ps(qv.out + 16 * j, _mm512_mul_ps(o[g][j], s));
+    }
   }
 }
 
@@ -532,20 +621,32 @@ void attention_t(const AttnTask& t, float* scores) {
   }
 }
 
-template <KvType T>
+// Few query vectors (decode): flash_vec with policy P, compiled for the common shapes.
+template <class P>
+void flash_decode(const AttnTask& t, int32_t n_vec) {
+  using Fn = void (*)(const AttnTask&, int32_t, int32_t);
+  static constexpr Fn kFixed[2][kVecMax] = {
+      {flash_vec<P, 1, 4>, flash_vec<P, 2, 4>, flash_vec<P, 3, 4>, flash_vec<P, 4, 4>},
+      {flash_vec<P, 1, 8>, flash_vec<P, 2, 8>, flash_vec<P, 3, 8>, flash_vec<P, 4, 8>}};
+  const int hd_kind = t.head_dim == 64 ? 0 : t.head_dim == 128 ? 1 : -1;
+  if (hd_kind >= 0) {
+    kFixed[hd_kind][n_vec - 1](t, 0, n_vec);
+  } else {
+    flash_vec<P, 0, 0>(t, 0, n_vec);
+  }
+}
+
+// kBf16Dot: decode tasks of a BF16 cache with head_dim % 32 == 0 go through Bf16Dot.
+template <KvType T, bool kBf16Dot = false>
 void attention_flash_t(const AttnTask& t) {
   const int32_t n_vec = t.n_rows * t.n_q;
   const int hd_kind = t.head_dim == 64 ? 0 : t.head_dim == 128 ? 1 : -1;
-  if (n_vec <= 4) {
+  if (n_vec <= kVecMax) {
     // Few query vectors (decode): lanes over head_dim, vectors held in registers.
-    using Fn = void (*)(const AttnTask&, int32_t, int32_t);
-    static constexpr Fn kFixed[2][4] = {
-        {flash_vec<T, 1, 4>, flash_vec<T, 2, 4>, flash_vec<T, 3, 4>, flash_vec<T, 4, 4>},
-        {flash_vec<T, 1, 8>, flash_vec<T, 2, 8>, flash_vec<T, 3, 8>, flash_vec<T, 4, 8>}};
-    if (hd_kind >= 0) {
-      kFixed[hd_kind][n_vec - 1](t, 0, n_vec);
+    if (kBf16Dot && t.head_dim % 32 == 0) {
+      flash_decode<Bf16Dot>(t, n_vec);
     } else {
-      flash_vec<T, 0, 0>(t, 0, n_vec);
+      flash_decode<FmaDot<T>>(t, n_vec);
     }
     return;
   }
@@ -575,6 +676,7 @@ void attention(const AttnTask& t, float* scores) {
     case KvType::F16: return attention_t<KvType::F16>(t, scores);
     case KvType::Q8_0: return attention_t<KvType::Q8_0>(t, scores);
     case KvType::FP8: return attention_t<KvType::FP8>(t, scores);
+    case KvType::BF16: return attention_t<KvType::BF16>(t, scores);
   }
 }
 
@@ -586,7 +688,13 @@ void attention_flash(const AttnTask& t, float* /*scores: unused, scratch is O(1)
     case KvType::F16: return attention_flash_t<KvType::F16>(t);
     case KvType::Q8_0: return attention_flash_t<KvType::Q8_0>(t);
     case KvType::FP8: return attention_flash_t<KvType::FP8>(t);
+    case KvType::BF16: return attention_flash_t<KvType::BF16>(t);
   }
+}
+
+void attention_flash_bf16dot(const AttnTask& t, float* scores) {
+  if (t.kv_type != KvType::BF16) return attention_flash(t, scores);
+  attention_flash_t<KvType::BF16, true>(t);
 }
 
 }  // namespace qilin::avx512

@@ -17,15 +17,16 @@ const char* kv_type_name(KvType t) {
     case KvType::F16: return "f16";
     case KvType::Q8_0: return "q8_0";
     case KvType::FP8: return "fp8";
+    case KvType::BF16: return "bf16";
   }
   return "?";
 }
 
 Result<KvType> parse_kv_type(std::string_view name) {
-  for (KvType t : {KvType::F32, KvType::F16, KvType::Q8_0, KvType::FP8}) {
+  for (KvType t : {KvType::F32, KvType::F16, KvType::BF16, KvType::Q8_0, KvType::FP8}) {
     if (name == kv_type_name(t)) return t;
   }
-  return errorf("unknown KV cache type '%s' (use f32, f16, q8_0 or fp8)",
+  return errorf("unknown KV cache type '%s' (use f32, f16, bf16, q8_0 or fp8)",
                 std::string(name).c_str());
 }
 
@@ -34,7 +35,8 @@ size_t kv_row_bytes(KvType t, int32_t head_dim) {
   const size_t n = static_cast<size_t>(head_dim);
   switch (t) {
     case KvType::F32: return n * 4;
-    case KvType::F16: return n * 2;
+    case KvType::F16:
+    case KvType::BF16: return n * 2;
     case KvType::Q8_0: return head_dim % kQK == 0 ? n / kQK * sizeof(BlockQ8_0) : 0;
     case KvType::FP8: return sizeof(float) + n;
   }
@@ -91,6 +93,9 @@ void kv_quantize_row(KvType t, const float* x, int32_t n, uint8_t* dst) {
     case KvType::F16:
       matmul_kernels(DType::F16)->quantize_act(x, dst, n);  // F16C where present
       return;
+    case KvType::BF16:
+      matmul_kernels(DType::BF16)->quantize_act(x, dst, n);  // integer rounding, AVX2/AVX-512
+      return;
     case KvType::Q8_0:
       matmul_kernels(DType::Q8_0)->quantize_act(x, dst, n);  // same blocks as Q8_0 weights
       return;
@@ -114,6 +119,9 @@ void kv_dequantize_row(KvType t, const uint8_t* src, int32_t n, float* y) {
       return;
     case KvType::F16:
       dequantize_row_ref(DType::F16, src, y, n);
+      return;
+    case KvType::BF16:
+      dequantize_row_ref(DType::BF16, src, y, n);
       return;
     case KvType::Q8_0:
       dequantize_row_ref(DType::Q8_0, src, y, n);

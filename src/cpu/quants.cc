@@ -307,6 +307,7 @@ void copy_row_f32(const float* src, void* dst, int64_t n) {
 struct CpuFeatures {
   bool avx2 = false;    // AVX2 + FMA + F16C, and the OS saves YMM state
   bool avx512 = false;  // F/BW/VL/DQ + VNNI, and the OS saves ZMM and opmask state
+  bool avx512_bf16 = false;  // avx512 + AVX512_BF16
 };
 
 CpuFeatures detect_cpu() {
@@ -331,6 +332,10 @@ CpuFeatures detect_cpu() {
   f.avx2 = os_ymm && avx2 && fma && f16c;
   // The AVX-512 file is also compiled with -mavx2 -mfma -mf16c, so it needs all of those too.
   f.avx512 = f.avx2 && os_zmm && avx512;
+  if (a >= 1) {  // leaf 7's EAX: the highest subleaf
+    __cpuid_count(7, 1, a, b, c, d);
+    f.avx512_bf16 = f.avx512 && (a & (1u << 5));  // CPUID.(7,1):EAX[5]
+  }
 #endif
   return f;
 }
@@ -414,6 +419,11 @@ bool cpu_supports(Isa isa) {
 Isa cpu_best_isa() {
   static const Isa best = detect_best_isa();
   return best;
+}
+
+bool cpu_has_avx512_bf16() {
+  static const bool has = cpu_best_isa() == Isa::Avx512 && detect_cpu().avx512_bf16;
+  return has;
 }
 
 const MatmulKernels* matmul_kernels(DType weight, Isa isa) {

@@ -4,9 +4,12 @@
 // Error measure: the output of a query vector is a weighted sum sum_p w_p v_p, so its
 // rounding error scales with sum_p w_p |v_p| (the sum's condition); we require
 // |got - want| <= 1e-5 * sum_p w_p |v_p[i]| for every element, NaN never passes.
-// Quantized caches (f16, q8_0, fp8) are checked the same way against the values their rows
-// hold (kv_dequantize_row, the scalar conversion): the kernels must compute exactly on those,
-// reading the rows in place. Their distance from the F32 cache is measured separately.
+// Quantized caches (f16, bf16, q8_0, fp8) are checked the same way against the values their
+// rows hold (kv_dequantize_row, the scalar conversion): the kernels must compute exactly on
+// those, reading the rows in place. Their distance from the F32 cache is measured separately.
+// The exception is AVX512_BF16's decode kernel (avx512::attention_flash_bf16dot), which rounds
+// q and the softmax weights to bf16: it is checked against the reference with q rounded the
+// same way, the weights' rounding allowed for by kBf16WeightTol (below).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "core/fp16.h"
 #include "cpu/attention.h"
 #include "ops/ops.h"
 
@@ -25,6 +29,17 @@ namespace qilin {
 namespace {
 
 constexpr double kRelTol = 1e-5;
+// Rounding each weight p_k to bf16 (nearest even) changes it by at most 2^-8 relative; the
+// kernel also sums the rounded weights for the normaliser, so the output is off by
+// sum_p w_p (e_p - mean e) v_p, at most 2 x 2^-8 x sum_p w_p |v_p|: the same cond scale.
+constexpr double kBf16WeightTol = 0x1p-7;
+
+// q rounded to bf16 as the BF16 decode kernel rounds it (VCVTNE2PS2BF16: nearest even).
+std::vector<float> round_bf16(const float* q, int32_t n) {
+  std::vector<float> r(n);
+  for (int32_t i = 0; i < n; ++i) r[i] = bf16_to_fp32(fp32_to_bf16(q[i]));
+  return r;
+}
 
 // The K/V pools of one layer with a shuffled block table, and q/out with a row stride wider
 // than one group (like the model's [n_tokens, n_head, head_dim] with the group at an offset).
@@ -128,17 +143,21 @@ void reference(const AttnTask& t, const float* q, int32_t lo, int32_t hi, std::v
 }
 
 // Checks every query vector of the task against the reference over its whole causal range,
-// and that nothing outside the task's vectors was written.
-void expect_matches_reference(const Problem& p, const AttnTask& t) {
+// and that nothing outside the task's vectors was written. bf16_dot: the task went through
+// the BF16 decode kernel (q rounded to bf16 in the reference, weights' rounding allowed).
+void expect_matches_reference(const Problem& p, const AttnTask& t, bool bf16_dot = false) {
   std::vector<double> want, cond;
+  const double tol = kRelTol + (bf16_dot ? kBf16WeightTol : 0.0);
   for (int32_t r = 0; r < t.n_rows; ++r) {
     for (int32_t g = 0; g < t.n_q; ++g) {
       const int64_t g_off = static_cast<int64_t>(g) * t.head_dim;
-      reference(t, t.q + r * t.q_stride + g_off, 0, t.n_ctx + r, want, cond);
+      const float* q = t.q + r * t.q_stride + g_off;
+      const std::vector<float> q16 = round_bf16(q, t.head_dim);
+      reference(t, bf16_dot ? q16.data() : q, 0, t.n_ctx + r, want, cond);
       for (int32_t i = 0; i < t.head_dim; ++i) {
         const float got = t.out[r * t.out_stride + g_off + i];
         ASSERT_TRUE(std::isfinite(got)) << "row " << r << " head " << g << " dim " << i;
-        ASSERT_LE(std::fabs(got - want[i]), kRelTol * cond[i] + 1e-30)
+        ASSERT_LE(std::fabs(got - want[i]), tol * cond[i] + 1e-30)
             << "row " << r << " head " << g << " dim " << i << ": got " << got << " want "
             << want[i];
       }
@@ -317,23 +336,60 @@ TEST(AttentionFlash, HugeScoresInRowBlocksAndSplits) {
   }
 }
 
-// Quantized caches: flash (row blocks and decode vectors) and two-pass kernels read f16, q8_0
-// and fp8 rows in place and must compute exactly on the values those rows hold.
+// Every flash kernel the CPU can run: one per ISA (what attention_flash_kernel picks), and
+// AVX-512's other one where the CPU has AVX512_BF16 (the dispatcher then picks the BF16 decode
+// kernel, and CPUs without it the plain one: both are tested here).
+struct FlashKernel {
+  Isa isa;
+  const char* name;
+  AttnFn fn;
+  bool bf16_dot;
+};
+std::vector<FlashKernel> flash_kernels() {
+  std::vector<FlashKernel> ks;
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
+    if (!cpu_supports(isa)) continue;
+    switch (isa) {
+      case Isa::Scalar:
+        ks.push_back({isa, "scalar", attention_flash_ref, false});
+        break;
+      case Isa::Avx2:
+        ks.push_back({isa, "avx2", avx2::attention_flash, false});
+        break;
+      case Isa::Avx512:
+        ks.push_back({isa, "avx512", avx512::attention_flash, false});
+        if (cpu_has_avx512_bf16()) {
+          ks.push_back({isa, "avx512-bf16dot", avx512::attention_flash_bf16dot, true});
+        }
+        break;
+    }
+  }
+  return ks;
+}
+
+// Whether the BF16 decode kernel takes the task (attention.h's contract).
+bool takes_bf16_dot(const AttnTask& t) {
+  return t.kv_type == KvType::BF16 && t.n_rows * t.n_q <= 4 && t.head_dim % 32 == 0;
+}
+
+// Quantized caches: flash (row blocks and decode vectors) and two-pass kernels read f16, bf16,
+// q8_0 and fp8 rows in place and must compute exactly on the values those rows hold (but for
+// the BF16 decode kernel's stated rounding).
 TEST(AttentionFlash, QuantizedCachesMatchReferenceOnTheirValues) {
   std::mt19937 rng(13);
-  for (KvType type : {KvType::F16, KvType::Q8_0, KvType::FP8}) {
-    for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
-      if (!cpu_supports(isa)) continue;
+  for (KvType type : {KvType::F16, KvType::BF16, KvType::Q8_0, KvType::FP8}) {
+    for (const FlashKernel& k : flash_kernels()) {
+      const Isa isa = k.isa;
       for (const Shape& s : kShapes) {
         if (!kernel_takes(isa, s.head_dim) || kv_row_bytes(type, s.head_dim) == 0) continue;
         SCOPED_TRACE(testing::Message()
-                     << kv_type_name(type) << " " << isa_name(isa) << " n_q " << s.n_q << " hd "
+                     << kv_type_name(type) << " " << k.name << " n_q " << s.n_q << " hd "
                      << s.head_dim << " rows " << s.n_rows << " ctx " << s.n_ctx);
         Problem p = make_problem(rng, s.n_q, s.head_dim, s.n_rows, s.n_ctx, s.block_size);
         convert_pools(p, type);
         AttnTask t = p.task();
-        attention_flash_kernel(isa, s.head_dim)(t, nullptr);
-        expect_matches_reference(p, t);
+        k.fn(t, nullptr);
+        expect_matches_reference(p, t, k.bf16_dot && takes_bf16_dot(t));
         // Two-pass kernel: one row at a time.
         std::fill(p.out.begin(), p.out.end(), 12345.0f);
         t.n_rows = 1;
@@ -346,23 +402,87 @@ TEST(AttentionFlash, QuantizedCachesMatchReferenceOnTheirValues) {
   }
 }
 
-// What a format costs: the same attention on the F32 cache vs its f16, q8_0 and fp8 copies,
-// over a range of contexts. Bound: |out_T - out_F32| <= tol * max_i sum_p w_p |v_p[i]| (the
-// output vector's scale: block formats round every element to a step of the block's maximum),
-// the tolerance stated per format; the measured worst case is printed.
+// The BF16 decode kernel over decode shapes: groups of 1-4 heads (and 2 rows of 2), head dims
+// it takes (multiples of 32) and others (which it leaves to the F32 path), contexts odd and
+// even around the 16-key tile and the block size (an odd last key pairs with zeros), whole
+// ranges and split ones merged. Against the reference with q rounded to bf16; and the kernel
+// must really round (differ from the exact kernel somewhere), else it did not run.
+TEST(AttentionFlash, Bf16DotDecodeMatchesTheRoundedReference) {
+  if (!cpu_has_avx512_bf16()) GTEST_SKIP() << "no AVX512_BF16";
+  EXPECT_EQ(attention_flash_kernel(Isa::Avx512, 64), avx512::attention_flash_bf16dot);
+  std::mt19937 rng(15);
+  struct Decode {
+    int32_t n_q, n_rows;
+  };
+  int32_t n_rounded = 0, n_tasks = 0;
+  for (Decode d : {Decode{1, 1}, Decode{2, 1}, Decode{3, 1}, Decode{4, 1}, Decode{2, 2}}) {
+    for (int32_t hd : {32, 64, 96, 128, 256, 48, 80}) {
+      for (int32_t n_ctx : {1, 2, 3, 15, 16, 17, 31, 33, 100, 257, 1001}) {
+        for (int32_t bs : {1, 7, 16}) {
+          SCOPED_TRACE(testing::Message() << "n_q " << d.n_q << " rows " << d.n_rows << " hd " << hd
+                                          << " ctx " << n_ctx << " bs " << bs);
+          Problem p = make_problem(rng, d.n_q, hd, d.n_rows, n_ctx, bs, 3);
+          convert_pools(p, KvType::BF16);
+          const AttnTask t = p.task();
+          const bool rounded = takes_bf16_dot(t);
+          avx512::attention_flash(t, nullptr);
+          const std::vector<float> exact = p.out;
+          std::fill(p.out.begin(), p.out.end(), 12345.0f);
+          avx512::attention_flash_bf16dot(t, nullptr);
+          expect_matches_reference(p, t, rounded);
+          if (testing::Test::HasFatalFailure()) return;
+          ++n_tasks;
+          if (rounded) n_rounded += p.out != exact;
+          if (!rounded) ASSERT_EQ(p.out, exact);  // left to the F32 path: the same code
+          // Split in three uneven chunks (one may be empty), merged.
+          const int32_t len = n_ctx + d.n_rows - 1;
+          const int32_t cuts[] = {0, len / 3, std::min(len, len / 3 + 17), len};
+          const int32_t n_vec = d.n_rows * d.n_q;
+          std::vector<float> o(3 * n_vec * hd, NAN), ml(3 * n_vec * 2, NAN);
+          for (int j = 0; j < 3; ++j) {
+            AttnTask c = t;
+            c.kv_begin = cuts[j];
+            c.kv_end = cuts[j + 1];
+            c.out = o.data() + static_cast<int64_t>(j) * n_vec * hd;
+            c.out_stride = static_cast<int64_t>(d.n_q) * hd;
+            c.ml = ml.data() + j * n_vec * 2;
+            avx512::attention_flash_bf16dot(c, nullptr);
+          }
+          std::fill(p.out.begin(), p.out.end(), 12345.0f);
+          attention_merge(o.data(), ml.data(), 3, n_vec, hd, d.n_q, t.out_stride, t.out);
+          expect_matches_reference(p, t, rounded);
+          if (testing::Test::HasFatalFailure()) return;
+        }
+      }
+    }
+  }
+  // Every task the kernel takes rounds something, bar the 1-key ones (one weight, exactly 1).
+  std::printf("bf16 dot: %d of %d tasks rounded\n", n_rounded, n_tasks);
+  EXPECT_GT(n_rounded, n_tasks / 2);
+}
+
+// What a format costs: the same attention on the F32 cache vs its f16, bf16, q8_0 and fp8
+// copies, over a range of contexts. Bound: |out_T - out_F32| <= tol * max_i sum_p w_p |v_p[i]|
+// (the output vector's scale: block formats round every element to a step of the block's
+// maximum), the tolerance stated per format; the measured worst case is printed. Blocks of 4
+// rows (the prefill kernel), and for bf16 also 1 row (decode: with AVX512_BF16 the kernel that
+// rounds q and the weights too).
 TEST(AttentionFlash, QuantizedCachesStayCloseToF32) {
   struct Bound {
     KvType type;
+    int32_t n_rows;
     double tol;
   };
-  // Measured worst cases on these inputs (seed 14, AVX-512): f16 3.9e-4, q8_0 6.8e-3, fp8 6.0e-2.
-  const Bound bounds[] = {{KvType::F16, 1e-3}, {KvType::Q8_0, 2e-2}, {KvType::FP8, 0.15}};
+  // Measured worst cases on these inputs (seed 14, AVX-512): f16 3.9e-4, q8_0 6.8e-3, fp8 6.0e-2,
+  // bf16 3.1e-3 (4 rows), 2.0e-3 (1 row, AVX512_BF16: q and weights rounded too).
+  const Bound bounds[] = {{KvType::F16, 4, 1e-3},  {KvType::Q8_0, 4, 2e-2}, {KvType::FP8, 4, 0.15},
+                          {KvType::BF16, 4, 1e-2}, {KvType::BF16, 1, 1e-2}};
   const Isa isa = cpu_best_isa();
   for (const Bound& b : bounds) {
     std::mt19937 rng(14);
     double worst = 0;
     for (int32_t n_ctx : {1, 33, 300, 2000}) {
-      Problem p = make_problem(rng, 3, 64, 4, n_ctx, 16);
+      Problem p = make_problem(rng, 3, 64, b.n_rows, n_ctx, 16);
       const AttnTask t32 = p.task();
       attention_flash_kernel(isa, 64)(t32, nullptr);
       const std::vector<float> want = p.out;
@@ -386,8 +506,8 @@ TEST(AttentionFlash, QuantizedCachesStayCloseToF32) {
         }
       }
     }
-    std::printf("kv %s: worst |out - out_f32| / max_i sum w|v_i| = %.3g (bound %.3g)\n",
-                kv_type_name(b.type), worst, b.tol);
+    std::printf("kv %s, %d rows: worst |out - out_f32| / max_i sum w|v_i| = %.3g (bound %.3g)\n",
+                kv_type_name(b.type), b.n_rows, worst, b.tol);
     EXPECT_LE(worst, b.tol) << kv_type_name(b.type);
     EXPECT_GT(worst, 0.0) << kv_type_name(b.type) << ": the format changed nothing?";
   }
@@ -471,6 +591,9 @@ void run_and_check(OpFixture& f, const Batch& batch, int n_threads, bool flash) 
   a.partial = partial.data();
   attention(pool, a);
   std::vector<double> want, cond;
+  // The flash op on a BF16 cache decodes through the rounding kernel where the CPU has it;
+  // rows it took match the reference with q rounded (checked when the exact one fails).
+  const bool bf16_dot = flash && f.cfg.type == KvType::BF16 && cpu_has_avx512_bf16();
   for (int32_t r = 0; r < n; ++r) {
     for (int32_t h = 0; h < f.n_head; ++h) {
       AttnTask t;
@@ -485,9 +608,19 @@ void run_and_check(OpFixture& f, const Batch& batch, int n_threads, bool flash) 
       t.head_offset = static_cast<int64_t>(h / group) * hd;
       const int64_t off = (static_cast<int64_t>(r) * f.n_head + h) * hd;
       reference(t, q.data() + off, 0, batch.pos[r] + 1, want, cond);
+      double tol = kRelTol;
+      bool exact = true;
+      for (int32_t i = 0; i < hd; ++i) {
+        exact = exact && std::fabs(out[off + i] - want[i]) <= kRelTol * cond[i] + 1e-30;
+      }
+      if (!exact && bf16_dot) {  // a decode row of the BF16 kernel: q rounded, weights too
+        const std::vector<float> q16 = round_bf16(q.data() + off, hd);
+        reference(t, q16.data(), 0, batch.pos[r] + 1, want, cond);
+        tol += kBf16WeightTol;
+      }
       for (int32_t i = 0; i < hd; ++i) {
         ASSERT_TRUE(std::isfinite(out[off + i])) << "row " << r << " head " << h;
-        ASSERT_LE(std::fabs(out[off + i] - want[i]), kRelTol * cond[i] + 1e-30)
+        ASSERT_LE(std::fabs(out[off + i] - want[i]), tol * cond[i] + 1e-30)
             << "row " << r << " head " << h << " dim " << i;
       }
     }
@@ -566,7 +699,8 @@ TEST_P(AttentionOpTypes, FlashAndTwoPassMatchReferenceOnArbitraryBatches) {
 }
 
 INSTANTIATE_TEST_SUITE_P(KvTypes, AttentionOpTypes,
-                         testing::Values(KvType::F32, KvType::F16, KvType::Q8_0, KvType::FP8),
+                         testing::Values(KvType::F32, KvType::F16, KvType::BF16, KvType::Q8_0,
+                                         KvType::FP8),
                          [](const testing::TestParamInfo<KvType>& i) {
                            return std::string(kv_type_name(i.param));
                          });

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <utility>
 #include <vector>
@@ -76,6 +77,8 @@ TEST(KvTypes, E4m3EncodesToTheNearestValueTiesToEven) {
 TEST(KvTypes, RowSizes) {
   EXPECT_EQ(kv_row_bytes(KvType::F32, 64), 256u);
   EXPECT_EQ(kv_row_bytes(KvType::F16, 64), 128u);
+  EXPECT_EQ(kv_row_bytes(KvType::BF16, 64), 128u);
+  EXPECT_EQ(kv_row_bytes(KvType::BF16, 40), 80u);
   EXPECT_EQ(kv_row_bytes(KvType::Q8_0, 64), 68u);   // 2 blocks of 34
   EXPECT_EQ(kv_row_bytes(KvType::FP8, 64), 68u);    // 4-byte scale + 64 codes
   EXPECT_EQ(kv_row_bytes(KvType::FP8, 128), 132u);
@@ -87,11 +90,17 @@ TEST(KvTypes, RowSizes) {
   c.n_head_kv = 3;
   c.head_dim = 64;
   for (auto [type, bytes] : {std::pair{KvType::F32, 46080u}, std::pair{KvType::F16, 23040u},
-                             std::pair{KvType::Q8_0, 12240u}, std::pair{KvType::FP8, 12240u}}) {
+                             std::pair{KvType::BF16, 23040u}, std::pair{KvType::Q8_0, 12240u},
+                             std::pair{KvType::FP8, 12240u}}) {
     c.type = type;
     EXPECT_EQ(KvCache::bytes_per_token(c), bytes) << kv_type_name(type);
   }
   EXPECT_TRUE(parse_kv_type("q8_0").is_ok());
+  for (KvType t : {KvType::F32, KvType::F16, KvType::BF16, KvType::Q8_0, KvType::FP8}) {
+    auto parsed = parse_kv_type(kv_type_name(t));
+    ASSERT_TRUE(parsed.is_ok()) << kv_type_name(t);
+    EXPECT_EQ(*parsed, t);
+  }
   auto bad = parse_kv_type("q4_0");
   ASSERT_FALSE(bad.is_ok());
   EXPECT_NE(bad.status().message().find("q4_0"), std::string::npos);
@@ -108,6 +117,20 @@ TEST(KvTypes, RowConversionsMatchTheScalarReferences) {
     kv_quantize_row(KvType::F16, x.data(), n, row.data());
     kv_dequantize_row(KvType::F16, row.data(), n, y.data());
     for (int32_t i = 0; i < n; ++i) ASSERT_EQ(y[i], fp16_to_fp32(fp32_to_fp16(x[i])));
+    // BF16: the codes of fp32_to_bf16 (nearest even), also where a tie decides (x[1]: exactly
+    // half-way between two bf16 values, odd lower neighbour; x[2]: even lower neighbour).
+    x[1] = bits_to_f32(0x3f818000u);
+    x[2] = bits_to_f32(0x3f808000u);
+    kv_quantize_row(KvType::BF16, x.data(), n, row.data());
+    kv_dequantize_row(KvType::BF16, row.data(), n, y.data());
+    for (int32_t i = 0; i < n; ++i) {
+      uint16_t code;
+      std::memcpy(&code, row.data() + 2 * i, 2);
+      ASSERT_EQ(code, fp32_to_bf16(x[i])) << "n " << n << " i " << i;
+      ASSERT_EQ(y[i], bf16_to_fp32(code));
+    }
+    EXPECT_EQ(y[1], bits_to_f32(0x3f820000u));
+    EXPECT_EQ(y[2], bits_to_f32(0x3f800000u));
     // Q8_0: the same blocks as the scalar Q8_0 quantizer.
     row.assign(kv_row_bytes(KvType::Q8_0, n), 0);
     std::vector<uint8_t> ref(row.size());

@@ -49,9 +49,9 @@ void add_common(CLI::App* app, Common& c) {
                   "softmax, split-KV decode, scratch independent of context) or naive (two-pass)")
       ->check(CLI::IsMember({"flash", "naive"}));
   app->add_option("--kv-type", c.kv_type,
-                  "KV cache element format: f16 (default), f32, q8_0 (8-bit blocks of 32) or fp8 "
-                  "(E4M3, one scale per head row); attention reads it in place")
-      ->check(CLI::IsMember({"f32", "f16", "q8_0", "fp8"}));
+                  "KV cache element format: f16 (default), f32, bf16, q8_0 (8-bit blocks of 32) or "
+                  "fp8 (E4M3, one scale per head row); attention reads it in place")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "fp8"}));
   // Default (neither flag): copy into memory when the weights take at most half of the
   // available memory, else map the file (LlamaModel::load, WeightPlacement::Auto).
   auto* mm = app->add_flag("--mmap", c.mmap,
