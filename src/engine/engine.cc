@@ -329,9 +329,12 @@ void Engine::fork_choices(Seq* s, const float* logits) {
 }
 
 void Engine::sample_and_emit(Seq* s, const float* logits) {
+  emit(s, logits, s->sampler.sample(logits));
+}
+
+void Engine::emit(Seq* s, const float* logits, int32_t id) {
   Request& r = *s->req;
   const RequestParams& p = r.params;
-  const int32_t id = s->sampler.sample(logits);
   if (id == Sampler::kNoToken) {
     finish_seq(s, FinishReason::Error, "the model produced only NaN logits");
     return;
@@ -497,15 +500,36 @@ bool Engine::schedule_and_run() {
     for (const Planned& q : plan) finish_seq(q.s, FinishReason::Error, out.status().message());
   } else {
     const int32_t n_vocab = model_.hparams().n_vocab;
+    // Sequences' samplers are independent: the rows are sampled on the pool (greedy is one
+    // pass over n_vocab logits, top-k/top-p sort them), then emitted in order on this thread.
+    // A prompt that forks its choices samples them in fork_choices, serially.
+    sampled_.clear();
     const float* row = *out;
     for (const Planned& q : plan) {
       Seq* s = q.s;
-      s->n_computed += q.count;
-      blocks_->mark_computed(s->id, s->n_computed);
-      if (s->n_computed != static_cast<int32_t>(s->tokens.size())) continue;
-      if (s->pending_forks > 0) fork_choices(s, row);
-      sample_and_emit(s, row);
+      if (s->n_computed + q.count != static_cast<int32_t>(s->tokens.size())) continue;
+      sampled_.push_back({s, row, Sampler::kNoToken});
       row += n_vocab;
+    }
+    std::atomic<size_t> next{0};
+    pool_->run([&](int, int) {
+      for (size_t i = next.fetch_add(1, std::memory_order_relaxed); i < sampled_.size();
+           i = next.fetch_add(1, std::memory_order_relaxed)) {
+        Sampled& j = sampled_[i];
+        if (j.s->pending_forks == 0) j.id = j.s->sampler.sample(j.logits);
+      }
+    });
+    for (const Planned& q : plan) {
+      q.s->n_computed += q.count;
+      blocks_->mark_computed(q.s->id, q.s->n_computed);
+    }
+    for (const Sampled& j : sampled_) {
+      if (j.s->pending_forks > 0) {
+        fork_choices(j.s, j.logits);
+        sample_and_emit(j.s, j.logits);
+      } else {
+        emit(j.s, j.logits, j.id);
+      }
     }
   }
   // Retire finished sequences.

@@ -165,6 +165,7 @@ class Engine {
   void preempt(Seq* s);
   void finish_seq(Seq* s, FinishReason why, const std::string& error = "");
   void sample_and_emit(Seq* s, const float* logits);
+  void emit(Seq* s, const float* logits, int32_t id);  // id: s->sampler's pick on logits
   void fork_choices(Seq* s, const float* logits);
   void drop_cancelled();
 
@@ -177,6 +178,12 @@ class Engine {
   std::unique_ptr<BlockManager> blocks_;
   Workspace ws_;
   Batch batch_;
+  struct Sampled {  // a row of this step's logits and its sequence's pick
+    Seq* s;
+    const float* logits;
+    int32_t id;
+  };
+  std::vector<Sampled> sampled_;  // reused every step
   std::vector<BlockCopy> copies_;
 
   // Shared with submitters (mu_).

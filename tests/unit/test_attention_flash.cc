@@ -76,7 +76,7 @@ struct Problem {
 Problem make_problem(std::mt19937& rng, int32_t n_q, int32_t hd, int32_t n_rows, int32_t n_ctx,
                      int32_t bs, int32_t n_kv = 2) {
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  Problem p{n_q, hd, n_rows, n_ctx, bs, n_kv, {}, {}, {}, {}, {}, 0, 0};
+  Problem p{n_q, hd, n_rows, n_ctx, bs, n_kv, {}, {}, {}, {}, {}, 0, 0, KvType::F32, {}, {}};
   const int32_t n_pos = n_ctx + n_rows - 1;
   const int32_t n_blocks = (n_pos + bs - 1) / bs + 3;
   p.k.resize(static_cast<size_t>(n_blocks) * bs * n_kv * hd);
@@ -433,7 +433,9 @@ TEST(AttentionFlash, Bf16DotDecodeMatchesTheRoundedReference) {
           if (testing::Test::HasFatalFailure()) return;
           ++n_tasks;
           if (rounded) n_rounded += p.out != exact;
-          if (!rounded) ASSERT_EQ(p.out, exact);  // left to the F32 path: the same code
+          if (!rounded) {
+            ASSERT_EQ(p.out, exact);  // left to the F32 path: the same code
+          }
           // Split in three uneven chunks (one may be empty), merged.
           const int32_t len = n_ctx + d.n_rows - 1;
           const int32_t cuts[] = {0, len / 3, std::min(len, len / 3 + 17), len};

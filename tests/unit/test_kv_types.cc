@@ -149,7 +149,9 @@ TEST(KvTypes, RowConversionsMatchTheScalarReferences) {
       const float s = x[i] * inv;
       const uint8_t c = nearest_e4m3(s);
       ASSERT_NEAR(y[i], e4m3_to_fp32(c) * scale, 1e-6f * amax) << "n " << n << " i " << i;
-      if (std::fabs(x[i]) == amax) ASSERT_NEAR(std::fabs(y[i]), amax, 1e-6f * amax);
+      if (std::fabs(x[i]) == amax) {
+        ASSERT_NEAR(std::fabs(y[i]), amax, 1e-6f * amax);
+      }
     }
   }
   // An all-zero row stays zero (scale 0, no division by zero).
