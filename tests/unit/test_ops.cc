@@ -25,7 +25,7 @@ std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
 }
 
 TEST(Ops, RmsNormMatchesDoubleReference) {
-  for (int64_t n : {1, 7, 64, 576, 1000}) {
+  for (int64_t n : {1, 7, 13, 64, 576, 1000, 1003}) {
     auto x = randn(n, 1 + n), w = randn(n, 2 + n);
     std::vector<float> out(n);
     rms_norm(x.data(), w.data(), out.data(), n, 1e-5f);
