@@ -8,7 +8,13 @@ spreads (min-max) and the Qilin/llama.cpp ratio. llama.cpp is built outside this
 
     python3 bench/compare_llama.py --qilin build/qilin --llama-bench /path/to/llama-bench \\
         --model models/SmolLM2-135M-Instruct.Q4_1.gguf --threads 1 2 --rounds 5 \\
-        --bandwidth 1=38 2=40 --write docs/benchmarks.md
+        --bandwidth-bench build/bench/qilin_bench --write docs/benchmarks.md
+
+--bandwidth-bench measures the read bandwidth (the STREAM-like `Bandwidth/read_hugepages`
+benchmark: the weights live in huge pages) once per round, next to the runs of each row, so the
+generation rows' share of bandwidth divides by readings taken under the same conditions (on a
+shared VM the reading moves by 10-20% within a sitting, more at 2 threads); the share uses the
+median of the row's readings. --bandwidth gives fixed figures instead.
 
 With --write, the table replaces the text between the markers
 <!-- compare_llama:begin --> and <!-- compare_llama:end --> in that file.
@@ -49,6 +55,17 @@ def llama_once(args, model, threads):
     return res
 
 
+def bandwidth_once(args, threads):
+    """One read-bandwidth reading in GB/s at `threads` threads (the best ISA's kernel)."""
+    out = subprocess.run([args.bandwidth_bench, "--benchmark_format=json",
+                          f"--benchmark_filter=^Bandwidth/read_hugepages/.*/threads:{threads}/"],
+                         check=True, capture_output=True, text=True).stdout
+    rates = [b["bytes_per_second"] / 1e9 for b in json.loads(out)["benchmarks"]]
+    if not rates:
+        sys.exit(f"{args.bandwidth_bench}: no Bandwidth/read_hugepages result at {threads} threads")
+    return max(rates)  # avx2 and avx512 loads: the better one is the machine's figure
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--qilin", required=True)
@@ -62,6 +79,7 @@ def main():
     ap.add_argument("--bandwidth", nargs="*", default=[],
                     help="measured read bandwidth per thread count, e.g. 1=21.5 2=34.0 (GB/s), "
                          "from build/bench/qilin_bench --benchmark_filter=Bandwidth")
+    ap.add_argument("--bandwidth-bench", help="qilin_bench binary: measure bandwidth every round")
     args = ap.parse_args()
     ap_write = args.write
     bw = {int(k): float(v) for k, v in (x.split("=") for x in args.bandwidth)}
@@ -75,10 +93,13 @@ def main():
          "| ratio | Qilin / llama.cpp share of read bandwidth |")
     emit("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     commit = "?"
+    bw_seen = {}
     for model in args.model:
         for t in args.threads:
-            q, l = {}, {}
+            q, l, bw_row = {}, {}, []
             for _ in range(args.rounds):
+                if args.bandwidth_bench:
+                    bw_row.append(bandwidth_once(args, t))
                 for k, v in qilin_once(args, model, t).items():
                     q.setdefault(k, []).append(v)
                 for k, v in llama_once(args, model, t).items():
@@ -86,18 +107,30 @@ def main():
                         commit = v
                     else:
                         l.setdefault(k, []).append(v)
+            if bw_row:
+                bw_seen.setdefault(t, []).extend(bw_row)
+            row_bw = statistics.median(bw_row) if bw_row else bw.get(t)
             for test in q:
                 qm, lm = statistics.median(q[test]), statistics.median(l[test])
                 frac = ""
-                if test.startswith("tg") and t in bw and model in BYTES_PER_TOKEN:
+                if test.startswith("tg") and row_bw and model in BYTES_PER_TOKEN:
                     b = BYTES_PER_TOKEN[model] / 1e9
-                    frac = f"{qm * b / bw[t]:.0%} / {lm * b / bw[t]:.0%}"
+                    frac = f"{qm * b / row_bw:.0%} / {lm * b / row_bw:.0%}"
+                    if bw_row:
+                        frac += f" (of {row_bw:.1f} GB/s, {min(bw_row):.1f}-{max(bw_row):.1f})"
                 emit(f"| {os.path.basename(model)} | {t} | {test} | {qm:.1f} ({min(q[test]):.1f}-{max(q[test]):.1f}) "
                      f"| {lm:.1f} ({min(l[test]):.1f}-{max(l[test]):.1f}) | {qm / lm:.2f} | {frac} |")
     emit("")
+    if bw_seen:
+        where = ", ".join(f"{t} thread(s) {statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f})"
+                          for t, v in sorted(bw_seen.items()))
+        bw_note = (f"the row's median read bandwidth (Bandwidth/read_hugepages, one reading per "
+                   f"round; all readings: {where} GB/s)")
+    else:
+        bw_note = f"measured read bandwidth {bw} GB/s"
     emit(f"llama.cpp build commit: {commit}; {args.rounds} alternating rounds per row. "
          f"Bandwidth share: bytes read per generated token (weights + mean KV) x t/s / "
-         f"measured read bandwidth {bw} GB/s.")
+         f"{bw_note}.")
     if ap_write:
         begin, end = "<!-- compare_llama:begin -->", "<!-- compare_llama:end -->"
         with open(ap_write) as f:
