@@ -87,7 +87,14 @@ void matmul_group(ThreadPool& pool, const WeightView* w, int n_w, const float* x
         continue;
       }
       if (f16dot) {
-        for (int64_t r = r0; r < r1; ++r) yi[r] = f16dot(n_in, wi.data + r * wi.row_bytes, x);
+        // Two sequential streams, the range's halves a row each in turn: one core's single
+        // stream of F16 rows reads ~8% below its bandwidth here, two far-apart streams do not
+        // (docs/benchmarks.md; two adjacent rows at once halve it).
+        const int64_t h = (r1 - r0 + 1) / 2;
+        for (int64_t r = r0; r < r0 + h; ++r) {
+          yi[r] = f16dot(n_in, wi.data + r * wi.row_bytes, x);
+          if (r + h < r1) yi[r + h] = f16dot(n_in, wi.data + (r + h) * wi.row_bytes, x);
+        }
         continue;
       }
       if (gemm) {
