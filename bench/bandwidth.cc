@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 #include <cstdlib>
 
+#include "cpu/dot_mixed.h"
 #include "cpu/quants.h"
 
 namespace qilin {
@@ -177,7 +178,40 @@ void bm_triad(benchmark::State& state, Isa isa, int n_threads) {
   set_bytes(state, 3 * kArrayBytes);
 }
 
+// The F16 generation kernel's view of the same huge-page array: rows of 576 halves (the
+// model's width) dotted with one f32 activation, one thread, the rows read as one sequential
+// stream or as two (the array's halves, a row of each in turn: what ops/matmul.cc does).
+void bm_f16_rows(benchmark::State& state, int streams) {
+  constexpr int64_t kWidth = 576;
+  const auto* w = reinterpret_cast<const uint16_t*>(read_array_huge());
+  const int64_t rows = static_cast<int64_t>(kReadBytes / (kWidth * sizeof(uint16_t))) / 2 * 2;
+  const std::vector<float> act(kWidth, 0.5f);
+  std::vector<float> out(static_cast<size_t>(rows));
+  const DotF16F32Fn dot = dot_f16_f32_kernel(cpu_best_isa());
+  for (auto _ : state) {
+    if (streams == 1) {
+      for (int64_t r = 0; r < rows; ++r) out[r] = dot(kWidth, w + r * kWidth, act.data());
+    } else {
+      const int64_t h = rows / 2;
+      for (int64_t r = 0; r < h; ++r) {
+        out[r] = dot(kWidth, w + r * kWidth, act.data());
+        out[r + h] = dot(kWidth, w + (r + h) * kWidth, act.data());
+      }
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  set_bytes(state, static_cast<size_t>(rows) * kWidth * sizeof(uint16_t));
+}
+
 int register_all() {
+  if (dot_f16_f32_kernel(cpu_best_isa()) != nullptr) {
+    for (int streams : {1, 2}) {
+      benchmark::RegisterBenchmark(
+          ("Bandwidth/f16_rows/streams:" + std::to_string(streams)).c_str(), bm_f16_rows, streams)
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
+    }
+  }
   for (Isa isa : {Isa::Avx2, Isa::Avx512}) {
     if (!cpu_supports(isa)) continue;
     for (int n_threads : {1, 2}) {
