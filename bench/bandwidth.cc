@@ -180,7 +180,8 @@ void bm_triad(benchmark::State& state, Isa isa, int n_threads) {
 
 // The F16 generation kernel's view of the same huge-page array: rows of 576 halves (the
 // model's width) dotted with one f32 activation, one thread, the rows read as one sequential
-// stream or as two (the array's halves, a row of each in turn: what ops/matmul.cc does).
+// stream or as two (the array's halves, a row of each in turn), and "streams:2x" both halves
+// side by side in one loop (dot_f16_f32_rows: what ops/matmul.cc runs).
 void bm_f16_rows(benchmark::State& state, int streams) {
   constexpr int64_t kWidth = 576;
   const auto* w = reinterpret_cast<const uint16_t*>(read_array_huge());
@@ -191,6 +192,9 @@ void bm_f16_rows(benchmark::State& state, int streams) {
   for (auto _ : state) {
     if (streams == 1) {
       for (int64_t r = 0; r < rows; ++r) out[r] = dot(kWidth, w + r * kWidth, act.data());
+    } else if (streams == 3) {  // the two halves side by side in one loop (ops/matmul.cc)
+      dot_f16_f32_rows_kernel(cpu_best_isa())(kWidth, w, kWidth * sizeof(uint16_t), rows,
+                                              act.data(), out.data());
     } else {
       const int64_t h = rows / 2;
       for (int64_t r = 0; r < h; ++r) {
@@ -205,9 +209,9 @@ void bm_f16_rows(benchmark::State& state, int streams) {
 
 int register_all() {
   if (dot_f16_f32_kernel(cpu_best_isa()) != nullptr) {
-    for (int streams : {1, 2}) {
+    for (int streams : {1, 2, 3}) {
       benchmark::RegisterBenchmark(
-          ("Bandwidth/f16_rows/streams:" + std::to_string(streams)).c_str(), bm_f16_rows, streams)
+          ("Bandwidth/f16_rows/streams:" + (streams == 3 ? std::string("2x") : std::to_string(streams))).c_str(), bm_f16_rows, streams)
           ->UseRealTime()
           ->Unit(benchmark::kMillisecond);
     }

@@ -41,8 +41,9 @@ void matmul_group(ThreadPool& pool, const WeightView* w, int n_w, const float* x
   auto* act = static_cast<uint8_t*>(scratch);
 
   // F16 weights for one token: rows dot the F32 activation directly (cpu/dot_mixed.h).
-  const DotF16F32Fn f16dot =
-      n_tokens == 1 && w[0].type == DType::F16 ? dot_f16_f32_kernel(cpu_best_isa()) : nullptr;
+  const DotF16F32RowsFn f16dot = n_tokens == 1 && w[0].type == DType::F16
+                                     ? dot_f16_f32_rows_kernel(cpu_best_isa())
+                                     : nullptr;
 
   // Activations are converted once for every weight of the group.
   if (f16dot) {
@@ -87,14 +88,7 @@ void matmul_group(ThreadPool& pool, const WeightView* w, int n_w, const float* x
         continue;
       }
       if (f16dot) {
-        // Two sequential streams, the range's halves a row each in turn: one core's single
-        // stream of F16 rows reads ~8% below its bandwidth here, two far-apart streams do not
-        // (docs/benchmarks.md; two adjacent rows at once halve it).
-        const int64_t h = (r1 - r0 + 1) / 2;
-        for (int64_t r = r0; r < r0 + h; ++r) {
-          yi[r] = f16dot(n_in, wi.data + r * wi.row_bytes, x);
-          if (r + h < r1) yi[r + h] = f16dot(n_in, wi.data + (r + h) * wi.row_bytes, x);
-        }
+        f16dot(n_in, wi.data + r0 * wi.row_bytes, wi.row_bytes, r1 - r0, x, yi + r0);
         continue;
       }
       if (gemm) {
