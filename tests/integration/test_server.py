@@ -152,6 +152,8 @@ def stream_raw(port, path, body, read_events=None):
         if read_events is not None and len(events) >= read_events:
             break
     s.close()
+    if read_events is not None:
+        events = events[:read_events]  # one recv can carry more events than asked for
     return [e.decode() for e in events]
 
 
