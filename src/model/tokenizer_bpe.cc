@@ -86,8 +86,12 @@ std::string BpeTokenizer::byte_encode(std::string_view raw) {
 
 // llama.cpp's llama_decode_text: GPT-2 characters back to bytes. A code point outside the
 // mapping is rendered as a marker that names it, rather than dropped.
+// NOTE: llama.cpp's marker also repeats the whole token text, which makes a token of N such
+// code points cost O(N^2) bytes (a 300 KB file exhausted memory at load); ours names only the
+// code point, so the piece is at most 20 bytes per code point.
 std::string gpt2_decode(const std::string& text) {
   std::string out;
+  out.reserve(text.size());
   for (uint32_t cp : decode_utf8_lenient(text)) {
     const int b = gpt2_cp_to_byte(cp);
     if (b >= 0) {
@@ -102,7 +106,7 @@ std::string gpt2_decode(const std::string& text) {
       std::snprintf(hex, sizeof(hex), "%02x", c);
       out += hex;
     }
-    out += text + "]";
+    out += ']';
   }
   return out;
 }

@@ -356,6 +356,27 @@ TEST(TokenizerTiny, MergesByRankAndFallsBackPerByte) {
   EXPECT_TRUE((*tok)->is_eog(3));
 }
 
+// A vocabulary entry made of code points outside GPT-2's byte map renders as one marker per
+// code point; the marker once repeated the whole token text, so a token of N such code points
+// cost ~3N^2 bytes at load (a 300 KB file exhausted memory).
+TEST(TokenizerTiny, UnmappedCodePointsDecodeInLinearSpace) {
+  constexpr int kN = 4000;
+  std::string huge;
+  for (int i = 0; i < kN; ++i) huge += "\xE4\xB8\xAD";  // U+4E2D, not a GPT-2 byte character
+  std::vector<uint8_t> storage;
+  std::unique_ptr<GgufFile> file;
+  auto tok = tiny_tokenizer(
+      [&](GgufWriter& w) {
+        w.set("tokenizer.ggml.tokens",
+              GgufValue::of_strings({"a", "b", "ab", "abab", "\xC4\xA0", huge}));
+      },
+      storage, file);
+  ASSERT_TRUE(tok) << tok.status().message();
+  const std::string piece = (*tok)->token_to_piece(5);
+  EXPECT_LE(piece.size(), size_t{kN} * 20) << "piece of " << piece.size() << " bytes";
+  EXPECT_EQ(piece.substr(0, 18), "[UNK_BYTE_0xe4b8ad");
+}
+
 TEST(TokenizerErrors, BadMetadataNamesTheField) {
   std::vector<uint8_t> storage;
   std::unique_ptr<GgufFile> file;
