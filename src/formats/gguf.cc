@@ -19,6 +19,8 @@
 #include <string_view>
 
 #include "core/atomic_file.h"
+#include "core/printable.h"
+#include "cpu/quants.h"
 
 namespace qilin {
 
@@ -35,9 +37,17 @@ constexpr uint32_t kMaxDims = 4;
 // Arrays may nest (the spec allows it; real models never do). The limit bounds recursion.
 constexpr int kMaxArrayDepth = 8;
 // Every metadata element becomes a GgufValue (about 100 bytes), so a u8 array costs about 100x
-// its size on disk. This cap bounds that amplification for hostile files; real models hold
-// around a million elements (vocabulary, scores, token types, merges).
-constexpr uint64_t kMaxMetadataElements = uint64_t{1} << 24;
+// its size on disk. The header's memory (values, strings, keys, tensor infos, indexes) is
+// charged against a budget of a floor plus a multiple of the file's size: a real model's
+// metadata is a small part of its file, and even a vocabulary-only file (strings and INT32
+// token types, ~8x on disk) fits, while a hostile file costs at most ~8x its size plus 64 MiB
+// (a 16.5 MB u8 array once cost 1.8 GB).
+constexpr uint64_t kMetadataBudgetFloor = uint64_t{64} << 20;
+constexpr uint64_t kMetadataBudgetPerFileByte = 8;
+// Real models carry a few dozen keys; each key also costs an index entry.
+constexpr uint64_t kMaxKvCount = uint64_t{1} << 16;
+// What one index entry (a std::map node) costs beside its key, for the budget.
+constexpr uint64_t kIndexEntryBytes = 64;
 // Smallest possible encodings, used to reject counts before anything is allocated.
 constexpr uint64_t kMinKvBytes = 8 + 4 + 1;              // key length, value type, 1-byte value
 constexpr uint64_t kMinTensorInfoBytes = 8 + 4 + 4 + 8;  // name length, n_dims, type, offset
@@ -49,23 +59,8 @@ std::string cat(const Args&... args) {
   return os.str();
 }
 
-// A name taken from the file, made safe to print: clipped, with control bytes escaped.
-std::string printable(std::string_view s) {
-  constexpr size_t kMax = 80;
-  std::string out;
-  for (size_t i = 0; i < s.size() && i < kMax; ++i) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c < 0x20 || c == 0x7f) {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  if (s.size() > kMax) out += "...";
-  return out;
-}
+// Names taken from the file are clipped to this many bytes in messages (and escaped).
+constexpr size_t kNameClip = 80;
 
 uint64_t align_up(uint64_t x, uint64_t alignment) {
   return (x + alignment - 1) / alignment * alignment;
@@ -129,9 +124,21 @@ struct Reader {
   std::string file;
   size_t pos = 0;
   std::string context;
-  uint64_t n_metadata_elements = 0;
+  uint64_t budget_used = 0;  // bytes of memory the parsed header costs so far
+  uint64_t budget = 0;       // at most this many
 
   size_t left() const { return size - pos; }
+
+  // Charges `bytes` of memory against the header's budget; `what` names what would take them.
+  Status charge(uint64_t bytes, const std::string& what) {
+    if (bytes > budget - budget_used) {
+      return fail(cat(what, " would bring the header's memory to more than ", budget,
+                      " bytes, the limit for a file of ", size, " bytes (", kMetadataBudgetFloor,
+                      " + ", kMetadataBudgetPerFileByte, " per file byte)"));
+    }
+    budget_used += bytes;
+    return Status::ok();
+  }
 
   Status fail(const std::string& what) const {
     if (context.empty()) return Status::error(cat("gguf: ", file, ": ", what));
@@ -161,6 +168,7 @@ struct Reader {
       return fail(cat(what, ": string length ", len, " at offset ", start,
                       " runs past the end of the file (", left(), " bytes left)"));
     }
+    QILIN_TRY(charge(len, cat(what, " of ", len, " bytes at offset ", start)));
     out->assign(reinterpret_cast<const char*>(data + pos), len);
     pos += len;
     return Status::ok();
@@ -249,11 +257,10 @@ Status read_value(Reader& r, GgufType type, GgufValue* v, int depth) {
                           " (at least ", min_bytes, " bytes each) runs past the end of the file (",
                           r.left(), " bytes left)"));
       }
-      if (count > kMaxMetadataElements - r.n_metadata_elements) {
-        return r.fail(cat("array count ", count, " exceeds the limit of ", kMaxMetadataElements,
-                          " metadata array elements per file"));
-      }
-      r.n_metadata_elements += count;
+      // count <= file size, so this cannot overflow.
+      QILIN_TRY(r.charge(count * sizeof(GgufValue),
+                         cat("array of ", count, " ", gguf_type_name(v->elem_type), " at offset ",
+                             at)));
       v->array.resize(count);
       for (uint64_t k = 0; k < count; ++k) {
         QILIN_TRY(read_value(r, v->elem_type, &v->array[k], depth + 1));
@@ -452,6 +459,7 @@ Status GgufFile::parse_into(const uint8_t* data, size_t size) {
   r.data = data;
   r.size = size;
   r.file = path_;
+  r.budget = kMetadataBudgetFloor + kMetadataBudgetPerFileByte * static_cast<uint64_t>(size);
 
   // ---- header ----
   uint8_t magic[4];
@@ -490,15 +498,21 @@ Status GgufFile::parse_into(const uint8_t* data, size_t size) {
                       " that remain before the end of the file"));
   }
 
+  if (n_kv > kMaxKvCount) {
+    return r.fail(cat("KV count ", n_kv, " exceeds the limit of ", kMaxKvCount, " metadata keys"));
+  }
+
   // ---- metadata ----
   for (uint64_t k = 0; k < n_kv; ++k) {
     r.context = cat("KV #", k);
     std::string key;
     QILIN_TRY(r.read_string(&key, "key"));
-    r.context = cat("key '", printable(key), "'");
+    r.context = cat("key '", printable(key, kNameClip), "'");
     if (kv_index_.count(key) != 0) {
       return r.fail(cat("appears twice (KV #", kv_index_[key], " and #", k, ")"));
     }
+    // The key's second copy in the index, the entry and the node.
+    QILIN_TRY(r.charge(key.size() + sizeof(GgufValue) + kIndexEntryBytes + sizeof(key), "the key"));
     const size_t at = r.pos;
     uint32_t type = 0;
     QILIN_TRY(r.read(&type, "value type"));
@@ -529,10 +543,11 @@ Status GgufFile::parse_into(const uint8_t* data, size_t size) {
     GgufTensorInfo t;
     QILIN_TRY(r.read_string(&t.name, "name"));
     if (t.name.empty()) return r.fail("empty tensor name");
-    r.context = cat("tensor '", printable(t.name), "'");
+    r.context = cat("tensor '", printable(t.name, kNameClip), "'");
     if (tensor_index_.count(t.name) != 0) {
       return r.fail(cat("appears twice (tensor #", tensor_index_[t.name], " and #", k, ")"));
     }
+    QILIN_TRY(r.charge(t.name.size() + sizeof(GgufTensorInfo) + kIndexEntryBytes, "the tensor info"));
     uint32_t n_dims = 0;
     QILIN_TRY(r.read(&n_dims, "n_dims"));
     if (n_dims > kMaxDims)
@@ -588,7 +603,7 @@ Status GgufFile::parse_into(const uint8_t* data, size_t size) {
   for (GgufTensorInfo& t : tensors_) {
     const uint64_t room = size - data_start;
     if (t.offset > room || t.size > room - t.offset) {
-      return r.fail(cat("tensor '", printable(t.name), "': data at offset ", t.offset, " (+",
+      return r.fail(cat("tensor '", printable(t.name, kNameClip), "': data at offset ", t.offset, " (+",
                         t.size, " bytes) runs past the end of the file (data section at ",
                         data_start, ", file size ", size, ")"));
     }
@@ -604,8 +619,8 @@ Status GgufFile::parse_into(const uint8_t* data, size_t size) {
     const GgufTensorInfo& a = *by_offset[k - 1];
     const GgufTensorInfo& b = *by_offset[k];
     if (a.offset + a.size > b.offset) {
-      return r.fail(cat("tensors '", printable(a.name), "' (offset ", a.offset, ", ", a.size,
-                        " bytes) and '", printable(b.name), "' (offset ", b.offset, ") overlap"));
+      return r.fail(cat("tensors '", printable(a.name, kNameClip), "' (offset ", a.offset, ", ", a.size,
+                        " bytes) and '", printable(b.name, kNameClip), "' (offset ", b.offset, ") overlap"));
     }
   }
   return Status::ok();
@@ -619,6 +634,29 @@ const GgufValue* GgufFile::find(const std::string& key) const {
 const GgufTensorInfo* GgufFile::find_tensor(const std::string& name) const {
   auto it = tensor_index_.find(name);
   return it == tensor_index_.end() ? nullptr : &tensors_[it->second];
+}
+
+Status GgufFile::check_readable(const GgufTensorInfo& t, const char* reader) const {
+  if (dtype_info(t.type).supported) return Status::ok();
+  std::string known;
+  for (uint32_t id = 0; id < 2048; ++id) {  // ggml's ids and Qilin's own (from 1024)
+    const DTypeInfo* info = dtype_info(id);
+    if (info != nullptr && info->supported) known += cat(known.empty() ? "" : ", ", info->name);
+  }
+  return Status::error(cat("gguf: ", path_, ": tensor '", printable(t.name, kNameClip), "' has type ",
+                           dtype_name(t.type), ", which ", reader, " cannot read (readable: ",
+                           known, ")"));
+}
+
+Result<std::vector<float>> GgufFile::read_f32(const GgufTensorInfo& t, const char* reader) const {
+  QILIN_TRY(check_readable(t, reader));
+  const int64_t ne0 = t.ne[0], n_rows = t.n_elements() / ne0;
+  const size_t rb = row_bytes(t.type, ne0);
+  std::vector<float> out(static_cast<size_t>(t.n_elements()));
+  for (int64_t r = 0; r < n_rows; ++r) {
+    dequantize_row_ref(t.type, t.data + r * rb, out.data() + r * ne0, ne0);
+  }
+  return out;
 }
 
 Result<uint64_t> GgufFile::get_uint(const std::string& key) const {

@@ -106,6 +106,13 @@ class GgufFile {
   size_t tensor_span_bytes() const;
   const GgufTensorInfo* find_tensor(const std::string& name) const;
 
+  // The one tensor-type check every loader (model, LoRA adapter, checkpoint, quantize) makes
+  // before it reads a tensor's values: the type must be one Qilin can dequantize. The error
+  // names the file, the tensor and its type. `reader` says who reads it ("qilin quantize").
+  Status check_readable(const GgufTensorInfo& t, const char* reader = "Qilin") const;
+  // The tensor's values as F32 (dequantized row by row), after check_readable.
+  Result<std::vector<float>> read_f32(const GgufTensorInfo& t, const char* reader = "Qilin") const;
+
  private:
   GgufFile() = default;
   // Reads and validates the whole header from [data, data + size); fills this object.

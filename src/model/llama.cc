@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "core/assert.h"
+#include "core/printable.h"
 #include "cpu/gemm.h"
 #include "cpu/quants.h"
 
@@ -43,6 +44,7 @@ Result<WeightView> load_matrix(const GgufFile& f, const std::string& name, int64
                                int64_t n_out) {
   auto t = find_tensor(f, name, {n_in, n_out});
   QILIN_TRY(t);
+  QILIN_TRY(f.check_readable(**t));
   if (!matmul_kernels((*t)->type, Isa::Scalar)) {
     return errorf("%s: tensor '%s' has type %s, which Qilin cannot multiply yet",
                   f.path().c_str(), name.c_str(), dtype_name((*t)->type));
@@ -135,7 +137,7 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const std::string& path,
   hp.arch = *arch;
   if (hp.arch != "llama") {
     return errorf("%s: architecture '%s' is not supported (supported: llama)", path.c_str(),
-                  hp.arch.c_str());
+                  printable(hp.arch, 80).c_str());
   }
   const std::string a = hp.arch + ".";
   constexpr int64_t kBig = 1 << 20;
@@ -206,10 +208,7 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const std::string& path,
   if (te->n_dims != 2 || te->ne[0] != hp.n_embd) {
     return errorf("%s: tensor 'token_embd.weight' must be [%d, n_vocab]", path.c_str(), hp.n_embd);
   }
-  if (!dtype_info(te->type).supported) {
-    return errorf("%s: tensor 'token_embd.weight' has unsupported type %s", path.c_str(),
-                  dtype_name(te->type));
-  }
+  QILIN_TRY(f.check_readable(*te));  // rows are dequantized one token at a time
   hp.n_vocab = static_cast<int32_t>(te->ne[1]);
   m->tok_embd_ = te->data;
   m->tok_embd_type_ = te->type;

@@ -3,7 +3,6 @@
 
 #include <cstdlib>
 
-#include "cpu/quants.h"
 #include "formats/gguf.h"
 #include "model/llama.h"
 
@@ -62,12 +61,9 @@ Result<LoraAdapter> load_lora_adapter(const std::string& path, const LlamaModel&
       }
       ad.rank = static_cast<int32_t>(r);
       for (const GgufTensorInfo* t : {a, b}) {
-        std::vector<float>& dst = t == a ? ad.A[il][p] : ad.B[il][p];
-        dst.resize(static_cast<size_t>(t->n_elements()));
-        const int64_t row = t->ne[0], rows = t->n_elements() / row;
-        for (int64_t i = 0; i < rows; ++i) {
-          dequantize_row_ref(t->type, t->data + i * row_bytes(t->type, row), dst.data() + i * row, row);
-        }
+        auto values = g.read_f32(*t, "a LoRA adapter");
+        QILIN_TRY(values);
+        (t == a ? ad.A[il][p] : ad.B[il][p]) = std::move(*values);
       }
       ++found;
     }

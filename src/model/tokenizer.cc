@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "core/printable.h"
 #include "model/tokenizer_impl.h"
 
 namespace qilin {
@@ -29,7 +30,7 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& file,
   }
   if (*model == "llama") return tokenizer_internal::make_spm_tokenizer(file);
   return errorf("tokenizer.ggml.model: unsupported tokenizer '%s' (supported: gpt2, llama)",
-                model->c_str());
+                printable(*model, 80).c_str());
 }
 
 namespace {

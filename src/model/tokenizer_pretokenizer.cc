@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "core/assert.h"
+#include "core/printable.h"
 
 namespace qilin::tokenizer_internal {
 
@@ -82,7 +83,7 @@ Result<std::unique_ptr<PreTokenizer>> PreTokenizer::create(const std::string& na
     return errorf(
         "tokenizer.ggml.pre: unknown pre-tokenizer type '%s' (supported: smollm, "
         "llama-bpe, gpt-2, default and their aliases)",
-        name.c_str());
+        printable(name, 80).c_str());
   }
   std::unique_ptr<PreTokenizer> pre(new PreTokenizer());
   pre->ignore_merges_ = spec->ignore_merges;

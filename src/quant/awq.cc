@@ -421,7 +421,7 @@ Result<AwqResult> awq_quantize(const LlamaModel& model, const AwqCalibration& ca
     for (const char* nm : names) {
       const GgufTensorInfo* info = f.find_tensor(p + nm);
       if (!info) return errorf("%s: tensor '%s%s' is missing", f.path().c_str(), p.c_str(), nm);
-      auto v = read_tensor_f32(f, *info);
+      auto v = f.read_f32(*info, "qilin quantize");
       QILIN_TRY(v);
       t[nm] = std::move(*v);
       type[nm] = quant_tensor_type(*info, opt.target, tied);

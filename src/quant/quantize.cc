@@ -87,18 +87,6 @@ DType quant_tensor_type(const GgufTensorInfo& t, DType target, bool output_tied)
   return type;
 }
 
-Result<std::vector<float>> read_tensor_f32(const GgufFile& in, const GgufTensorInfo& t) {
-  if (!dtype_info(t.type).supported) {
-    return errorf("%s: tensor '%s' has type %s, which qilin quantize cannot read",
-                  in.path().c_str(), t.name.c_str(), dtype_name(t.type));
-  }
-  const int64_t ne0 = t.ne[0], n_rows = t.n_elements() / ne0;
-  const size_t rb = row_bytes(t.type, ne0);
-  std::vector<float> f(static_cast<size_t>(t.n_elements()));
-  for (int64_t r = 0; r < n_rows; ++r) dequantize_row_ref(t.type, t.data + r * rb, f.data() + r * ne0, ne0);
-  return f;
-}
-
 Result<QuantizeReport> quantize_gguf(const GgufFile& in, const std::string& out,
                                      const QuantizeOptions& opt) {
   const TypeName* target = find_type(opt.target);
@@ -163,7 +151,7 @@ Result<QuantizeReport> quantize_gguf(const GgufFile& in, const std::string& out,
       if (repl) {
         src = repl->data();
       } else {
-        auto f = read_tensor_f32(in, t);
+        auto f = in.read_f32(t, "qilin quantize");
         QILIN_TRY(f);
         storage = std::move(*f);
         src = storage.data();

@@ -68,7 +68,4 @@ struct QuantizeReport {
 Result<QuantizeReport> quantize_gguf(const GgufFile& in, const std::string& out,
                                      const QuantizeOptions& opt);
 
-// One tensor of `in` as F32 rows (any type dequantize_row_ref reads). Error names the tensor.
-Result<std::vector<float>> read_tensor_f32(const GgufFile& in, const GgufTensorInfo& t);
-
 }  // namespace qilin

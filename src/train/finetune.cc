@@ -11,6 +11,7 @@
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -424,6 +425,15 @@ Status Finetuner::load_checkpoint(const std::string& path) {
   auto step = g.get_uint("qilin.ft.step");
   auto cursor = g.get_uint("qilin.ft.cursor");
   if (!rank || !seed || !n_train || !step || !cursor) return errorf("finetune: %s is not a Qilin fine-tuning checkpoint", path.c_str());
+  // Positions become signed counters that index the data: range-check them before use. No run
+  // reaches 2^40 steps or examples, so anything larger is a damaged or crafted file.
+  constexpr uint64_t kMaxCount = uint64_t{1} << 40;
+  auto out_of_range = [&](const char* key, uint64_t v, uint64_t max) {
+    return errorf("finetune: %s: key '%s' is %llu, expected at most %llu", path.c_str(), key,
+                  static_cast<unsigned long long>(v), static_cast<unsigned long long>(max));
+  };
+  if (*step > kMaxCount) return out_of_range("qilin.ft.step", *step, kMaxCount);
+  if (*cursor > kMaxCount) return out_of_range("qilin.ft.cursor", *cursor, kMaxCount);
   if (*rank != static_cast<uint64_t>(cfg_.lora.rank) || *seed != cfg_.seed || *n_train != train_.size()) {
     return errorf("finetune: %s was made with rank %llu, seed %llu, %llu examples; this run has %d, %llu, %zu",
                   path.c_str(), static_cast<unsigned long long>(*rank), static_cast<unsigned long long>(*seed),
@@ -432,11 +442,28 @@ Status Finetuner::load_checkpoint(const std::string& path) {
   }
   // Older checkpoints (before FP16 loss scaling) have no scaler keys: every step was applied.
   auto updates = g.get_uint("qilin.ft.updates");
+  if (updates && *updates > *step) return out_of_range("qilin.ft.updates", *updates, *step);
   LossScaler::State ls = scaler_.state();
-  if (auto v = g.get_float("qilin.ft.loss_scale")) ls.scale = static_cast<float>(*v);
-  if (auto v = g.get_uint("qilin.ft.loss_scale_clean")) ls.clean = static_cast<int>(*v);
-  if (auto v = g.get_uint("qilin.ft.loss_scale_overflows_left")) ls.overflows_left = static_cast<int>(*v);
-  if (auto v = g.get_uint("qilin.ft.skipped")) ls.skipped = static_cast<int64_t>(*v);
+  if (auto v = g.get_float("qilin.ft.loss_scale")) {
+    if (!(*v > 0 && *v <= std::numeric_limits<float>::max())) {
+      return errorf("finetune: %s: key 'qilin.ft.loss_scale' is %g, expected a positive finite scale",
+                    path.c_str(), *v);
+    }
+    ls.scale = static_cast<float>(*v);
+  }
+  constexpr uint64_t kMaxInt = static_cast<uint64_t>(std::numeric_limits<int>::max());
+  if (auto v = g.get_uint("qilin.ft.loss_scale_clean")) {
+    if (*v > kMaxInt) return out_of_range("qilin.ft.loss_scale_clean", *v, kMaxInt);
+    ls.clean = static_cast<int>(*v);
+  }
+  if (auto v = g.get_uint("qilin.ft.loss_scale_overflows_left")) {
+    if (*v > kMaxInt) return out_of_range("qilin.ft.loss_scale_overflows_left", *v, kMaxInt);
+    ls.overflows_left = static_cast<int>(*v);
+  }
+  if (auto v = g.get_uint("qilin.ft.skipped")) {
+    if (*v > *step) return out_of_range("qilin.ft.skipped", *v, *step);
+    ls.skipped = static_cast<int64_t>(*v);
+  }
   const int32_t n_layer = model_->shape().n_layer;
   size_t k = 0;
   for (int32_t l = 0; l < n_layer; ++l) {
@@ -454,10 +481,13 @@ Status Finetuner::load_checkpoint(const std::string& path) {
           }
           return errorf("finetune: %s lacks tensor %s%s", path.c_str(), base.c_str(), suffix.c_str());
         }
-        if (t->type != DType::F32 || static_cast<size_t>(t->n_elements()) != want) {
-          return errorf("finetune: %s: tensor %s%s has the wrong shape", path.c_str(), base.c_str(), suffix.c_str());
+        if (static_cast<size_t>(t->n_elements()) != want) {
+          return errorf("finetune: %s: tensor %s%s has %lld elements, expected %zu", path.c_str(),
+                        base.c_str(), suffix.c_str(), static_cast<long long>(t->n_elements()), want);
         }
-        out->assign(reinterpret_cast<const float*>(t->data), reinterpret_cast<const float*>(t->data) + want);
+        auto values = g.read_f32(*t, "a fine-tuning checkpoint");
+        QILIN_TRY(values);
+        *out = std::move(*values);
         return Status::ok();
       };
       QILIN_TRY(read(".a", A.size(), &A));

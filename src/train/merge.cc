@@ -29,7 +29,7 @@ Result<MergeReport> merge_lora(const LlamaModel& base, const LoraAdapter& adapte
       const std::string name = "blk." + std::to_string(l) + "." + lora_proj_gguf_name(p) + ".weight";
       const GgufTensorInfo* t = in.find_tensor(name);
       if (!t) return errorf("merge: %s has no tensor %s that the adapter adapts", in.path().c_str(), name.c_str());
-      auto w = read_tensor_f32(in, *t);
+      auto w = in.read_f32(*t, "qilin merge");
       QILIN_TRY(w);
       const int64_t n_in = t->ne[0], n_out = t->n_elements() / n_in;
       if (static_cast<int64_t>(A.size()) != r * n_in || static_cast<int64_t>(B.size()) != n_out * r) {

@@ -182,7 +182,7 @@ TEST(QuantAwq, AttentionMatchesTheModel) {
     }
     const GgufFile& f = (*model)->gguf();
     auto w = [&](const char* nm) {
-      auto v = read_tensor_f32(f, *f.find_tensor("blk." + std::to_string(il) + "." + nm));
+      auto v = f.read_f32(*f.find_tensor("blk." + std::to_string(il) + "." + nm));
       EXPECT_TRUE(v.is_ok());
       return *v;
     };

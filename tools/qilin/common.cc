@@ -8,6 +8,7 @@
 
 #include <unistd.h>
 
+#include "core/printable.h"
 #include "core/thread_pool.h"
 #include "model/lora_adapter.h"
 
@@ -31,7 +32,8 @@ std::string default_model_path() {
 }
 
 int fail(const std::string& msg) {
-  std::fprintf(stderr, "qilin: error: %s\n", msg.c_str());
+  // Messages quote file and request strings: escape what a terminal would act on.
+  std::fprintf(stderr, "qilin: error: %s\n", printable(msg, 0, /*keep_newlines=*/true).c_str());
   return 1;
 }
 

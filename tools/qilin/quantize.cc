@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common.h"
+#include "core/printable.h"
 #include "core/thread_pool.h"
 #include "formats/gguf.h"
 #include "model/llama.h"
@@ -48,7 +49,7 @@ class ProgressBar {
     std::string bar(fill, '=');
     bar.resize(kWidth, ' ');
     std::fprintf(stderr, "%s[%s] %3d%% %zu/%zu %-40.40s%s", tty_ ? "\r" : "", bar.c_str(), pct,
-                 p.tensor, p.n_tensors, p.name, tty_ ? "" : "\n");
+                 p.tensor, p.n_tensors, printable(p.name, 40).c_str(), tty_ ? "" : "\n");
     if (tty_ && p.tensor == p.n_tensors) std::fprintf(stderr, "\n");
     std::fflush(stderr);
   }
