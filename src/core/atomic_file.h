@@ -2,8 +2,11 @@
 // NOTE: on Linux the data goes to an unnamed O_TMPFILE file in the target's directory, so a kill
 // at any point before commit() leaves no trace; commit() links it in (directly when the target
 // does not exist, else under a unique temp name renamed over it: a window of two system calls).
-// Where the file system lacks O_TMPFILE, a named temp file `path.tmp.XXXXXX` beside the target
-// is used instead (a kill then leaves it behind).
+// Where the file system lacks O_TMPFILE, a named temp file `path.tmp.XXXXXXXX` beside the
+// target is used instead. Every named temp file (the fallback's, and the replace window's) is
+// registered beforehand with a reaper process (one per writing process, started on first need)
+// that unlinks it if the writer dies before the rename, SIGKILL included. commit() syncs the
+// file, then the directory after the name appears, so a power loss keeps old or new whole.
 #pragma once
 
 #include <cstdio>

@@ -9,12 +9,15 @@
 #include <cstring>
 #include <fstream>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <map>
+#include <random>
 #include <sstream>
 
 #include "engine/generator.h"
@@ -226,6 +229,16 @@ int run_finetune_cli(const std::vector<std::string>& args, const std::string& lo
   return status;
 }
 
+std::vector<std::string> list_dir(const std::string& dir) {
+  std::vector<std::string> v;
+  DIR* d = opendir(dir.c_str());
+  while (const dirent* e = d ? readdir(d) : nullptr) {
+    if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") v.push_back(e->d_name);
+  }
+  if (d) closedir(d);
+  return v;
+}
+
 // "step K/N  loss X" lines of a log: K -> the line's loss text.
 std::map<int, std::string> step_losses(const std::string& log) {
   std::ifstream in(log);
@@ -239,9 +252,10 @@ std::map<int, std::string> step_losses(const std::string& log) {
   return out;
 }
 
-// SIGKILL at moments spread over a run that checkpoints every step: the checkpoint is always
-// a whole, loadable file, --resume goes on from it, and the steps after each resume print the
-// uninterrupted run's losses.
+// SIGKILL at random moments of a run that checkpoints every step: the checkpoint is always
+// a whole, loadable file holding at least the last step the run reported (a kill loses at most
+// the step in progress, one checkpoint interval), --resume goes on from it, and the steps after
+// each resume print the uninterrupted run's losses.
 TEST_F(Finetune, KillNineNeverCorruptsTheCheckpointAndResumeContinues) {
   const std::string dir = temp_dir();
   auto args = [&](const std::string& out, bool resume) {
@@ -257,21 +271,35 @@ TEST_F(Finetune, KillNineNeverCorruptsTheCheckpointAndResumeContinues) {
   const std::string out = dir + "/killed", ck = out + "/checkpoint.gguf";
   int kills = 0, resumed_runs = 0;
   // Start-up takes ~0.6 s and a step ~0.4 s here: kills land in the first steps of each run.
-  for (int delay_ms : {1300, 1500, 1700}) {
+  std::random_device rd;
+  std::uniform_int_distribution<int> pick(900, 2000);
+  std::vector<int> delays;
+  for (int i = 0; i < 4; ++i) delays.push_back(pick(rd));
+  for (int delay_ms : delays) {
+    SCOPED_TRACE("kill at " + std::to_string(delay_ms) + " ms");
     const bool resume = access(ck.c_str(), R_OK) == 0;
     const std::string log = dir + "/run" + std::to_string(delay_ms) + ".log";
     const int status = run_finetune_cli(args(out, resume), log, delay_ms);
     kills += WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+    int last_reported = 0;  // a step's line is printed after its checkpoint is written
     for (const auto& [k, loss] : step_losses(log)) {
       EXPECT_EQ(loss, want.at(k)) << "step " << k << " after a resume";
       resumed_runs += resume;
+      last_reported = std::max(last_reported, k);
     }
-    if (access(ck.c_str(), R_OK) != 0) continue;  // killed before the first checkpoint
+    if (access(ck.c_str(), R_OK) != 0) {  // killed before the first checkpoint
+      EXPECT_EQ(last_reported, 0);
+      continue;
+    }
     auto f = GgufFile::open(ck);
     ASSERT_TRUE(f.is_ok()) << "after a kill at " << delay_ms << " ms: " << f.status().message();
     auto step = (*f)->get_uint("qilin.ft.step");
     ASSERT_TRUE(step.is_ok());
     EXPECT_LE(*step, 8u);
+    EXPECT_GE(*step, static_cast<uint64_t>(last_reported)) << "the kill lost a reported step";
+    for (const std::string& name : list_dir(out)) {
+      EXPECT_EQ(name.find(".tmp."), std::string::npos) << "temp file left: " << name;
+    }
   }
   EXPECT_GT(kills, 0) << "every run finished before its kill";
   // The last resume runs to the end.

@@ -195,19 +195,36 @@ TEST_F(QuantTool, BadInputNamesFileTensorAndTypeAndWritesNothing) {
   EXPECT_FALSE(exists(out));
 }
 
+// The directory's names once a killed writer's temp files are gone: the named fallback's are
+// removed by the reaper process (core/atomic_file.h) just after the kill, so wait up to ~5 s.
+std::vector<std::string> settled_list(const std::string& dir, const std::string& keep) {
+  std::vector<std::string> names = list_dir(dir);
+  for (int i = 0; i < 500; ++i) {
+    bool only_keep = true;
+    for (const std::string& n : names) only_keep = only_keep && n == keep;
+    if (only_keep) break;
+    usleep(10000);
+    names = list_dir(dir);
+  }
+  return names;
+}
+
 // SIGKILL at moments spread over the run: the output path either does not exist or holds the
-// complete file, and nothing else is left in the directory (core/atomic_file.h).
+// complete file, and nothing else is left in the directory (core/atomic_file.h), with the
+// unnamed O_TMPFILE file and with the named-temp-file fallback.
 TEST_F(QuantTool, KillLeavesNoPartialOutput) {
   const std::string f32 = test::f32_model_path();
   ASSERT_FALSE(f32.empty());
   auto in = GgufFile::open(f32);
   ASSERT_TRUE(in.is_ok());
   const std::string out = dir_ + "/killed.gguf";
+  for (const char* named : {"0", "1"}) {
   int killed_mid_run = 0;
   for (int delay_ms : {10, 40, 80, 150, 250, 400, 600, 900}) {
     const pid_t pid = fork();
     ASSERT_GE(pid, 0);
     if (pid == 0) {
+      setenv("QILIN_ATOMIC_NAMED_TEMP", named, 1);
       execl(QILIN_CLI_PATH, QILIN_CLI_PATH, "quantize", f32.c_str(), out.c_str(), "--type",
             "nf4-dq", "-q", "-t", "1", static_cast<char*>(nullptr));
       _exit(127);
@@ -216,8 +233,9 @@ TEST_F(QuantTool, KillLeavesNoPartialOutput) {
     kill(pid, SIGKILL);
     int status = 0;
     waitpid(pid, &status, 0);
-    for (const std::string& name : list_dir(dir_)) {
-      EXPECT_EQ(name, "killed.gguf") << "left after a kill at " << delay_ms << " ms";
+    for (const std::string& name : settled_list(dir_, "killed.gguf")) {
+      EXPECT_EQ(name, "killed.gguf") << "left after a kill at " << delay_ms << " ms, named temp "
+                                     << named;
     }
     if (!exists(out)) {
       killed_mid_run += WIFSIGNALED(status);
@@ -228,7 +246,8 @@ TEST_F(QuantTool, KillLeavesNoPartialOutput) {
     EXPECT_EQ((*q)->tensors().size(), (*in)->tensors().size());
     ASSERT_EQ(unlink(out.c_str()), 0);
   }
-  EXPECT_GT(killed_mid_run, 0) << "every run finished before its kill";
+  EXPECT_GT(killed_mid_run, 0) << "every run finished before its kill (named temp " << named << ")";
+  }
 }
 
 // SIGKILL while the output is being written (the moment the process holds a file in the
@@ -238,6 +257,8 @@ TEST_F(QuantTool, KillDuringTheWriteLeavesNothingBehind) {
   const std::string f32 = test::f32_model_path();
   ASSERT_FALSE(f32.empty());
   const std::string out = dir_ + "/out.gguf";
+  for (const char* named : {"0", "1"}) {
+  SCOPED_TRACE(std::string("named temp ") + named);
   {
     std::ofstream old(out);
     old << "the previous output";
@@ -245,6 +266,7 @@ TEST_F(QuantTool, KillDuringTheWriteLeavesNothingBehind) {
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
+    setenv("QILIN_ATOMIC_NAMED_TEMP", named, 1);
     execl(QILIN_CLI_PATH, QILIN_CLI_PATH, "quantize", f32.c_str(), out.c_str(), "--type", "f32",
           "-q", "-t", "1", static_cast<char*>(nullptr));
     _exit(127);
@@ -270,10 +292,11 @@ TEST_F(QuantTool, KillDuringTheWriteLeavesNothingBehind) {
   }
   ASSERT_TRUE(seen) << "never saw the output being written";
   ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "finished before the kill";
-  EXPECT_EQ(list_dir(dir_), std::vector<std::string>{"out.gguf"});
+  EXPECT_EQ(settled_list(dir_, "out.gguf"), std::vector<std::string>{"out.gguf"});
   std::ifstream in(out);
   const std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_EQ(content, "the previous output");
+  }
 }
 
 }  // namespace
