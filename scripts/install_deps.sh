@@ -6,7 +6,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 pkgs=(build-essential cmake ninja-build pkg-config git unzip
       libcli11-dev nlohmann-json3-dev libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev
       libcpp-httplib-dev python3-venv libopenmpi-dev openmpi-bin
-      python3.11-doc)  # python3.11-doc: English text for perplexity (tests/golden/model/perplexity.json)
+      python3.11-doc  # English text for perplexity (tests/golden/model/perplexity.json)
+      clang libclang-rt-14-dev)  # libFuzzer and the sanitizer runtimes for fuzz/ (scripts/fuzz.sh)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
