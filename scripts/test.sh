@@ -22,9 +22,10 @@ for isa in avx2 scalar; do
   QILIN_ISA=$isa build/tests/qilin_tests \
     --gtest_filter='ModelGolden.LastPositionLogitsMatchLlamaCpp:ModelGolden.GreedyDecisionsMatchLlamaCppTeacherForced:LlamaBatch*'
 done
-# Sanitizer pass over everything that parses untrusted input (GGUF, tokenizer, templates)
+# Sanitizer pass over everything that parses untrusted input (GGUF, tokenizer, templates,
+# hostile model/adapter/checkpoint files, atomic writes)
 # and over the SIMD kernels, whose packing and tails are where out-of-bounds reads hide.
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQILIN_SANITIZE=ON \
   -DQILIN_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j "$jobs" --target qilin_tests qilin_cli  # QuantTool runs the CLI
-ASAN_OPTIONS=detect_leaks=1 build-asan/tests/qilin_tests --gtest_filter='Gguf*:Tokenizer*:ChatTemplate*:Quant*:Gemm*:Gemv*:AttentionKernels*:AttentionFlash*:KvTypes*:ActivationKernels*:DotMixed*:ServerHttp*'
+ASAN_OPTIONS=detect_leaks=1 build-asan/tests/qilin_tests --gtest_filter='Gguf*:Tokenizer*:ChatTemplate*:Quant*:Gemm*:Gemv*:AttentionKernels*:AttentionFlash*:KvTypes*:ActivationKernels*:DotMixed*:ServerHttp*:Hostile*:Printable*:AtomicFile*'
