@@ -89,7 +89,10 @@ int quantize_block_q8(const float* x, int8_t* qs, uint16_t* d_out, float* d_f32)
   *d_f32 = d;
   int sum = 0;
   for (int j = 0; j < kQK; ++j) {
-    qs[j] = static_cast<int8_t>(std::roundf(x[j] * id));
+    // NOTE: a non-finite input (a hostile or broken model's activations) makes NaN here, and
+    // converting NaN to an integer is undefined behaviour: it becomes code 0.
+    const float q = std::roundf(x[j] * id);
+    qs[j] = q == q ? static_cast<int8_t>(q) : 0;
     sum += qs[j];
   }
   return sum;

@@ -289,6 +289,30 @@ TEST(QuantKernels, ActivationQuantizersMatchGolden) {
   }
 }
 
+// A model with NaN or infinite weights makes non-finite activations, which the forward pass
+// quantizes to Q8_0/Q8_1: the reference must not convert NaN to int8 (undefined behaviour, found
+// by fuzz/gguf_model; fails under the sanitizer build of scripts/test.sh before the fix). Finite
+// blocks are unaffected; a block holding NaN or Inf gets code 0 where the product is NaN.
+TEST(QuantRef, Q8NonFiniteInputIsDefined) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> x(64);
+  for (int i = 0; i < 64; ++i) x[i] = 0.25f * (i - 32);
+  x[3] = nan;     // first block: NaN among finite values
+  x[40] = inf;    // second block: Inf (scale Inf, inverse 0, Inf * 0 = NaN)
+  x[41] = -inf;
+  BlockQ8_0 q0[2];
+  quantize_row_ref(DType::Q8_0, x.data(), q0, 64);
+  EXPECT_EQ(q0[0].qs[3], 0);
+  EXPECT_EQ(q0[1].qs[40 - 32], 0);
+  EXPECT_EQ(q0[1].qs[41 - 32], 0);
+  EXPECT_EQ(q0[0].qs[0], -127);  // the block's largest finite magnitude keeps its code
+  BlockQ8_1 q1[2];
+  quantize_row_ref(DType::Q8_1, x.data(), q1, 64);
+  EXPECT_EQ(q1[0].qs[3], 0);
+  EXPECT_EQ(q1[1].qs[40 - 32], 0);
+}
+
 // Round trip: Q8 is within half a step, Q4_0 within half a step except the clamped top code.
 TEST(QuantRef, RoundTripError) {
   std::mt19937 rng(3);
