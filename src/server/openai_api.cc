@@ -1,6 +1,7 @@
 // OpenAI request parsing and response JSON: see openai_api.h.
 #include "server/openai_api.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -35,11 +36,41 @@ const char* type_name(const json& v) {
   }
 }
 
-// The value as the client wrote it, cut short: messages quote it, and it may be huge.
+// The value for an error message, short whatever the client sent. Arrays and objects are
+// described, never dumped: nlohmann's dump recurses once per level of nesting, and a client's
+// value must not decide how deep this thread's stack goes. A string is cut before it is quoted.
 std::string shown(const json& v) {
-  std::string s = dump_json(v);
-  if (s.size() > 64) s = s.substr(0, 61) + "...";
-  return s;
+  if (v.is_array()) return "(an array of " + std::to_string(v.size()) + " elements)";
+  if (v.is_object()) return "(an object with " + std::to_string(v.size()) + " members)";
+  if (v.is_string() && v.get_ref<const std::string&>().size() > 60) {
+    return dump_json(v.get_ref<const std::string&>().substr(0, 60)) + "...";
+  }
+  return dump_json(v);  // a scalar: short
+}
+
+// The deepest nesting of arrays and objects in a JSON text (a scan that skips strings; the
+// text need not be valid), stopping once it passes limit.
+int json_depth(const std::string& text, int limit) {
+  int depth = 0, deepest = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+      if (deepest > limit) break;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
 }
 
 ApiError wrong_type(const std::string& param, const char* want, const json& v) {
@@ -344,6 +375,14 @@ std::string error_body(const ApiError& e) {
 
 std::optional<ApiError> parse_request(Endpoint endpoint, const std::string& text,
                                       const ApiLimits& lim, GenerationRequest* r) {
+  // Before parsing: every later step (checks, messages, destruction) may walk the value
+  // recursively, so its depth must be bounded before it exists.
+  if (json_depth(text, lim.max_json_depth) > lim.max_json_depth) {
+    ApiError err;
+    err.message = "the request body nests arrays and objects more than " +
+                  std::to_string(lim.max_json_depth) + " levels deep";
+    return err;
+  }
   json body;
   try {
     body = json::parse(text);

@@ -41,6 +41,7 @@ struct ApiLimits {
   int32_t max_stop_bytes = 256;
   int32_t max_logprobs = 20;  // completions `logprobs` and chat `top_logprobs`
   int32_t max_messages = 4096;
+  int32_t max_json_depth = 64;  // arrays and objects, the body's own object included
 };
 
 // One /v1/completions or /v1/chat/completions request, checked but not yet tokenized.
