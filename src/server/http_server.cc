@@ -1,6 +1,7 @@
 // HTTP routes and streaming over cpp-httplib: see http_server.h.
 #include "server/http_server.h"
 
+#include <arpa/inet.h>
 #include <httplib.h>
 #include <netinet/in.h>
 #include <strings.h>
@@ -8,13 +9,18 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <ctime>
 #include <deque>
+#include <limits>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <vector>
+
+#include "server/listener.h"
 
 namespace qilin::server {
 
@@ -25,8 +31,10 @@ constexpr auto kPollInterval = std::chrono::milliseconds(250);
 // A stream silent this long (queued, or a long prefill) gets an SSE comment: it keeps proxies
 // from timing out and finds clients that went away.
 constexpr auto kKeepAliveInterval = std::chrono::seconds(5);
-// After stop(), how long a request waits for the Engine to confirm its cancellation.
+// After a stop's cancellation, how long a request waits for the Engine to confirm it.
 constexpr auto kStopGrace = std::chrono::seconds(10);
+// Max-Age of a preflight answer: how long a browser may cache it.
+constexpr const char* kPreflightMaxAge = "600";
 
 // One request's events, from the Engine thread (push) to its HTTP worker (pop_all).
 class EventQueue {
@@ -83,6 +91,53 @@ ApiError too_large_error(size_t limit) {
       "invalid_request_error", "request_too_large");
 }
 
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// An untrusted header value for an error message: clipped (the JSON dump escapes it).
+std::string clipped(const std::string& s) {
+  return "'" + (s.size() > 100 ? s.substr(0, 97) + "..." : s) + "'";
+}
+
+// localhost, 127.0.0.0/8, ::1 and ::ffff:127.x.y.z: only this machine can connect.
+bool is_loopback_host(const std::string& host) {
+  const std::string h = lower(host);
+  if (h == "localhost" || h == "localhost.") return true;
+  in_addr a4{};
+  if (inet_pton(AF_INET, h.c_str(), &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
+  in6_addr a6{};
+  if (inet_pton(AF_INET6, h.c_str(), &a6) == 1) {
+    if (IN6_IS_ADDR_LOOPBACK(&a6)) return true;
+    return IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127;
+  }
+  return false;
+}
+
+// The media type before any parameters ("application/json; charset=utf-8" is JSON).
+bool is_json_content_type(const std::string& value) {
+  std::string t = value.substr(0, value.find(';'));
+  const size_t b = t.find_first_not_of(" \t");
+  const size_t e = t.find_last_not_of(" \t");
+  t = b == std::string::npos ? "" : t.substr(b, e - b + 1);
+  return lower(t) == "application/json";
+}
+
+// Access-Control-Allow-Headers for a listed origin: ours, plus what the preflight asks for when
+// it is a plain list of header names (the official JavaScript client sends X-Stainless-*).
+std::string allowed_headers(const std::string& requested) {
+  std::string out = "Authorization, Content-Type";
+  if (requested.empty() || requested.size() > 1024) return out;
+  for (char c : requested) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != ',' &&
+        c != ' ') {
+      return out;
+    }
+  }
+  return out + ", " + requested;
+}
+
 ApiError shutting_down_error() {
   return error_of(503, "the server is shutting down", "server_error", "shutting_down");
 }
@@ -125,27 +180,49 @@ struct StreamState {
 
 }  // namespace
 
+ListenerOptions listener_options(const ServerOptions& o) {
+  ListenerOptions l;
+  l.threads = std::max(4, o.http_threads);
+  l.max_connections = o.max_connections;
+  l.read_timeout_s = o.read_timeout_s;
+  l.idle_timeout_s = o.idle_timeout_s;
+  return l;
+}
+
 struct HttpServer::Impl {
   ServerOptions opts;
   Backend& backend;
   const Tokenizer& tok;
   const ChatTemplate* tmpl;
-  httplib::Server svr;
+  Listener svr;
   std::atomic<bool> stopping{false};
-  std::atomic<int> listen_fd{-1};
+  // After stop(): when running requests are cancelled (steady clock, ns).
+  std::atomic<int64_t> cancel_at_ns{std::numeric_limits<int64_t>::max()};
+  bool check_host = false;         // bound to a loopback address
+  std::vector<std::string> hosts;  // Host values accepted then (lower case, without port)
+  std::atomic<int> port{0};
 
   mutable std::mutex mu;  // counters
   HttpCounters counters;
 
   Impl(const ServerOptions& o, Backend& b, const Tokenizer& t, const ChatTemplate* c)
-      : opts(o), backend(b), tok(t), tmpl(c) {}
+      : opts(o), backend(b), tok(t), tmpl(c), svr(listener_options(o)) {}
 
   void setup();
   bool authorized(const httplib::Request& req) const;
+  bool host_allowed(const std::string& host) const;
+  bool origin_allowed(const std::string& origin) const;
+  std::optional<ApiError> refused_by_policy(const httplib::Request& req) const;
+  bool guard(const httplib::Request& req, httplib::Response& res) const;
+  bool past_cancel_time() const {
+    return stopping && Clock::now().time_since_epoch().count() >= cancel_at_ns.load();
+  }
   void send_error(httplib::Response& res, const ApiError& e) const;
   void send_json(httplib::Response& res, const json& j) const;
   bool read_body(const httplib::ContentReader& reader, httplib::Response& res,
                  std::string* body) const;
+  bool discard_body(const httplib::Request& req, const httplib::ContentReader& reader,
+                    httplib::Response& res) const;
   void generate(Endpoint endpoint, const httplib::Request& req, httplib::Response& res,
                 const httplib::ContentReader& reader);
   void respond_whole(const std::shared_ptr<EventQueue>& q, RequestId id, ResponseMeta meta,
@@ -164,6 +241,55 @@ bool HttpServer::Impl::authorized(const httplib::Request& req) const {
   std::string given;
   if (h.size() > 7 && strncasecmp(h.c_str(), "Bearer ", 7) == 0) given = h.substr(7);
   return constant_time_equal(given, opts.api_key);
+}
+
+// Host must name this server when it listens on loopback: a page on another site whose name a
+// DNS-rebinding attacker pointed at 127.0.0.1 sends its own name, and is refused.
+bool HttpServer::Impl::host_allowed(const std::string& value) const {
+  if (!check_host) return true;
+  std::string h = lower(value);
+  const std::string suffix = ":" + std::to_string(port.load());
+  if (h.size() > suffix.size() && h.compare(h.size() - suffix.size(), suffix.size(), suffix) == 0) {
+    h.resize(h.size() - suffix.size());
+  }
+  return !h.empty() && std::find(hosts.begin(), hosts.end(), h) != hosts.end();
+}
+
+bool HttpServer::Impl::origin_allowed(const std::string& origin) const {
+  const std::string o = lower(origin);
+  for (const std::string& allowed : opts.cors_origins) {
+    if (allowed == "*" || lower(allowed) == o) return true;
+  }
+  return false;
+}
+
+std::optional<ApiError> HttpServer::Impl::refused_by_policy(const httplib::Request& req) const {
+  if (!host_allowed(req.get_header_value("Host"))) {
+    return error_of(403,
+                    "the Host header " + clipped(req.get_header_value("Host")) +
+                        " does not name this server: on a loopback address it answers to "
+                        "localhost, 127.0.0.1, [::1] and its --host-alias names only",
+                    "invalid_request_error", "host_not_allowed");
+  }
+  if (req.has_header("Origin") && !origin_allowed(req.get_header_value("Origin"))) {
+    return error_of(403,
+                    "requests from the web origin " + clipped(req.get_header_value("Origin")) +
+                        " are not allowed (the server allows the origins given with "
+                        "--cors-origin)",
+                    "invalid_request_error", "origin_not_allowed");
+  }
+  return std::nullopt;
+}
+
+// Every handler's first step (after reading the body): the request is in, so its read deadline
+// ends; then the Host and Origin policy. True when the request was refused.
+bool HttpServer::Impl::guard(const httplib::Request& req, httplib::Response& res) const {
+  Listener::request_read();
+  if (auto e = refused_by_policy(req)) {
+    send_error(res, *e);
+    return true;
+  }
+  return false;
 }
 
 void HttpServer::Impl::send_json(httplib::Response& res, const json& j) const {
@@ -200,30 +326,72 @@ bool HttpServer::Impl::read_body(const httplib::ContentReader& reader, httplib::
   return false;
 }
 
+// A body that is refused whatever it holds (not JSON) is still read, under the limit, so that
+// the answer reaches the client rather than a reset; multipart goes through httplib's parser,
+// which the plain reader refuses. False when it answered (too large).
+bool HttpServer::Impl::discard_body(const httplib::Request& req,
+                                    const httplib::ContentReader& reader,
+                                    httplib::Response& res) const {
+  size_t total = 0;
+  bool too_big = false;
+  auto count = [&](const char*, size_t len) {
+    total += len;
+    too_big = total > opts.max_body_bytes;
+    return !too_big;
+  };
+  const bool ok = req.is_multipart_form_data()
+                      ? reader([](const httplib::MultipartFormData&) { return true; }, count)
+                      : reader(count);
+  if (ok) return true;
+  res.set_header("Connection", "close");  // where the body ends is unknown
+  if (too_big || res.status == 413) {
+    send_error(res, too_large_error(opts.max_body_bytes));
+    return false;
+  }
+  return true;
+}
+
 void HttpServer::Impl::setup() {
   // Only SO_REUSEADDR (httplib's default adds SO_REUSEPORT, which would let another process
-  // share the port). The descriptor is kept to widen httplib's listen backlog of 5.
-  svr.set_socket_options([this](int sock) {
+  // share the port).
+  svr.set_socket_options([](int sock) {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-    listen_fd = sock;
   });
-  const int threads = std::max(4, opts.http_threads);
-  svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   svr.set_tcp_nodelay(true);  // SSE events are small writes: no Nagle delay
   svr.set_payload_max_length(opts.max_body_bytes);
-  svr.set_keep_alive_timeout(5);
   svr.set_keep_alive_max_count(100);
+  // The Host check applies to a loopback-bound server only: bound to a public or wildcard
+  // address, the server is reached under names it cannot know (its IP, a proxy's, DNS names),
+  // and DNS rebinding gains an attacker nothing the network did not already give them.
+  check_host = is_loopback_host(opts.host);
+  hosts = {"localhost", "127.0.0.1", "[::1]"};
+  const std::string bound = lower(opts.host);
+  hosts.push_back(bound.find(':') != std::string::npos && bound.front() != '[' ? "[" + bound + "]"
+                                                                               : bound);
+  for (const std::string& a : opts.host_aliases) hosts.push_back(lower(a));
 
   svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    Listener::response_sent();
     std::lock_guard<std::mutex> lock(mu);
     ++counters.responses[{endpoint_label(req.path), res.status}];
+  });
+  // CORS headers on every answer to a listed origin (errors included, so that the page can
+  // read them); browsers get nothing that grants another origin access.
+  svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    res.set_header("Vary", "Origin");
+    if (req.has_header("Origin") && origin_allowed(req.get_header_value("Origin")) &&
+        host_allowed(req.get_header_value("Host"))) {
+      res.set_header("Access-Control-Allow-Origin", req.get_header_value("Origin"));
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
   });
   // Statuses that no handler produced (404, 400 from a malformed request line, ...) get an
   // OpenAI-shaped body; without a valid key the answer is 401 whatever the path.
   svr.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req,
                                                                     httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    if (res.status == 404 && guard(req, res)) return httplib::Server::HandlerResponse::Handled;
     if (res.status == 404 && req.path != "/health" && !authorized(req)) {
       send_error(res, unauthorized_error());
     } else if (res.status == 404) {
@@ -253,7 +421,8 @@ void HttpServer::Impl::setup() {
 
   auto unauthorized = [this](httplib::Response& res) { send_error(res, unauthorized_error()); };
 
-  svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+  svr.Get("/health", [this](const httplib::Request& req, httplib::Response& res) {
+    if (guard(req, res)) return;
     if (stopping) {
       send_error(res, shutting_down_error());
       return;
@@ -261,6 +430,7 @@ void HttpServer::Impl::setup() {
     send_json(res, {{"status", "ok"}});
   });
   svr.Get("/v1/models", [this, unauthorized](const httplib::Request& req, httplib::Response& res) {
+    if (guard(req, res)) return;
     if (!authorized(req)) return unauthorized(res);
     json model = {
         {"id", opts.model_id}, {"object", "model"}, {"created", 0}, {"owned_by", "qilin"}};
@@ -268,6 +438,7 @@ void HttpServer::Impl::setup() {
   });
   svr.Get(R"(/v1/models/(.+))", [this, unauthorized](const httplib::Request& req,
                                                      httplib::Response& res) {
+    if (guard(req, res)) return;
     if (!authorized(req)) return unauthorized(res);
     if (req.matches.size() < 2 || req.matches[1].str() != opts.model_id) {
       ApiError e = error_of(404, "no model named " + req.path.substr(11, 200),
@@ -279,6 +450,7 @@ void HttpServer::Impl::setup() {
               {{"id", opts.model_id}, {"object", "model"}, {"created", 0}, {"owned_by", "qilin"}});
   });
   svr.Get("/metrics", [this, unauthorized](const httplib::Request& req, httplib::Response& res) {
+    if (guard(req, res)) return;
     if (!authorized(req)) return unauthorized(res);
     const EngineMetrics m = backend.metrics();
     HttpCounters c;
@@ -303,6 +475,7 @@ void HttpServer::Impl::setup() {
                                     const httplib::ContentReader& reader) {
     std::string body;
     if (!read_body(reader, res, &body)) return;
+    if (guard(req, res)) return;
     if (req.path != "/health" && !authorized(req)) return unauthorized(res);
     const bool known = endpoint_label(req.path) != "other";
     if (known) {
@@ -321,6 +494,7 @@ void HttpServer::Impl::setup() {
   svr.Patch(".*", other);
   svr.Delete(".*", other);
   auto get_on_post = [this, unauthorized](const httplib::Request& req, httplib::Response& res) {
+    if (guard(req, res)) return;
     if (!authorized(req)) return unauthorized(res);
     res.set_header("Allow", "POST");
     send_error(res, error_of(405, "use POST for " + req.path, "invalid_request_error",
@@ -328,13 +502,40 @@ void HttpServer::Impl::setup() {
   };
   svr.Get("/v1/completions", get_on_post);
   svr.Get("/v1/chat/completions", get_on_post);
+  // CORS preflight (no key: browsers never send one on a preflight). A listed origin gets the
+  // methods and headers it may use; any other origin a 403 without CORS headers, which the
+  // browser reports as a failed preflight. Without Origin it is a plain OPTIONS.
+  svr.Options(".*", [this](const httplib::Request& req, httplib::Response& res) {
+    if (guard(req, res)) return;
+    res.status = 204;
+    if (!req.has_header("Origin")) {
+      res.set_header("Allow", "GET, POST, OPTIONS");
+      return;
+    }
+    res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+    res.set_header("Access-Control-Allow-Headers",
+                   allowed_headers(req.get_header_value("Access-Control-Request-Headers")));
+    res.set_header("Access-Control-Max-Age", kPreflightMaxAge);
+  });
 }
 
 void HttpServer::Impl::generate(Endpoint endpoint, const httplib::Request& req,
                                 httplib::Response& res, const httplib::ContentReader& reader) {
   std::string body;
-  if (!read_body(reader, res, &body)) return;
+  // JSON only: a browser sends text/plain, form and multipart bodies cross-origin without a
+  // preflight, so accepting them would let any web page make this server generate.
+  const bool is_json = is_json_content_type(req.get_header_value("Content-Type"));
+  if (is_json ? !read_body(reader, res, &body) : !discard_body(req, reader, res)) return;
+  if (guard(req, res)) return;
   if (!authorized(req)) return send_error(res, unauthorized_error());
+  if (!is_json) {
+    return send_error(res, error_of(415,
+                                    "'Content-Type' must be application/json, got " +
+                                        (req.has_header("Content-Type")
+                                             ? clipped(req.get_header_value("Content-Type"))
+                                             : std::string("none")),
+                                    "invalid_request_error", "unsupported_media_type"));
+  }
   if (stopping) return send_error(res, shutting_down_error());
   GenerationRequest gr;
   if (auto e = parse_request(endpoint, body, opts.limits, &gr)) return send_error(res, *e);
@@ -419,7 +620,7 @@ void HttpServer::Impl::respond_whole(const std::shared_ptr<EventQueue>& q, Reque
   Clock::time_point stop_seen{};
   bool timed_out = false;
   while (finished < n) {
-    if (stopping) {
+    if (past_cancel_time()) {
       if (stop_seen == Clock::time_point{}) {
         stop_seen = Clock::now();
         backend.cancel(id);
@@ -463,9 +664,10 @@ bool HttpServer::Impl::pump_stream(StreamState& s, httplib::DataSink& sink) {
     const std::string line = "data: " + dump_json(j) + "\n\n";
     return sink.write(line.data(), line.size());
   };
-  // An error inside a stream: the status line is long gone, so it travels as an event.
+  // An error inside a stream: the status line is long gone, so it travels as an event, and
+  // [DONE] ends the stream as usual.
   auto send_error_event = [&](const ApiError& e) {
-    const std::string line = "data: " + error_body(e) + "\n\n";
+    const std::string line = "data: " + error_body(e) + "\n\ndata: [DONE]\n\n";
     sink.write(line.data(), line.size());
     backend.cancel(s.id);  // the other choices, if any
     s.finished = true;
@@ -486,7 +688,7 @@ bool HttpServer::Impl::pump_stream(StreamState& s, httplib::DataSink& sink) {
   Clock::time_point stop_seen{};
   std::vector<ChoiceEvent> evs;
   while (n_done < s.n) {
-    if (stopping) {
+    if (past_cancel_time()) {
       if (stop_seen == Clock::time_point{}) {
         stop_seen = Clock::now();
         backend.cancel(s.id);
@@ -566,28 +768,26 @@ HttpServer::HttpServer(const ServerOptions& opts, Backend& backend, const Tokeni
 HttpServer::~HttpServer() { stop(); }
 
 Result<int> HttpServer::bind() {
-  Impl& s = *impl_;
-  int port = s.opts.port;
-  if (port == 0) {
-    port = s.svr.bind_to_any_port(s.opts.host);
-  } else if (!s.svr.bind_to_port(s.opts.host, port)) {
-    port = -1;
-  }
-  if (port <= 0) {
-    return errorf("cannot listen on %s port %d (in use, or not an address of this machine)",
-                  s.opts.host.c_str(), s.opts.port);
-  }
-  // httplib listens with a backlog of 5; a burst of clients connecting at once would see
-  // dropped SYNs and one-second retries. listen() again only raises it.
-  if (s.listen_fd >= 0) ::listen(s.listen_fd, 1024);
+  auto port = impl_->svr.bind(impl_->opts.host, impl_->opts.port);
+  if (port) impl_->port = *port;
   return port;
 }
 
-bool HttpServer::listen() { return impl_->svr.listen_after_bind(); }
+bool HttpServer::listen() { return impl_->svr.run(); }
 
-void HttpServer::stop() {
-  impl_->stopping = true;
-  impl_->svr.stop();
+void HttpServer::stop(bool force) {
+  Impl& s = *impl_;
+  const auto grace = force ? Clock::duration::zero()
+                           : std::chrono::duration_cast<Clock::duration>(
+                                 std::chrono::duration<double>(s.opts.shutdown_timeout_s));
+  const Clock::time_point cancel_at = Clock::now() + grace;
+  int64_t want = cancel_at.time_since_epoch().count(), cur = s.cancel_at_ns.load();
+  while (want < cur && !s.cancel_at_ns.compare_exchange_weak(cur, want)) {
+  }
+  s.stopping = true;
+  // Past the cancellation and the Engine's grace to confirm it, every socket is shut down.
+  s.svr.begin_stop(Clock::time_point(Clock::duration(s.cancel_at_ns.load())) + kStopGrace +
+                   std::chrono::seconds(1));
 }
 
 HttpCounters HttpServer::counters() const {

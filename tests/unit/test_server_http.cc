@@ -10,8 +10,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -160,22 +162,32 @@ class ServerHttp : public ::testing::Test {
 
   void SetUp() override {
     ASSERT_NE(tok_, nullptr);
+    start(options());
+  }
+  void TearDown() override {
+    if (server_) server_->stop(true);
+    if (thread_.joinable()) thread_.join();
+    backend_.join();
+  }
+  static server::ServerOptions options() {
     server::ServerOptions o;
     o.port = 0;
     o.api_key = kKey;
     o.max_body_bytes = 64 * 1024;
     o.http_threads = 16;
     o.model_id = "test-model";
+    o.shutdown_timeout_s = 0.2;
+    return o;
+  }
+  // Replaces the running server with one on options o.
+  void start(const server::ServerOptions& o) {
+    if (server_) server_->stop(true);
+    if (thread_.joinable()) thread_.join();
     server_ = std::make_unique<server::HttpServer>(o, backend_, *tok_, tmpl_);
     auto port = server_->bind();
     ASSERT_TRUE(port.is_ok()) << port.status().message();
     port_ = *port;
     thread_ = std::thread([this] { server_->listen(); });
-  }
-  void TearDown() override {
-    if (server_) server_->stop();
-    if (thread_.joinable()) thread_.join();
-    backend_.join();
   }
 
   httplib::Client client() {
@@ -392,6 +404,45 @@ TEST_F(ServerHttp, HostileBodiesNeverCrash) {
   EXPECT_EQ(ok->status, 200);
 }
 
+// Issue 15, finding 1: a value nested 100,000 levels deep in a field with a type check was
+// quoted back in the error message through nlohmann's recursive dump, which overflowed the
+// worker's stack (SIGSEGV, the whole server gone). Depth is now limited before parsing, and
+// error messages describe arrays and objects instead of dumping them.
+TEST_F(ServerHttp, DeeplyNestedValuesAreRefusedNotDumped) {
+  server::ServerOptions o = options();
+  o.max_body_bytes = 4 << 20;
+  start(o);
+  const int deep = 100000;
+  const std::string nest = std::string(deep, '[') + std::string(deep, ']');
+  auto r = post("/v1/completions", R"({"prompt":"hi","model":)" + nest + "}");
+  expect_error(r, 400, "");
+  EXPECT_NE(r->body.find("64"), std::string::npos) << r->body;  // names the limit
+  r = post("/v1/chat/completions", R"({"messages":[{"role":)" + nest + R"(,"content":"x"}]})");
+  expect_error(r, 400, "");
+  const std::string objs = [&] {
+    std::string s;
+    for (int i = 0; i < deep; ++i) s += R"({"a":)";
+    return s + "1" + std::string(deep, '}');
+  }();
+  expect_error(post("/v1/completions", R"({"prompt":"hi","model":)" + objs + "}"), 400, "");
+  // At the limit (the body's object is level 1): parsed, and the wrong type reported without
+  // quoting the value back.
+  const std::string at_limit =
+      std::string(63, '[') + "\"" + std::string(500, 'x') + "\"" + std::string(63, ']');
+  r = post("/v1/completions", R"({"prompt":"hi","model":)" + at_limit + "}");
+  expect_error(r, 400, "model");
+  EXPECT_EQ(r->body.find("xxxxxxxxxx"), std::string::npos) << r->body;
+  EXPECT_LT(r->body.size(), 300u) << r->body;
+  // A long string is quoted clipped; brackets inside strings are not nesting.
+  r = post("/v1/chat/completions",
+           R"({"messages":[{"role":")" + std::string(5000, '[') + R"(","content":"x"}]})");
+  expect_error(r, 400, "messages[0].role");
+  EXPECT_LT(r->body.size(), 400u) << r->body;
+  r = post("/v1/completions", R"({"prompt":")" + std::string(5000, '{') + R"(\"]"})");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+}
+
 TEST_F(ServerHttp, SubmitErrorsMapToStatuses) {
   struct Case {
     SubmitError error;
@@ -555,9 +606,10 @@ int raw_request(int port, const std::string& body) {
     close(fd);
     return -1;
   }
-  const std::string req = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
-                          std::string(kKey) + "\r\nContent-Type: application/json\r\n" +
-                          "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  const std::string req =
+      "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " +
+      std::string(kKey) + "\r\nContent-Type: application/json\r\n" +
+      "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
   if (send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
     close(fd);
     return -1;
@@ -623,9 +675,301 @@ TEST_F(ServerHttp, StopEndsStreamsInFlight) {
   ASSERT_TRUE(r && *r);
   EXPECT_EQ((*r)->status, 200);
   EXPECT_NE((*r)->body.find("shutting_down"), std::string::npos);
+  const std::string tail = "data: [DONE]\n\n";
+  ASSERT_GE((*r)->body.size(), tail.size());
+  EXPECT_EQ((*r)->body.substr((*r)->body.size() - tail.size()), tail);  // ends cleanly
   EXPECT_TRUE(backend_.was_cancelled(backend_.last_id()));
   // New requests are refused.
   thread_.join();
+}
+
+// ---- Policy for browsers and slow clients (issue 15) ----
+
+// A TCP connection to the server with a receive timeout; -1 if it could not connect.
+int connect_raw(int port, int timeout_ms = 5000) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    close(fd);
+    return -1;
+  }
+  timeval tv{};
+  tv.tv_sec = timeout_ms / 1000;
+  tv.tv_usec = (timeout_ms % 1000) * 1000;
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
+
+// Everything the server sends until it closes (or the receive timeout; *closed says which).
+std::string read_until_close(int fd, bool* closed = nullptr) {
+  std::string got;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) {
+      if (closed) *closed = n == 0 || errno == ECONNRESET;
+      return got;
+    }
+    got.append(buf, n);
+  }
+}
+
+// A whole request on its own connection (Connection: close); the raw response.
+std::string raw_exchange(int port, const std::string& request) {
+  const int fd = connect_raw(port);
+  if (fd < 0) return "";
+  send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  std::string got = read_until_close(fd);
+  close(fd);
+  return got;
+}
+
+std::string get_request(const std::string& path, const std::string& host) {
+  return "GET " + path + " HTTP/1.1\r\n" + (host.empty() ? "" : "Host: " + host + "\r\n") +
+         "Authorization: Bearer " + kKey + "\r\nConnection: close\r\n\r\n";
+}
+
+int status_of(const std::string& response) {
+  return response.size() > 12 ? std::atoi(response.c_str() + 9) : -1;
+}
+
+// DNS rebinding: a page on attacker.example whose name now resolves to 127.0.0.1 talks to the
+// server with its own name in Host. On loopback only this machine's names are served.
+TEST_F(ServerHttp, HostHeaderIsCheckedOnLoopback) {
+  const std::string p = std::to_string(port_);
+  for (const std::string& host :
+       std::vector<std::string>{"attacker.example", "attacker.example:" + p, "127.0.0.1.evil:" + p,
+                                "localhost:1" + p, ""}) {
+    SCOPED_TRACE(host);
+    const std::string r = raw_exchange(port_, get_request("/v1/models", host));
+    EXPECT_EQ(status_of(r), 403) << r;
+    EXPECT_NE(r.find("host_not_allowed"), std::string::npos) << r;
+  }
+  // /health and unknown paths too: the check comes before everything.
+  EXPECT_EQ(status_of(raw_exchange(port_, get_request("/health", "attacker.example"))), 403);
+  EXPECT_EQ(status_of(raw_exchange(port_, get_request("/nowhere", "attacker.example"))), 403);
+  for (const std::string& host :
+       std::vector<std::string>{"localhost", "localhost:" + p, "127.0.0.1", "127.0.0.1:" + p,
+                                "[::1]:" + p, "LOCALHOST"}) {
+    SCOPED_TRACE(host);
+    EXPECT_EQ(status_of(raw_exchange(port_, get_request("/v1/models", host))), 200);
+  }
+  EXPECT_TRUE(backend_.params().empty());
+
+  server::ServerOptions o = options();
+  o.host_aliases = {"qilin.internal"};
+  start(o);
+  const std::string q = std::to_string(port_);
+  EXPECT_EQ(status_of(raw_exchange(port_, get_request("/v1/models", "qilin.internal"))), 200);
+  EXPECT_EQ(status_of(raw_exchange(port_, get_request("/v1/models", "qilin.internal:" + q))), 200);
+  EXPECT_EQ(status_of(raw_exchange(port_, get_request("/v1/models", "attacker.example"))), 403);
+
+  // Bound to every address, the server cannot know its names: Host is not checked.
+  o = options();
+  o.host = "0.0.0.0";
+  start(o);
+  EXPECT_EQ(status_of(raw_exchange(port_, get_request("/v1/models", "attacker.example"))), 200);
+}
+
+// A page on another origin: without --cors-origin it gets no CORS permission, its preflight is
+// refused and so are its simple requests (which a browser sends without asking first).
+TEST_F(ServerHttp, CrossOriginRequestsNeedAListedOrigin) {
+  httplib::Client c = client();
+  const httplib::Headers evil = {{"Origin", "http://evil.example"}};
+  auto r = c.Post("/v1/completions", evil, R"({"prompt":"hi"})", "text/plain");
+  expect_error(r, 403, "");
+  EXPECT_FALSE(r->has_header("Access-Control-Allow-Origin"));
+  r = c.Post("/v1/completions", evil, R"({"prompt":"hi"})", "application/json");
+  expect_error(r, 403, "");
+  EXPECT_EQ(json::parse(r->body)["error"]["code"], "origin_not_allowed");
+  r = c.Options("/v1/completions",
+                {{"Origin", "http://evil.example"}, {"Access-Control-Request-Method", "POST"}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 403);
+  EXPECT_FALSE(r->has_header("Access-Control-Allow-Origin"));
+  // A plain OPTIONS (no Origin) is answered, not a 404.
+  r = c.Options("/v1/completions");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 204);
+  EXPECT_EQ(r->get_header_value("Allow"), "GET, POST, OPTIONS");
+  EXPECT_TRUE(backend_.params().empty());
+
+  server::ServerOptions o = options();
+  o.cors_origins = {"http://app.example"};
+  start(o);
+  httplib::Client anon("127.0.0.1", port_);  // a preflight carries no key
+  r = anon.Options("/v1/chat/completions", {{"Origin", "http://app.example"},
+                                            {"Access-Control-Request-Method", "POST"},
+                                            {"Access-Control-Request-Headers",
+                                             "authorization,content-type,x-stainless-os"}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 204);
+  EXPECT_EQ(r->get_header_value("Access-Control-Allow-Origin"), "http://app.example");
+  EXPECT_NE(r->get_header_value("Access-Control-Allow-Methods").find("POST"), std::string::npos);
+  const std::string allowed = r->get_header_value("Access-Control-Allow-Headers");
+  for (const char* h : {"Authorization", "Content-Type", "x-stainless-os"}) {
+    EXPECT_NE(allowed.find(h), std::string::npos) << allowed;
+  }
+  EXPECT_EQ(r->get_header_value("Vary"), "Origin");
+  EXPECT_EQ(r->get_header_value("Access-Control-Max-Age"), "600");
+  // The listed origin's requests are served, and say so; errors too (the page reads them).
+  r = client().Post("/v1/completions", {{"Origin", "http://app.example"}}, R"({"prompt":"hi"})",
+                    "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(r->get_header_value("Access-Control-Allow-Origin"), "http://app.example");
+  r = anon.Post("/v1/completions", {{"Origin", "http://app.example"}}, "{}", "application/json");
+  expect_error(r, 401, "");
+  EXPECT_EQ(r->get_header_value("Access-Control-Allow-Origin"), "http://app.example");
+  // Others still are not.
+  r = client().Options("/v1/completions", {{"Origin", "http://app.example.evil"},
+                                           {"Access-Control-Request-Method", "POST"}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 403);
+  EXPECT_FALSE(r->has_header("Access-Control-Allow-Origin"));
+}
+
+// Browsers send text/plain, form and multipart bodies cross-origin without a preflight: a
+// generation request must say it is JSON.
+TEST_F(ServerHttp, PostNeedsJsonContentType) {
+  httplib::Client c = client();
+  for (const char* type : {"text/plain", "application/x-www-form-urlencoded",
+                           "multipart/form-data; boundary=x", "application/jsonx", ""}) {
+    SCOPED_TRACE(type);
+    auto r = c.Post("/v1/completions", R"({"prompt":"hi"})", type);
+    expect_error(r, 415, "");
+    EXPECT_EQ(json::parse(r->body)["error"]["code"], "unsupported_media_type");
+  }
+  EXPECT_TRUE(backend_.params().empty());
+  for (const char* type : {"application/json; charset=utf-8", "Application/JSON",
+                           " application/json ;charset=UTF-8"}) {
+    SCOPED_TRACE(type);
+    auto r = c.Post("/v1/completions", R"({"prompt":"hi"})", type);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200) << r->body;
+  }
+}
+
+// Connections that never send a request hold no worker: with 4 workers and 40 silent
+// connections, a client is served at once (each silent one used to hold a worker for the
+// keep-alive timeout, 5 s, so the client waited behind them).
+TEST_F(ServerHttp, IdleConnectionsDoNotStarveClients) {
+  server::ServerOptions o = options();
+  o.http_threads = 4;
+  start(o);
+  std::vector<int> idle;
+  for (int i = 0; i < 40; ++i) {
+    const int fd = connect_raw(port_);
+    ASSERT_GE(fd, 0);
+    idle.push_back(fd);
+  }
+  std::this_thread::sleep_for(100ms);
+  const auto t0 = std::chrono::steady_clock::now();
+  httplib::Client c = client();
+  c.set_read_timeout(8, 0);
+  auto r = c.Get("/v1/models");
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_LT(s, 1.0) << "a client waited " << s << " s behind silent connections";
+  for (int fd : idle) close(fd);
+}
+
+// Past max_connections a new connection gets a clean 503 and is closed; once others close,
+// clients are served again. A connection silent for the idle timeout is closed.
+TEST_F(ServerHttp, ConnectionCapAndIdleTimeout) {
+  server::ServerOptions o = options();
+  o.max_connections = 8;
+  o.idle_timeout_s = 1;
+  start(o);
+  std::vector<int> idle;
+  for (int i = 0; i < 8; ++i) idle.push_back(connect_raw(port_));
+  std::this_thread::sleep_for(100ms);
+  const std::string r = raw_exchange(port_, get_request("/v1/models", "127.0.0.1"));
+  EXPECT_EQ(status_of(r), 503) << r;
+  EXPECT_NE(r.find("too_many_connections"), std::string::npos) << r;
+  // The silent ones are closed by the server after the idle timeout.
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int fd : idle) {
+    bool closed = false;
+    read_until_close(fd, &closed);
+    EXPECT_TRUE(closed) << "a silent connection was left open";
+    close(fd);
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(s, 2.5);
+  EXPECT_EQ(status_of(raw_exchange(port_, get_request("/v1/models", "127.0.0.1"))), 200);
+}
+
+// A request must arrive whole within the read timeout, however it trickles: a client sending a
+// header byte every 200 ms (each read alone well within any per-read timeout) is cut off.
+TEST_F(ServerHttp, SlowRequestsAreCutOff) {
+  server::ServerOptions o = options();
+  o.read_timeout_s = 1;
+  start(o);
+  const int fd = connect_raw(port_, 200);
+  ASSERT_GE(fd, 0);
+  const std::string start_line = "GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+  send(fd, start_line.data(), start_line.size(), MSG_NOSIGNAL);
+  const auto t0 = std::chrono::steady_clock::now();
+  bool cut = false;
+  char buf[256];
+  while (std::chrono::steady_clock::now() - t0 < 4s) {
+    if (send(fd, "X", 1, MSG_NOSIGNAL) != 1) {
+      cut = true;
+      break;
+    }
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);  // waits up to 200 ms
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+      cut = true;
+      break;
+    }
+  }
+  close(fd);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_TRUE(cut) << "a trickling request held its worker for 4 s";
+  EXPECT_LT(s, 2.5);
+  EXPECT_EQ(status_of(raw_exchange(port_, get_request("/v1/models", "127.0.0.1"))), 200);
+}
+
+// stop() lets a running stream finish within the shutdown timeout, closes kept-alive idle
+// connections at once and accepts no new ones.
+TEST_F(ServerHttp, GracefulStopFinishesRunningStreams) {
+  server::ServerOptions o = options();
+  o.shutdown_timeout_s = 10;
+  o.idle_timeout_s = 30;
+  start(o);
+  httplib::Client idle = client();
+  idle.set_keep_alive(true);
+  auto h = idle.Get("/health");  // then idle on its kept-alive connection
+  ASSERT_TRUE(h);
+  backend_.pieces.assign(100, "x");
+  backend_.delay = 5ms;  // 0.5 s in all
+  std::unique_ptr<httplib::Result> r;
+  std::thread t([&] {
+    r = std::make_unique<httplib::Result>(
+        post("/v1/completions", R"({"prompt":"hi","stream":true,"max_tokens":100})"));
+  });
+  while (backend_.last_id() == 0) std::this_thread::sleep_for(5ms);
+  std::this_thread::sleep_for(50ms);
+  const auto t0 = std::chrono::steady_clock::now();
+  server_->stop();
+  EXPECT_LT(connect_raw(port_), 0) << "a connection was accepted after stop()";
+  t.join();
+  thread_.join();  // listen() returned: every connection closed, the idle one included
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(s, 2.0);
+  ASSERT_TRUE(r && *r);
+  EXPECT_EQ((*r)->status, 200);
+  bool done = false;
+  std::vector<json> chunks = sse((*r)->body, &done);
+  EXPECT_TRUE(done);
+  ASSERT_FALSE(chunks.empty());
+  EXPECT_EQ(chunks.back()["choices"][0]["finish_reason"], "stop");
+  EXPECT_FALSE(backend_.was_cancelled(backend_.last_id()));
 }
 
 // The subcommand as a user meets it (no model run: help and a refused model path).

@@ -1,20 +1,26 @@
 // `qilin serve`: loads the model, starts the Engine loop and the OpenAI-compatible HTTP server
 // (src/server/), prints "listening on http://HOST:PORT" to stderr when ready, and stops cleanly
-// on SIGINT / SIGTERM (new requests get 503, running ones are cancelled).
+// on SIGINT / SIGTERM: no new connections or requests, running ones finish within
+// --shutdown-timeout or are cancelled (a second signal cancels at once), and the exit status is
+// 0 only when every KV block came back to the pool.
 #include "serve.h"
 
 #include <pthread.h>
+#include <sys/resource.h>
+#include <sys/select.h>
 
 #include <algorithm>
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common.h"
-#include "parallel.h"
 #include "engine/engine.h"
+#include "parallel.h"
 #include "server/backend.h"
 #include "server/http_server.h"
 
@@ -35,6 +41,12 @@ struct ServeOpts {
   double kv_cache_gb = 0.5;
   int64_t max_body_bytes = int64_t{1} << 20;
   int http_threads = 0;
+  std::vector<std::string> cors_origins;
+  std::vector<std::string> host_aliases;
+  int max_connections = server::ServerOptions{}.max_connections;
+  int read_timeout_s = server::ServerOptions{}.read_timeout_s;
+  int idle_timeout_s = server::ServerOptions{}.idle_timeout_s;
+  double shutdown_timeout_s = server::ServerOptions{}.shutdown_timeout_s;
   ParallelCli par;
 };
 
@@ -43,6 +55,27 @@ ServeOpts g_opts;
 std::string basename_of(const std::string& path) {
   const size_t slash = path.find_last_of('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// Each open connection costs up to two descriptors (listener.h parks waiting ones above
+// FD_SETSIZE and hands workers a low duplicate): raise the soft limit to fit, as far as the
+// hard limit allows, and lower the connection cap to what fits when it does not.
+int fit_descriptor_limit(int max_connections) {
+  const rlim_t want = FD_SETSIZE + 2 * static_cast<rlim_t>(max_connections) + 256;
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return max_connections;
+  if (rl.rlim_cur < want) {
+    rlimit up = rl;
+    up.rlim_cur = rl.rlim_max == RLIM_INFINITY ? want : std::min<rlim_t>(want, rl.rlim_max);
+    if (setrlimit(RLIMIT_NOFILE, &up) == 0) rl = up;
+  }
+  if (rl.rlim_cur >= want) return max_connections;
+  const int fit = static_cast<int>((rl.rlim_cur > 512 ? rl.rlim_cur - 256 : 256) / 2);
+  std::fprintf(stderr,
+               "qilin serve: warning: the descriptor limit (%llu) allows about %d connections; "
+               "--max-connections %d lowered to that\n",
+               static_cast<unsigned long long>(rl.rlim_cur), fit, max_connections);
+  return std::min(max_connections, fit);
 }
 
 }  // namespace
@@ -79,6 +112,33 @@ CLI::App* add_serve(CLI::App& app) {
                 "HTTP worker threads, each serving one request at a time (default: 2 x "
                 "--max-running + 32)")
       ->check(CLI::Range(0, 8192));
+  s->add_option("--cors-origin", o.cors_origins,
+                "a web origin allowed to call the API from a page, e.g. http://localhost:3000 "
+                "(repeatable; '*': any). Default: none, and requests carrying any other Origin "
+                "are refused")
+      ->take_all();
+  s->add_option("--host-alias", o.host_aliases,
+                "a name besides localhost, 127.0.0.1 and [::1] that clients may use in Host "
+                "when the server listens on loopback (repeatable; others get 403: DNS "
+                "rebinding)")
+      ->take_all();
+  s->add_option("--max-connections", o.max_connections,
+                "open connections at once; past it a new one gets 503 and is closed")
+      ->check(CLI::Range(1, 1 << 16))
+      ->capture_default_str();
+  s->add_option("--read-timeout", o.read_timeout_s,
+                "seconds a request's headers and body may take to arrive")
+      ->check(CLI::Range(1, 3600))
+      ->capture_default_str();
+  s->add_option("--idle-timeout", o.idle_timeout_s,
+                "seconds a connection may stay silent before its first or next request")
+      ->check(CLI::Range(1, 3600))
+      ->capture_default_str();
+  s->add_option("--shutdown-timeout", o.shutdown_timeout_s,
+                "on SIGINT/SIGTERM, seconds running requests may still finish before they are "
+                "cancelled (a second signal cancels at once)")
+      ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
   add_parallel(s, o.par);
   return s;
 }
@@ -133,18 +193,34 @@ int run_serve() {
   so.model_id =
       o.alias.empty() ? basename_of(o.c.model.empty() ? default_model_path() : o.c.model) : o.alias;
   so.limits.max_n = std::min(16, o.max_running);
+  so.cors_origins = o.cors_origins;
+  so.host_aliases = o.host_aliases;
+  so.max_connections = fit_descriptor_limit(o.max_connections);
+  so.read_timeout_s = o.read_timeout_s;
+  so.idle_timeout_s = o.idle_timeout_s;
+  so.shutdown_timeout_s = o.shutdown_timeout_s;
   server::HttpServer http(so, backend, *l->tok, tmpl ? &*tmpl : nullptr);
   auto port = http.bind();
   if (!port) return fail(port.status().message());
 
   eng.start();
+  std::atomic<bool> listening_done{false};
   std::thread signals([&] {
-    int sig = 0;
-    sigwait(&sigs, &sig);
-    if (sig == SIGINT || sig == SIGTERM) {
-      std::fprintf(stderr, "qilin serve: signal %d, stopping\n", sig);
+    // First signal: a graceful stop; a second one cancels what still runs.
+    for (int n = 0; n < 2; ++n) {
+      int sig = 0;
+      sigwait(&sigs, &sig);
+      if (listening_done) return;
+      if (n == 0) {
+        std::fprintf(stderr,
+                     "qilin serve: signal %d, stopping (running requests have %g s to finish; "
+                     "signal again to cancel them now)\n",
+                     sig, o.shutdown_timeout_s);
+      } else {
+        std::fprintf(stderr, "qilin serve: signal %d again, cancelling running requests\n", sig);
+      }
+      http.stop(n > 0);
     }
-    http.stop();
   });
   const std::string shown_host =
       o.host.find(':') != std::string::npos ? "[" + o.host + "]" : o.host;
@@ -156,11 +232,19 @@ int run_serve() {
   std::fprintf(stderr, "listening on http://%s:%d\n", shown_host.c_str(), *port);
   std::fflush(stderr);
   const bool ok = http.listen();
-  // listen() returns after stop(): running requests were cancelled and the workers are done.
+  // listen() returns after stop(): every request has ended and every connection is closed.
+  listening_done = true;
   pthread_kill(signals.native_handle(), SIGTERM);  // wakes the signal thread if still waiting
   signals.join();
   eng.stop();
-  return ok ? 0 : fail("the HTTP server stopped with an error");
+  if (!ok) return fail("the HTTP server stopped with an error");
+  const EngineMetrics m = eng.metrics();
+  if (m.kv.used != 0) {
+    return fail("stopped with " + std::to_string(m.kv.used) + " of " + std::to_string(m.kv.total) +
+                " KV blocks still in use");
+  }
+  std::fprintf(stderr, "qilin serve: stopped; all %d KV blocks free\n", m.kv.total);
+  return 0;
 }
 
 }  // namespace qilin::cli
