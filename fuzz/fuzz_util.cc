@@ -221,7 +221,8 @@ std::vector<train::Example> checkpoint_examples() {
 }
 
 std::vector<uint8_t> tiny_llama_gguf(const TinyModel& m) {
-  const Vocab v = m.vocab == VocabKind::Gpt2 ? gpt2_vocab() : spm_vocab();
+  Vocab v = m.vocab == VocabKind::Gpt2 ? gpt2_vocab() : spm_vocab();
+  for (const std::string& t : m.extra_tokens) v.add(t, 1, -1000.0f);
   GgufWriter w;
   w.set("general.architecture", GgufValue::of_string("llama"));
   w.set("general.name", GgufValue::of_string("qilin-fuzz-tiny"));

@@ -37,7 +37,8 @@ struct TinyModel {
   DType weight_type = DType::F32;  // the layers' matrices (n_embd, n_ff multiples of its block)
   DType embd_type = DType::F16;    // token_embd (also the output head when tied)
   bool tied_output = true;
-  std::string chat_template;  // "" writes none
+  std::string chat_template;              // "" writes none
+  std::vector<std::string> extra_tokens;  // appended to the vocabulary as normal tokens
   uint32_t seed = 1;
 };
 

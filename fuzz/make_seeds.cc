@@ -76,6 +76,21 @@ void gguf_model_seeds() {
   put("gguf_model", "spm_q4_0_chatml.gguf", fuzz::tiny_llama_gguf(m));
 }
 
+// Inputs that crashed (or would have) a target: kept as regressions, replayed by scripts/fuzz.sh.
+void gguf_model_regressions() {
+  // Issue 15: GPT-2 byte decoding of a vocabulary entry was quadratic in its code points (a
+  // token of 20,000 code points outside the byte map cost ~1.2 GB at load).
+  fuzz::TinyModel m;
+  std::string t;
+  for (int i = 0; i < 20000; ++i) t += "\xE2\x82\xAC";  // U+20AC, not a GPT-2 byte character
+  m.extra_tokens = {t};
+  const std::string dir = g_root + "/gguf_model/regressions";
+  mkdir(dir.c_str(), 0755);
+  if (!fuzz::write_file(dir + "/token_20k_unmapped_codepoints.gguf", fuzz::tiny_llama_gguf(m))) {
+    std::exit(1);
+  }
+}
+
 void lora_seeds() {
   fuzz::MemFile mf;
   auto model = fuzz::load_model_bytes(mf, fuzz::tiny_llama_gguf(fuzz::lora_base_model()));
@@ -204,6 +219,7 @@ int main(int argc, char** argv) {
   }
   g_root = argv[1];
   gguf_model_seeds();
+  gguf_model_regressions();
   lora_seeds();
   checkpoint_seeds();
   tokenizer_seeds();

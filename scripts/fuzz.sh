@@ -49,8 +49,10 @@ for t in "${targets[@]}"; do
   dict=()
   [ -f "fuzz/$t/$t.dict" ] && dict=(-dict="fuzz/$t/$t.dict")
   # 1. Replay: every committed seed and regression input once.
-  if ! "$bin" "${opts[@]}" -runs=0 -artifact_prefix="$work/$t/artifacts/" \
-      "fuzz/$t/corpus" "fuzz/$t/regressions" >"$work/$t/logs/replay.log" 2>&1; then
+  replay=("fuzz/$t/corpus")
+  [ -d "fuzz/$t/regressions" ] && replay+=("fuzz/$t/regressions")
+  if ! "$bin" "${opts[@]}" -runs=0 -artifact_prefix="$work/$t/artifacts/" "${replay[@]}" \
+      >"$work/$t/logs/replay.log" 2>&1; then
     echo "== $t: replay of fuzz/$t/corpus and fuzz/$t/regressions FAILED:" >&2
     grep -E "ERROR|SUMMARY|Running:|==[0-9]+==|#[0-9]+ 0x" "$work/$t/logs/replay.log" | head -40 >&2
     summary+=("$t: replay FAILED (log $work/$t/logs/replay.log)")
@@ -67,8 +69,8 @@ for t in "${targets[@]}"; do
   "$bin" "${opts[@]}" "${mode[@]}" "${dict[@]}" -max_total_time="$seconds" \
     -artifact_prefix="$work/$t/artifacts/" "$work/$t/corpus" "fuzz/$t/corpus" >"$log" 2>&1 || rc=$?
   after=$(find "$work/$t/artifacts" -type f | wc -l)
-  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | awk '{print $2}')
-  rate=$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | tail -1 | awk '{print $2}')
+  execs=$(awk '/^stat::number_of_executed_units:/ {v = $2} END {print v}' "$log")
+  rate=$(awk '/^stat::average_exec_per_sec:/ {v = $2} END {print v}' "$log")
   if [ -z "$execs" ]; then  # fork mode prints no final stats: take the last status line
     execs=$(grep -oE '^#[0-9]+' "$log" | tail -1 | tr -d '#')
     rate=$(( ${execs:-0} / (seconds > 0 ? seconds : 1) ))

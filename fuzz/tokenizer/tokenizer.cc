@@ -79,6 +79,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 2) return 0;
+  const bool spm = kKinds[data[0] % kNumKinds].vocab == fuzz::VocabKind::Spm;
   const Tokenizer& tok = *(*g_toks)[data[0] % kNumKinds];
   const uint8_t mode = data[1];
   const bool add_special = mode & 2, parse_special = mode & 4, render_special = mode & 8;
@@ -99,7 +100,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   const std::string back = tok.decode(ids, render_special);
-  if (!add_special && !parse_special && valid_utf8(text) && back != text) {
+  // SentencePiece (as llama.cpp) puts a space in front of the text after every special token,
+  // user-defined ones included, and decodes U+2581 as a space: there the round trip differs by
+  // design.
+  bool spm_split = spm && text.find("\xE2\x96\x81") != std::string_view::npos;
+  for (int32_t id : ids) {
+    spm_split = spm_split || (spm && tok.token_type(id) == TokenType::UserDefined);
+  }
+  if (!add_special && !parse_special && !spm_split && valid_utf8(text) && back != text) {
     std::fprintf(stderr, "decode(encode(text)) != text (%zu vs %zu bytes)\n", back.size(),
                  text.size());
     std::abort();
