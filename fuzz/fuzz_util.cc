@@ -173,6 +173,11 @@ void add(GgufWriter& w, std::deque<std::vector<uint8_t>>& store, std::mt19937& r
 
 }  // namespace
 
+VocabLists vocab_lists(VocabKind kind) {
+  const Vocab v = kind == VocabKind::Gpt2 ? gpt2_vocab() : spm_vocab();
+  return {v.tokens, v.types, v.merges, v.bos, v.eos};
+}
+
 void note(const char* what, const Status& st) {
   static const bool verbose = std::getenv("QILIN_FUZZ_VERBOSE") != nullptr;
   if (verbose) std::fprintf(stderr, "%s: %s\n", what, st.is_ok() ? "ok" : st.message().c_str());

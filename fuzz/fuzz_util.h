@@ -54,6 +54,16 @@ TinyModel checkpoint_base_model();
 train::FinetuneConfig checkpoint_config();
 std::vector<train::Example> checkpoint_examples();
 
+// The vocabulary tiny_llama_gguf writes for `kind`: texts, types (TokenType values), merges
+// (Gpt2 only), BOS and EOS ids.
+struct VocabLists {
+  std::vector<std::string> tokens;
+  std::vector<int32_t> types;
+  std::vector<std::string> merges;
+  int32_t bos = 0, eos = 0;
+};
+VocabLists vocab_lists(VocabKind kind);
+
 // The bytes of a valid Llama GGUF for `m`.
 std::vector<uint8_t> tiny_llama_gguf(const TinyModel& m);
 

@@ -164,6 +164,36 @@ void tokenizer_seeds() {
   }
 }
 
+void tokenizer_vocab_seeds() {
+  // See fuzz/tokenizer_vocab/tokenizer_vocab.cc for the layout.
+  const std::string z(1, '\0');
+  int i = 0;
+  for (fuzz::VocabKind kind : {fuzz::VocabKind::Gpt2, fuzz::VocabKind::Spm}) {
+    const fuzz::VocabLists v = fuzz::vocab_lists(kind);
+    std::string toks, merges;
+    for (size_t k = 0; k < v.tokens.size(); ++k) {
+      toks += (k ? "\n" : "") + std::string(1, static_cast<char>(v.types[k])) + v.tokens[k];
+    }
+    for (size_t k = 0; k < v.merges.size(); ++k) merges += (k ? "\n" : "") + v.merges[k];
+    for (int pre = 0; pre < (kind == fuzz::VocabKind::Gpt2 ? 5 : 1); ++pre) {
+      std::string in;
+      in += static_cast<char>(kind == fuzz::VocabKind::Spm ? 1 : pre << 1);
+      in += static_cast<char>(v.bos < 255 ? v.bos : 255);
+      in += static_cast<char>(v.eos < 255 ? v.eos : 255);
+      in += static_cast<char>(kind == fuzz::VocabKind::Spm ? 1 | 4 | 8 : 8);
+      in += toks + z + merges + z + "Hello world, the 2024 <|im_start|>caf\xC3\xA9 <tool> [INST]";
+      put("tokenizer_vocab", "vocab" + std::to_string(i++), in);
+    }
+  }
+  // A few tokens only: the defaults and fallbacks (no bos/eos keys, no types).
+  put("tokenizer_vocab", "small_gpt2",
+      std::string("\x00\xFF\xFF\x10", 4) + "\x01" "a\n\x01" "b\n\x01" "ab\n\x03<|endoftext|>" + z + "a b" + z +
+          "abab<|endoftext|>ba");
+  put("tokenizer_vocab", "small_spm",
+      std::string("\x01\x00\x01\x04", 4) + "\x02<unk>\n\x03<s>\n\x06<0x41>\n\x01\xE2\x96\x81" "a" + z +
+          z + "a aA\xFF");
+}
+
 void openai_seeds() {
   const std::vector<std::pair<int, std::string>> bodies = {
       {0, R"({"model":"m","prompt":"Hello","max_tokens":8,"temperature":0.7,"top_p":0.9})"},
@@ -223,6 +253,7 @@ int main(int argc, char** argv) {
   lora_seeds();
   checkpoint_seeds();
   tokenizer_seeds();
+  tokenizer_vocab_seeds();
   openai_seeds();
   chat_template_seeds();
   std::printf("make_seeds: corpora written under %s\n", g_root.c_str());

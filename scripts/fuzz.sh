@@ -46,8 +46,10 @@ summary=()
 for t in "${targets[@]}"; do
   bin="$build/fuzz/fuzz_$t"
   mkdir -p "$work/$t/corpus" "$work/$t/artifacts" "$work/$t/logs"
-  dict=()
-  [ -f "fuzz/$t/$t.dict" ] && dict=(-dict="fuzz/$t/$t.dict")
+  # Per-target extras: a dictionary, and libFuzzer flags (e.g. -max_len) in fuzz/<t>/<t>.options.
+  extra=()
+  [ -f "fuzz/$t/$t.dict" ] && extra+=(-dict="fuzz/$t/$t.dict")
+  [ -f "fuzz/$t/$t.options" ] && read -r -a more <"fuzz/$t/$t.options" && extra+=("${more[@]}")
   # 1. Replay: every committed seed and regression input once.
   replay=("fuzz/$t/corpus")
   [ -d "fuzz/$t/regressions" ] && replay+=("fuzz/$t/regressions")
@@ -66,7 +68,7 @@ for t in "${targets[@]}"; do
   log="$work/$t/logs/fuzz-$(date +%Y%m%d-%H%M%S).log"
   before=$(find "$work/$t/artifacts" -type f | wc -l)
   rc=0
-  "$bin" "${opts[@]}" "${mode[@]}" "${dict[@]}" -max_total_time="$seconds" \
+  "$bin" "${opts[@]}" "${mode[@]}" "${extra[@]}" -max_total_time="$seconds" \
     -artifact_prefix="$work/$t/artifacts/" "$work/$t/corpus" "fuzz/$t/corpus" >"$log" 2>&1 || rc=$?
   after=$(find "$work/$t/artifacts" -type f | wc -l)
   execs=$(awk '/^stat::number_of_executed_units:/ {v = $2} END {print v}' "$log")
