@@ -29,3 +29,8 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQILIN_SANI
   -DQILIN_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j "$jobs" --target qilin_tests qilin_cli  # QuantTool runs the CLI
 ASAN_OPTIONS=detect_leaks=1 build-asan/tests/qilin_tests --gtest_filter='Gguf*:Tokenizer*:ChatTemplate*:Quant*:Gemm*:Gemv*:AttentionKernels*:AttentionFlash*:KvTypes*:ActivationKernels*:DotMixed*:ServerHttp*:Hostile*:Printable*:AtomicFile*'
+# Fuzz smoke (fuzz/, docs/reliability.md "Fuzzing"): the libFuzzer targets (clang, ASan+UBSan);
+# every committed seed and regression input replayed, then 15 s of fuzzing per target. Any
+# crash, leak, timeout or out-of-memory fails the suite.
+echo "== fuzz smoke"
+QILIN_FUZZ_JOBS=$jobs scripts/fuzz.sh 15
