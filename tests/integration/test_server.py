@@ -9,13 +9,18 @@ equal to the same prompts run alone (on an F32 copy of the model, `qilin quantiz
 a client disconnecting mid-stream frees its KV blocks; the API key; malformed JSON, wrong
 types, huge bodies and absurd max_tokens answered with OpenAI-shaped errors while another
 request keeps streaming; a soak of 64 concurrent clients with random cancellations, after
-which every KV block is free and every request is accounted for in /metrics.
+which every KV block is free and every request is accounted for in /metrics. The policy a web
+page or a slow client meets (docs/reliability.md, "Server"): cross-origin requests and forged
+Host headers refused, a listed origin's preflight, 500 silent connections that do not keep a
+client waiting, and SIGTERM under 64 streams: every stream ends with [DONE], /metrics scraped
+during the stop shows every KV block free, and the process exits 0 within the deadline.
 """
 import http.client
 import json
 import os
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -414,6 +419,241 @@ class ServerTest(unittest.TestCase):
                          after["qilin_kv_blocks_total"])
         print(f"\nsoak: {n_requests} requests from {n_clients} clients in {elapsed:.1f} s, "
               f"{int(cancelled)} cancelled by disconnect", file=sys.stderr)
+
+
+def raw_response(port, request, timeout=30):
+    """Sends a raw request (bytes) on its own connection; (status, headers dict, body bytes)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(request)
+        return read_response(s)
+    finally:
+        s.close()
+
+
+def read_response(s):
+    """Reads one HTTP/1.1 response with a Content-Length (or up to the close) from socket s."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1]) if lines and lines[0] else 0
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    length = int(headers.get("content-length", "-1"))
+    while length < 0 or len(body) < length:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return status, headers, body
+
+
+class ServerPolicyTest(unittest.TestCase):
+    """What a web page, a DNS-rebinding attacker and a crowd of silent connections meet, on a
+    loopback-bound server with one listed origin and one host alias."""
+
+    ORIGIN = "http://app.example"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server(MODEL, ["--kv-cache-gb", "0.1", "--cors-origin", cls.ORIGIN,
+                                 "--host-alias", "qilin.test"])
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.srv.stop()
+        assert code == 0, "qilin serve exited with %d:\n%s" % (code, "".join(cls.srv.log))
+
+    def post(self, headers, body=b'{"prompt": "hi", "max_tokens": 1}'):
+        h = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        return raw_response(self.srv.port, (
+            f"POST /v1/completions HTTP/1.1\r\n{h}Authorization: Bearer {KEY}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)
+
+    def test_cross_origin_simple_post_is_refused(self):
+        # What a page on another site can send without a preflight: a text/plain POST.
+        host = f"127.0.0.1:{self.srv.port}"
+        before = self.srv.metrics()["qilin_requests_received_total"]
+        status, headers, body = self.post({"Host": host, "Origin": "http://evil.example",
+                                           "Content-Type": "text/plain;charset=UTF-8"})
+        self.assertEqual(status, 403, body)
+        self.assertNotIn("access-control-allow-origin", headers)
+        self.assertEqual(json.loads(body)["error"]["code"], "origin_not_allowed")
+        # The same without Origin (a non-browser client): refused for its Content-Type.
+        status, headers, body = self.post({"Host": host, "Content-Type": "text/plain"})
+        self.assertEqual(status, 415, body)
+        self.assertEqual(json.loads(body)["error"]["code"], "unsupported_media_type")
+        self.assertEqual(self.srv.metrics()["qilin_requests_received_total"], before)
+        # The listed origin is served and told so.
+        status, headers, body = self.post({"Host": host, "Origin": self.ORIGIN,
+                                           "Content-Type": "application/json"})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(headers.get("access-control-allow-origin"), self.ORIGIN)
+
+    def test_preflight(self):
+        def preflight(origin):
+            return raw_response(self.srv.port, (
+                f"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: localhost:{self.srv.port}\r\n"
+                f"Origin: {origin}\r\nAccess-Control-Request-Method: POST\r\n"
+                "Access-Control-Request-Headers: authorization,content-type\r\n"
+                "Connection: close\r\n\r\n").encode())
+        status, headers, _ = preflight(self.ORIGIN)
+        self.assertEqual(status, 204)
+        self.assertEqual(headers["access-control-allow-origin"], self.ORIGIN)
+        self.assertIn("POST", headers["access-control-allow-methods"])
+        allowed = headers["access-control-allow-headers"].lower()
+        self.assertIn("authorization", allowed)
+        self.assertIn("content-type", allowed)
+        self.assertEqual(headers["vary"], "Origin")
+        self.assertGreater(int(headers["access-control-max-age"]), 0)
+        status, headers, _ = preflight("http://evil.example")
+        self.assertEqual(status, 403)
+        self.assertNotIn("access-control-allow-origin", headers)
+
+    def test_forged_host_is_refused(self):
+        # DNS rebinding: attacker.example now resolves to 127.0.0.1; the browser sends its name.
+        def get(host):
+            return raw_response(self.srv.port, (
+                f"GET /v1/models HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+                "Connection: close\r\n\r\n").encode())
+        status, _, body = get("attacker.example")
+        self.assertEqual(status, 403, body)
+        self.assertEqual(json.loads(body)["error"]["code"], "host_not_allowed")
+        self.assertEqual(get(f"attacker.example:{self.srv.port}")[0], 403)
+        for host in ("localhost", f"127.0.0.1:{self.srv.port}", f"[::1]:{self.srv.port}",
+                     "qilin.test", f"qilin.test:{self.srv.port}"):
+            self.assertEqual(get(host)[0], 200, host)
+
+    def test_500_idle_connections_do_not_block_a_client(self):
+        # 500 connections that never send a byte (more than the 160 HTTP workers): each used to
+        # hold a worker for the keep-alive timeout, and a client queued behind them.
+        idle = []
+        try:
+            for _ in range(500):
+                idle.append(socket.create_connection(("127.0.0.1", self.srv.port), timeout=10))
+            time.sleep(0.2)
+            t0 = time.time()
+            status, _, body = self.srv.request("POST", "/v1/completions",
+                                               {"prompt": "Hello", "max_tokens": 2}, timeout=20)
+            elapsed = time.time() - t0
+            self.assertEqual(status, 200, body)
+            self.assertLess(elapsed, 3.0, "a client waited %.1f s behind idle connections"
+                            % elapsed)
+        finally:
+            for s in idle:
+                s.close()
+
+
+class ShutdownTest(unittest.TestCase):
+    """SIGTERM while 64 clients stream: every stream ends cleanly ([DONE]), /metrics scraped
+    after the streams end (on a request begun before the signal: the listener is closed by
+    then) shows every KV block free, and the process exits 0 within the deadline."""
+
+    def test_sigterm_under_64_streams(self):
+        shutdown_timeout = 1.0
+        srv = Server(MODEL, ["--kv-cache-gb", "0.25", "--shutdown-timeout", str(shutdown_timeout),
+                             "--read-timeout", "60"])
+        try:
+            # Scrapes begun before the signal; their last header line is sent once the streams
+            # are over. Three, in case the first reads the gauges a step before they settle.
+            scrapes = []
+            for _ in range(3):
+                s = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+                s.sendall((f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
+                           f"Authorization: Bearer {KEY}\r\n").encode())
+                scrapes.append(s)
+            n = 64
+            started = threading.Semaphore(0)
+            results = [None] * n
+
+            def stream(i):
+                s = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+                payload = json.dumps({"prompt": f"Story number {i}:", "max_tokens": 4000,
+                                      "ignore_eos": True, "stream": True}).encode()
+                s.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload)
+                buf, signalled = b"", False
+                try:
+                    while True:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        buf += chunk
+                        if not signalled and b"data: " in buf:
+                            signalled = True
+                            started.release()
+                        if buf.endswith(b"0\r\n\r\n"):  # the chunked body's end
+                            break
+                except OSError as e:
+                    buf += f"\n[socket error {e!r}]".encode()
+                finally:
+                    s.close()
+                    if not signalled:
+                        started.release()
+                results[i] = buf
+
+            threads = [threading.Thread(target=stream, args=(i,)) for i in range(n)]
+            for t in threads:
+                t.start()
+            for _ in range(n):
+                self.assertTrue(started.acquire(timeout=120), "a stream never started")
+            t_signal = time.time()
+            srv.proc.send_signal(signal.SIGTERM)
+            for t in threads:
+                t.join(60)
+            self.assertFalse(any(t.is_alive() for t in threads), "a stream did not end")
+            for i, buf in enumerate(results):
+                events = re.findall(rb"data: (.*?)\n\n", buf)
+                self.assertTrue(events, f"stream {i} sent nothing: {buf[-300:]!r}")
+                self.assertEqual(events[-1], b"[DONE]", f"stream {i} ended badly: {buf[-300:]!r}")
+                last = json.loads(events[-2])
+                if "error" in last:
+                    self.assertEqual(last["error"]["code"], "shutting_down")
+                else:
+                    self.assertIsNotNone(last["choices"][0]["finish_reason"])
+            m = None
+            while scrapes:
+                s = scrapes.pop(0)
+                time.sleep(0.1)
+                s.sendall(b"\r\n")
+                status, _, body = read_response(s)
+                s.close()
+                self.assertEqual(status, 200, body)
+                m = {}
+                for line in body.decode().splitlines():
+                    if line and not line.startswith("#"):
+                        name, value = line.rsplit(" ", 1)
+                        m[name] = float(value)
+                if m["qilin_kv_blocks_used"] == 0 and m["qilin_http_generation_in_flight"] == 0:
+                    break
+            for s in scrapes:
+                s.close()  # unused: a request begun and never finished would hold the exit
+            self.assertEqual(m["qilin_kv_blocks_used"], 0)
+            self.assertEqual(m["qilin_sequences_running"], 0)
+            self.assertEqual(m["qilin_http_generation_in_flight"], 0)
+            self.assertEqual(m["qilin_kv_blocks_free"] + m["qilin_kv_blocks_cached"],
+                             m["qilin_kv_blocks_total"])
+            self.assertEqual(m["qilin_requests_cancelled_total"], n)
+            code = srv.proc.wait(timeout=30)
+            elapsed = time.time() - t_signal
+            srv.proc.stderr.close()
+            self.assertEqual(code, 0, "".join(srv.log))
+            # The deadline: the shutdown timeout, the Engine's grace to confirm (10 s), 1 s.
+            self.assertLess(elapsed, shutdown_timeout + 11, "".join(srv.log))
+            self.assertIn("KV blocks free", "".join(srv.log))
+            print(f"\nshutdown: {n} streams ended and the process exited {elapsed:.1f} s after "
+                  "SIGTERM", file=sys.stderr)
+        finally:
+            if srv.proc.poll() is None:
+                srv.proc.kill()
 
 
 class ConcurrencyEqualsSoloTest(unittest.TestCase):
