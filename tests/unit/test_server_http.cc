@@ -986,8 +986,10 @@ TEST(ServeCli, HelpAndBadModel) {
   };
   auto [code, out] = run("serve --help");
   EXPECT_EQ(code, 0);
-  for (const char* flag : {"--host", "--port", "--api-key", "--max-batch-tokens", "--max-running",
-                           "--max-queue", "--kv-cache-gb", "--max-body-bytes", "--model"}) {
+  for (const char* flag :
+       {"--host", "--port", "--api-key", "--max-batch-tokens", "--max-running", "--max-queue",
+        "--kv-cache-gb", "--max-body-bytes", "--model", "--cors-origin", "--host-alias",
+        "--max-connections", "--read-timeout", "--idle-timeout", "--shutdown-timeout"}) {
     EXPECT_NE(out.find(flag), std::string::npos) << flag;
   }
   std::tie(code, out) = run("serve -m /nonexistent/m.gguf --port 0");
