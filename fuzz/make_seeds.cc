@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -117,16 +118,12 @@ void checkpoint_seeds() {
   char dir[] = "/tmp/qilin-seeds-XXXXXX";
   if (!mkdtemp(dir)) std::exit(1);
   const std::string path = std::string(dir) + "/ckpt.gguf";
-  train::FinetuneConfig cfg = fuzz::checkpoint_config();
   for (int64_t steps : {0, 1, 2}) {
-    auto ft = train::Finetuner::create(**model, cfg, fuzz::checkpoint_examples(), {});
-    if (!ft) std::exit(1);
-    if (steps > 0) {
-      train::FinetuneConfig c = cfg;
-      c.steps = steps;
-      ft = train::Finetuner::create(**model, c, fuzz::checkpoint_examples(), {});
-      if (!ft || !(*ft)->run(nullptr).is_ok()) std::exit(1);
-    }
+    // A checkpoint after `steps` optimizer steps (0: as saved before the first).
+    train::FinetuneConfig c = fuzz::checkpoint_config();
+    c.steps = std::max<int64_t>(steps, 1);
+    auto ft = train::Finetuner::create(**model, c, fuzz::checkpoint_examples(), {});
+    if (!ft || (steps > 0 && !(*ft)->run(nullptr).is_ok())) std::exit(1);
     if (!(*ft)->save_checkpoint(path).is_ok()) std::exit(1);
     put("checkpoint", "step" + std::to_string(steps) + ".gguf", read_all(path));
   }
@@ -187,11 +184,17 @@ void tokenizer_vocab_seeds() {
   }
   // A few tokens only: the defaults and fallbacks (no bos/eos keys, no types).
   put("tokenizer_vocab", "small_gpt2",
-      std::string("\x00\xFF\xFF\x10", 4) + "\x01" "a\n\x01" "b\n\x01" "ab\n\x03<|endoftext|>" + z + "a b" + z +
-          "abab<|endoftext|>ba");
+      std::string("\x00\xFF\xFF\x10", 4) +
+          "\x01"
+          "a\n\x01"
+          "b\n\x01"
+          "ab\n\x03<|endoftext|>" +
+          z + "a b" + z + "abab<|endoftext|>ba");
   put("tokenizer_vocab", "small_spm",
-      std::string("\x01\x00\x01\x04", 4) + "\x02<unk>\n\x03<s>\n\x06<0x41>\n\x01\xE2\x96\x81" "a" + z +
-          z + "a aA\xFF");
+      std::string("\x01\x00\x01\x04", 4) +
+          "\x02<unk>\n\x03<s>\n\x06<0x41>\n\x01\xE2\x96\x81"
+          "a" +
+          z + z + "a aA\xFF");
 }
 
 void openai_seeds() {
