@@ -153,7 +153,7 @@ TEST(HostileGguf, FileStringsAreEscapedInErrors) {
   ASSERT_TRUE(w.write(path).is_ok());
   auto m = LlamaModel::load(path);
   ASSERT_FALSE(m.is_ok());
-  const std::string& msg = m.status().message();
+  const std::string msg = m.status().message();
   EXPECT_EQ(msg.find('\x1b'), std::string::npos) << msg;
   EXPECT_EQ(msg.find('\x07'), std::string::npos) << msg;
   EXPECT_NE(msg.find("evil\\x1b]0;owned\\x07\\x1b[2J"), std::string::npos) << msg;
@@ -192,7 +192,7 @@ TEST(HostileLora, UnreadableTensorTypesAreErrors) {
     ASSERT_TRUE(w.write(path).is_ok());
     auto ad = load_lora_adapter(path, model, 1.0f);
     ASSERT_FALSE(ad.is_ok()) << dtype_name(type);
-    const std::string& m = ad.status().message();
+    const std::string m = ad.status().message();
     EXPECT_NE(m.find("blk.0.attn_q.weight.lora_a"), std::string::npos) << m;
     EXPECT_NE(m.find(std::string("type ") + dtype_name(type)), std::string::npos) << m;
   }
