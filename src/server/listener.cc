@@ -102,6 +102,14 @@ void Listener::begin_stop(Clock::time_point force_at) {
   int64_t want = ns_of(force_at), cur = force_at_ns_.load();
   while (want < cur && !force_at_ns_.compare_exchange_weak(cur, want)) {
   }
+  {
+    // Refuse new connections before returning: a connect() after stop() must fail at once,
+    // not land in the backlog until run() wakes up and closes the socket. (On Linux, shutdown()
+    // of a listening socket takes it out of the LISTEN state; run() still owns and closes it.)
+    std::lock_guard<std::mutex> lock(listen_mu_);
+    const int lfd = svr_sock_;
+    if (lfd != INVALID_SOCKET) ::shutdown(lfd, SHUT_RDWR);
+  }
   stopping_ = true;
   wake();
 }
@@ -284,8 +292,11 @@ bool Listener::run() {
   }
 
   // Stopping: no more connections; the ones that never sent a byte are closed at once.
-  const int lfd = svr_sock_.exchange(INVALID_SOCKET);  // also ends httplib's keep-alive loops
-  if (lfd != INVALID_SOCKET) ::close(lfd);
+  {
+    std::lock_guard<std::mutex> lock(listen_mu_);
+    const int lfd = svr_sock_.exchange(INVALID_SOCKET);  // also ends httplib's keep-alive loops
+    if (lfd != INVALID_SOCKET) ::close(lfd);
+  }
   for (const Parked& p : parked) {
     ::close(p.fd);
     if (!p.lingering) --open_;

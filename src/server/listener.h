@@ -87,6 +87,9 @@ class Listener : public httplib::Server {
   std::unique_ptr<httplib::ThreadPool> pool_;
   std::mutex mu_;  // active_
   std::list<Conn> active_;
+  // The listening socket is shut down by begin_stop() and closed by run(): this orders the
+  // two, so begin_stop() never touches a descriptor that run() closed (and the kernel reused).
+  std::mutex listen_mu_;
 };
 
 }  // namespace qilin::server
