@@ -595,8 +595,8 @@ TEST_F(ServerHttp, ChatStreamChunks) {
   }
 }
 
-// Connects, sends a raw request and returns the socket (or -1).
-int raw_request(int port, const std::string& body) {
+// A TCP connection to the server with a receive timeout (0: none); -1 if it could not connect.
+int connect_raw(int port, int timeout_ms = 5000) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -606,6 +606,17 @@ int raw_request(int port, const std::string& body) {
     close(fd);
     return -1;
   }
+  timeval tv{};
+  tv.tv_sec = timeout_ms / 1000;
+  tv.tv_usec = (timeout_ms % 1000) * 1000;
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
+
+// Connects, sends a raw request and returns the socket (or -1).
+int raw_request(int port, const std::string& body) {
+  const int fd = connect_raw(port, 0);
+  if (fd < 0) return -1;
   const std::string req =
       "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " +
       std::string(kKey) + "\r\nContent-Type: application/json\r\n" +
@@ -685,23 +696,6 @@ TEST_F(ServerHttp, StopEndsStreamsInFlight) {
 
 // ---- Policy for browsers and slow clients (issue 15) ----
 
-// A TCP connection to the server with a receive timeout; -1 if it could not connect.
-int connect_raw(int port, int timeout_ms = 5000) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    close(fd);
-    return -1;
-  }
-  timeval tv{};
-  tv.tv_sec = timeout_ms / 1000;
-  tv.tv_usec = (timeout_ms % 1000) * 1000;
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  return fd;
-}
 
 // Everything the server sends until it closes (or the receive timeout; *closed says which).
 std::string read_until_close(int fd, bool* closed = nullptr) {
