@@ -8,7 +8,9 @@
 #   scripts/fuzz.sh SECONDS [TARGET...]          (targets: all of fuzz/*/ by default)
 # Environment: QILIN_FUZZ_BUILD (build folder, default build-fuzz), QILIN_FUZZ_WORK (default
 # .cache/fuzz), QILIN_FUZZ_JOBS (build parallelism, default nproc), QILIN_FUZZ_KEEP_GOING=1
-# (fork mode: keep fuzzing past crashes, collecting every reproducer; still exits non-zero).
+# (fork mode: keep fuzzing past crashes, collecting every reproducer; still exits non-zero),
+# QILIN_FUZZ_NO_BUILD=1 (run the binaries already in $QILIN_FUZZ_BUILD/fuzz as they are: a long
+# campaign on a copy of them goes on while the sources change).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -29,13 +31,15 @@ build=${QILIN_FUZZ_BUILD:-build-fuzz}
 work=${QILIN_FUZZ_WORK:-$here/.cache/fuzz}
 jobs=${QILIN_FUZZ_JOBS:-$(nproc)}
 
-if [ ! -f "$build/build.ninja" ]; then
-  CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Fuzz -DQILIN_FUZZ=ON \
-    -DQILIN_NCCL=OFF -DQILIN_BUILD_TESTS=OFF -DQILIN_BUILD_BENCH=OFF >/dev/null
+if [ "${QILIN_FUZZ_NO_BUILD:-0}" != 1 ]; then
+  if [ ! -f "$build/build.ninja" ]; then
+    CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Fuzz -DQILIN_FUZZ=ON \
+      -DQILIN_NCCL=OFF -DQILIN_BUILD_TESTS=OFF -DQILIN_BUILD_BENCH=OFF >/dev/null
+  fi
+  build_targets=()
+  for t in "${targets[@]}"; do build_targets+=("fuzz_$t"); done
+  cmake --build "$build" -j "$jobs" --target "${build_targets[@]}"
 fi
-build_targets=()
-for t in "${targets[@]}"; do build_targets+=("fuzz_$t"); done
-cmake --build "$build" -j "$jobs" --target "${build_targets[@]}"
 
 # Every limit turns into a reported failure: 2 GB of memory (also the largest single malloc),
 # 10 s for one input, leaks (LeakSanitizer), any UBSan report (built with -fno-sanitize-recover).
