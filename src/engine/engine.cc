@@ -1,19 +1,17 @@
 // Engine: continuous batching. See engine.h for the contract; the step is
 //   1. take cancellations and new requests (under the lock, nothing else is),
-//   2. schedule: every running sequence with one token left to compute (decode) gets it first,
-//      then sequences still prefilling share the rest of the token budget (chunked prefill),
-//      then waiting sequences are admitted while the budget, max_running and the pool allow,
-//   3. one forward pass over all scheduled rows,
-//   4. sample for every sequence whose last token was computed, emit events, retire finished.
-// A sequence needing a block when none is free preempts the most recently admitted sequences
-// that are not scheduled yet (their blocks are freed; they return to the front of the queue
-// and are recomputed, usually hitting their own cached prefix blocks).
+//   2. the Scheduler plans it (decodes, prefill chunks, admissions, preemptions; scheduler.h),
+//   3. perform the plan's block copies, build one batch from the plan, one forward pass,
+//   4. sample for every sequence whose last token was computed (in parallel, logprobs too),
+//      emit events in plan order, retire finished sequences.
+// NOTE: per token nothing allocates and the lock is held only to count metrics: events are
+// built in reused scratch and every token's text is precomputed at creation.
 #include "engine/engine.h"
 
 #include <algorithm>
 #include <chrono>
+#include <array>
 #include <cmath>
-#include <numeric>
 
 #include "core/assert.h"
 #include "engine/text_stream.h"
@@ -63,7 +61,7 @@ struct Engine::Request {
   bool first_token = false;
 };
 
-struct Engine::Seq {
+struct Engine::Seq : SchedSeq {
   Seq(std::shared_ptr<Request> r, int32_t choice_index, int32_t n_vocab)
       : req(std::move(r)),
         choice(choice_index),
@@ -73,19 +71,18 @@ struct Engine::Seq {
     p.seed += static_cast<uint64_t>(i);
     return p;
   }
-  SeqId id = 0;
   std::shared_ptr<Request> req;
   int32_t choice = 0;
-  std::vector<int32_t> tokens;  // prompt + generated; the newest may not be computed yet
   int32_t n_prompt = 0;
   int32_t n_generated = 0;
-  int32_t n_computed = 0;       // tokens whose K/V are in the cache
-  bool admitted = false;        // holds blocks in the BlockManager
-  int32_t pending_forks = 0;    // n - 1 until the prompt's logits exist, then 0
   Sampler sampler;
   TextStream text;
   double t_last = 0;
-  bool finished = false;
+  // This step's pick (Sampler::kNoToken: none possible) and, when asked, its logprobs.
+  int32_t picked = Sampler::kNoToken;
+  float logprob = 0;
+  std::array<TokenLogprob, Sampler::kMaxTopLogprobs> top;
+  int32_t n_top = 0;
 };
 
 Engine::Engine(const LlamaModel& model, const Tokenizer& tok, const EngineConfig& config)
@@ -125,7 +122,19 @@ Result<std::unique_ptr<Engine>> Engine::create(const LlamaModel& model, const To
   QILIN_TRY(kv);
   e->kv_ = std::move(*kv);
   e->blocks_ = std::make_unique<BlockManager>(e->kv_->config().n_blocks, c.block_size, c.prefix_cache);
+  e->sched_ = std::make_unique<Scheduler>(
+      SchedulerConfig{c.max_batch_tokens, c.max_prefill_tokens, c.max_running}, *e->blocks_);
   e->pool_ = std::make_unique<ThreadPool>(c.n_threads);
+  e->piece_off_.reserve(static_cast<size_t>(hp.n_vocab) + 1);
+  e->piece_off_.push_back(0);
+  for (int32_t t = 0; t < hp.n_vocab; ++t) {
+    e->pieces_ += tok.token_to_piece(t);
+    e->piece_off_.push_back(static_cast<uint32_t>(e->pieces_.size()));
+  }
+  e->token_ev_.tokens.resize(1);
+  e->token_ev_.tokens[0].top.reserve(Sampler::kMaxTopLogprobs);
+  e->token_ev_.text.reserve(256);
+  e->end_ev_.text.reserve(256);
   // Logit rows per step: one per sequence whose last token is computed, at most max_running
   // (admission counts a request's future choices too).
   e->ws_ = model.make_workspace(c.max_batch_tokens, std::min(c.max_running, c.max_batch_tokens),
@@ -162,8 +171,10 @@ SubmitResult Engine::submit(RequestParams p, EventFn on_event) {
     return refuse(SubmitError::Invalid, "n: must be in [1, " + std::to_string(std::min(64, cfg_.max_running)) +
                                             "], got " + std::to_string(p.n));
   }
-  if (p.top_logprobs < 0 || p.top_logprobs > 20) {
-    return refuse(SubmitError::Invalid, "top_logprobs: must be in [0, 20], got " + std::to_string(p.top_logprobs));
+  if (p.top_logprobs < 0 || p.top_logprobs > Sampler::kMaxTopLogprobs) {
+    return refuse(SubmitError::Invalid, "top_logprobs: must be in [0, " +
+                                            std::to_string(Sampler::kMaxTopLogprobs) + "], got " +
+                                            std::to_string(p.top_logprobs));
   }
   if (Status s = p.sampling.validate(); !s) return refuse(SubmitError::Invalid, s.message());
   const int64_t len = static_cast<int64_t>(p.prompt.size()) + p.max_tokens;
@@ -242,24 +253,25 @@ void Engine::admit_new_requests() {
     s->n_prompt = static_cast<int32_t>(r->params.prompt.size());
     s->pending_forks = r->params.n - 1;
     for (int32_t t : r->params.prompt) s->sampler.accept(t);
-    waiting_.push_back(std::move(s));
+    sched_->add_waiting(s.get());
+    seqs_.push_back(std::move(s));
   }
   if (cancels.empty()) return;
   std::sort(cancels.begin(), cancels.end());
-  auto cancelled = [&](const Seq& s) {
-    return std::binary_search(cancels.begin(), cancels.end(), s.req->id);
+  auto cancel = [&](SchedSeq* q) {
+    Seq* s = static_cast<Seq*>(q);
+    if (std::binary_search(cancels.begin(), cancels.end(), s->req->id)) {
+      finish_seq(s, FinishReason::Cancelled);
+    }
   };
-  for (auto& s : running_) {
-    if (cancelled(*s)) finish_seq(s.get(), FinishReason::Cancelled);
-  }
-  for (auto& s : waiting_) {
-    if (cancelled(*s)) finish_seq(s.get(), FinishReason::Cancelled);
-  }
+  for (SchedSeq* q : sched_->running()) cancel(q);
+  for (SchedSeq* q : sched_->waiting()) cancel(q);
 }
 
-void Engine::finish_seq(Seq* s, FinishReason why, const std::string& error) {
+void Engine::finish_seq(Seq* s, FinishReason why, std::string_view error) {
   if (s->finished) return;
   s->finished = true;
+  ++n_finished_;
   if (s->admitted) {
     blocks_->free(s->id);
     s->admitted = false;
@@ -268,13 +280,14 @@ void Engine::finish_seq(Seq* s, FinishReason why, const std::string& error) {
   // A parent that never forked takes its unborn choices with it.
   const int32_t closing = 1 + s->pending_forks;
   s->pending_forks = 0;
-  ChoiceEvent ev;
+  ChoiceEvent& ev = end_ev_;
   ev.id = r.id;
   ev.n_prompt = s->n_prompt;
   ev.n_generated = s->n_generated;
   ev.finish = why;
-  ev.error = error;
-  if (why != FinishReason::Cancelled && why != FinishReason::Error) ev.text = s->text.flush();
+  ev.error.assign(error);
+  ev.text.clear();
+  if (why != FinishReason::Cancelled && why != FinishReason::Error) ev.text.assign(s->text.flush());
   for (int32_t k = 0; k < closing; ++k) {
     ev.index = s->choice + k;  // unborn choices are numbered after the parent's
     if (r.on_event) r.on_event(ev);
@@ -289,22 +302,6 @@ void Engine::finish_seq(Seq* s, FinishReason why, const std::string& error) {
       ++metrics_.requests_finished;
     }
   }
-}
-
-void Engine::preempt(Seq* s) {
-  QILIN_ASSERT(s->admitted);
-  blocks_->free(s->id);  // full computed blocks stay cached: recompute often hits them
-  s->admitted = false;
-  s->n_computed = 0;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++metrics_.preemptions;
-  }
-  auto it = std::find_if(running_.begin(), running_.end(),
-                         [&](const std::unique_ptr<Seq>& p) { return p.get() == s; });
-  QILIN_ASSERT(it != running_.end());
-  waiting_.push_front(std::move(*it));
-  running_.erase(it);
 }
 
 void Engine::fork_choices(Seq* s, const float* logits) {
@@ -323,69 +320,68 @@ void Engine::fork_choices(Seq* s, const float* logits) {
     blocks_->fork(s->id, c->id);
     c->admitted = true;
     Seq* raw = c.get();
-    running_.push_back(std::move(c));
-    sample_and_emit(raw, logits);
+    sched_->add_running(raw);
+    seqs_.push_back(std::move(c));
+    sample(raw, logits);
+    emit(raw);
   }
 }
 
-void Engine::sample_and_emit(Seq* s, const float* logits) {
-  emit(s, logits, s->sampler.sample(logits));
+void Engine::sample(Seq* s, const float* logits) {
+  s->picked = s->sampler.sample(logits);
+  const RequestParams& p = s->req->params;
+  if (s->picked == Sampler::kNoToken || !(p.logprobs || p.top_logprobs > 0)) return;
+  s->logprob = s->sampler.logprobs(logits, s->picked, std::span(s->top.data(), p.top_logprobs),
+                                   &s->n_top);
 }
 
-void Engine::emit(Seq* s, const float* logits, int32_t id) {
+void Engine::emit(Seq* s) {
   Request& r = *s->req;
   const RequestParams& p = r.params;
+  const int32_t id = s->picked;
   if (id == Sampler::kNoToken) {
     finish_seq(s, FinishReason::Error, "the model produced only NaN logits");
     return;
   }
   s->sampler.accept(id);
   const double t = now_s();
+  const bool first = !r.first_token;
+  const bool has_prev = s->n_generated > 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!r.first_token) metrics_.ttft.observe(t - r.t_submit);
-    if (s->n_generated > 0) metrics_.itl.observe(t - s->t_last);
+    if (first) metrics_.ttft.observe(t - r.t_submit);
+    if (has_prev) metrics_.itl.observe(t - s->t_last);
     ++metrics_.generated_tokens;
   }
   r.first_token = true;
   s->t_last = t;
-  ChoiceEvent ev;
+  ChoiceEvent& ev = token_ev_;
   ev.id = r.id;
   ev.index = s->choice;
   ev.n_prompt = s->n_prompt;
-  GeneratedToken g;
+  ev.finish = FinishReason::None;
+  ev.text.clear();
+  GeneratedToken& g = ev.tokens[0];
   g.token = id;
-  if (p.logprobs || p.top_logprobs > 0) {
-    const int32_t n_vocab = model_.hparams().n_vocab;
-    const float mx = *std::max_element(logits, logits + n_vocab);
-    double sum = 0;
-    for (int32_t i = 0; i < n_vocab; ++i) sum += std::exp(static_cast<double>(logits[i]) - mx);
-    const double lse = mx + std::log(sum);
-    g.logprob = static_cast<float>(logits[id] - lse);
-    if (p.top_logprobs > 0) {
-      std::vector<int32_t> order(n_vocab);
-      std::iota(order.begin(), order.end(), 0);
-      std::partial_sort(order.begin(), order.begin() + p.top_logprobs, order.end(),
-                        [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
-      for (int32_t i = 0; i < p.top_logprobs; ++i) {
-        g.top.push_back({order[i], static_cast<float>(logits[order[i]] - lse)});
-      }
-    }
+  g.logprob = 0;
+  g.top.clear();
+  const bool logprobs = p.logprobs || p.top_logprobs > 0;
+  if (logprobs) {
+    g.logprob = s->logprob;
+    g.top.assign(s->top.begin(), s->top.begin() + s->n_top);  // within the reserved capacity
   }
   const bool eos = !p.ignore_eos && tok_.is_eog(id);
   if (eos) {
     // The end-of-generation token is not part of the text; its logprob is still reported.
-    if (p.logprobs || p.top_logprobs > 0) ev.tokens.push_back(std::move(g));
     ev.n_generated = s->n_generated;
-    if (!ev.tokens.empty() && r.on_event) r.on_event(ev);
+    if (logprobs && r.on_event) r.on_event(ev);
     finish_seq(s, FinishReason::Stop);
     return;
   }
-  s->tokens.push_back(id);
+  s->tokens.push_back(id);  // within the capacity reserved for prompt + max_tokens
   ++s->n_generated;
   ev.n_generated = s->n_generated;
-  ev.text = s->text.push(tok_.token_to_piece(id));
-  ev.tokens.push_back(std::move(g));
+  ev.text.assign(s->text.push(piece(id)));
   FinishReason fin = FinishReason::None;
   if (s->text.stopped()) {
     fin = FinishReason::Stop;
@@ -393,167 +389,94 @@ void Engine::emit(Seq* s, const float* logits, int32_t id) {
              static_cast<int32_t>(s->tokens.size()) >= max_seq_len_) {
     fin = FinishReason::Length;
   }
-  if (fin == FinishReason::None || !ev.text.empty() || !ev.tokens.empty()) {
-    if (r.on_event) r.on_event(ev);
-  }
+  if (r.on_event) r.on_event(ev);  // it always carries the token
   if (fin != FinishReason::None) finish_seq(s, fin);
 }
 
 bool Engine::schedule_and_run() {
-  struct Planned {
-    Seq* s;
-    int32_t count;
-  };
-  std::vector<Planned> plan;
-  int32_t budget = cfg_.max_batch_tokens;
-  // Makes room for n more tokens of s, preempting unscheduled sequences admitted after it
-  // (latest first). False if s itself had to go.
-  auto make_room = [&](Seq* s) -> bool {
-    const int32_t have = blocks_->n_tokens(s->id);
-    const int32_t missing = static_cast<int32_t>(s->tokens.size()) - have;
-    if (missing <= 0) return true;
-    for (;;) {
-      copies_.clear();
-      const KvAllocResult a = blocks_->append(s->id, s->tokens.data() + have, missing, &copies_);
-      if (a.ok()) {
-        model_.copy_kv_blocks(*kv_, copies_);
-        return true;
-      }
-      // Victim: the most recently admitted sequence not in the plan.
-      Seq* victim = nullptr;
-      for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
-        Seq* v = it->get();
-        const bool planned = std::any_of(plan.begin(), plan.end(), [&](const Planned& q) { return q.s == v; });
-        if (!planned) {
-          victim = v;
-          break;
-        }
-      }
-      QILIN_ASSERT(victim != nullptr);  // s itself is never planned here
-      const bool self = victim == s;
-      preempt(victim);
-      if (self) return false;
-    }
-  };
-
-  // 1. Decodes: every running sequence with one token left gets it.
-  for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
-    Seq* s = running_[i].get();
-    if (static_cast<int32_t>(s->tokens.size()) - s->n_computed != 1) continue;
-    if (!make_room(s)) {
-      --i;  // s left running_; the next sequence moved into slot i
-      continue;
-    }
-    plan.push_back({s, 1});
-    --budget;
+  const StepPlan& plan = sched_->schedule();
+  if (!plan.preempted.empty() || plan.prefix_hit_tokens > 0) {
+    std::lock_guard<std::mutex> lock(mu_);
+    metrics_.preemptions += plan.preempted.size();
+    metrics_.prefix_hit_tokens += plan.prefix_hit_tokens;
   }
-  // While anything decodes, prompts get at most max_prefill_tokens of what is left.
-  if (!plan.empty() && cfg_.max_prefill_tokens > 0) budget = std::min(budget, cfg_.max_prefill_tokens);
-  // 2. Prefills in progress share what is left (their blocks were allocated on admission).
-  for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
-    Seq* s = running_[i].get();
-    const int32_t left = static_cast<int32_t>(s->tokens.size()) - s->n_computed;
-    if (left <= 1) continue;
-    const int32_t n = std::min(left, budget);
-    plan.push_back({s, n});
-    budget -= n;
-  }
-  // 3. Admissions, front of the queue first (preempted sequences before new ones).
-  // A request's choices all count against max_running from its admission on (they fork
-  // when its prompt is done).
-  while (budget > 0 && !waiting_.empty() &&
-         static_cast<int32_t>(running_.size()) + 1 + waiting_.front()->pending_forks <=
-             cfg_.max_running) {
-    Seq* s = waiting_.front().get();
-    int32_t cached = 0;
-    const KvAllocResult a = blocks_->add_sequence(
-        s->id, s->tokens.data(), static_cast<int32_t>(s->tokens.size()), &cached);
-    if (!a.ok()) break;  // wait for blocks to free
-    s->admitted = true;
-    s->n_computed = cached;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      metrics_.prefix_hit_tokens += cached;
-    }
-    running_.push_back(std::move(waiting_.front()));
-    waiting_.pop_front();
-    const int32_t n = std::min(static_cast<int32_t>(s->tokens.size()) - cached, budget);
-    plan.push_back({s, n});
-    budget -= n;
-  }
+  if (!plan.copies.empty()) model_.copy_kv_blocks(*kv_, plan.copies);
   if (plan.empty()) return false;
 
   // One batch.
   batch_.clear();
-  for (size_t k = 0; k < plan.size(); ++k) {
-    Seq* s = plan[k].s;
-    const std::vector<int32_t>& table = blocks_->block_table(s->id);
+  for (size_t k = 0; k < plan.seqs.size(); ++k) {
+    const PlannedSeq& q = plan.seqs[k];
+    const std::vector<int32_t>& table = blocks_->block_table(q.seq->id);
     batch_.seqs.push_back({table.data(), static_cast<int32_t>(table.size())});
-    const int32_t end = s->n_computed + plan[k].count;
-    const bool logits = end == static_cast<int32_t>(s->tokens.size());
-    for (int32_t pos = s->n_computed; pos < end; ++pos) {
-      batch_.add(s->tokens[pos], pos, static_cast<int32_t>(k), logits && pos == end - 1);
+    const int32_t end = q.seq->n_computed + q.n;
+    const bool logits = q.wants_logits();
+    for (int32_t pos = q.seq->n_computed; pos < end; ++pos) {
+      batch_.add(q.seq->tokens[pos], pos, static_cast<int32_t>(k), logits && pos == end - 1);
     }
   }
   auto out = model_.forward(batch_, *kv_, ws_, *pool_);
   if (!out) {
-    for (const Planned& q : plan) finish_seq(q.s, FinishReason::Error, out.status().message());
+    for (const PlannedSeq& q : plan.seqs) {
+      finish_seq(static_cast<Seq*>(q.seq), FinishReason::Error, out.status().message());
+    }
   } else {
     const int32_t n_vocab = model_.hparams().n_vocab;
     // Sequences' samplers are independent: the rows are sampled on the pool (greedy is one
-    // pass over n_vocab logits, top-k/top-p sort them), then emitted in order on this thread.
-    // A prompt that forks its choices samples them in fork_choices, serially.
+    // pass over n_vocab logits, top-k/top-p sort them, logprobs take two passes), then emitted
+    // in order on this thread. A prompt that forks its choices samples them in fork_choices,
+    // serially.
     sampled_.clear();
     const float* row = *out;
-    for (const Planned& q : plan) {
-      Seq* s = q.s;
-      if (s->n_computed + q.count != static_cast<int32_t>(s->tokens.size())) continue;
-      sampled_.push_back({s, row, Sampler::kNoToken});
+    for (const PlannedSeq& q : plan.seqs) {
+      if (!q.wants_logits()) continue;
+      sampled_.push_back({static_cast<Seq*>(q.seq), row});
       row += n_vocab;
     }
     std::atomic<size_t> next{0};
     pool_->run([&](int, int) {
       for (size_t i = next.fetch_add(1, std::memory_order_relaxed); i < sampled_.size();
            i = next.fetch_add(1, std::memory_order_relaxed)) {
-        Sampled& j = sampled_[i];
-        if (j.s->pending_forks == 0) j.id = j.s->sampler.sample(j.logits);
+        const Sampled& j = sampled_[i];
+        if (j.s->pending_forks == 0) sample(j.s, j.logits);
       }
     });
-    for (const Planned& q : plan) {
-      q.s->n_computed += q.count;
-      blocks_->mark_computed(q.s->id, q.s->n_computed);
+    for (const PlannedSeq& q : plan.seqs) {
+      q.seq->n_computed += q.n;
+      blocks_->mark_computed(q.seq->id, q.seq->n_computed);
     }
     for (const Sampled& j : sampled_) {
       if (j.s->pending_forks > 0) {
         fork_choices(j.s, j.logits);
-        sample_and_emit(j.s, j.logits);
-      } else {
-        emit(j.s, j.logits, j.id);
+        sample(j.s, j.logits);
       }
+      emit(j.s);
     }
   }
-  // Retire finished sequences.
-  running_.erase(std::remove_if(running_.begin(), running_.end(),
-                                [](const std::unique_ptr<Seq>& s) { return s->finished; }),
-                 running_.end());
+  retire();
   return true;
+}
+
+void Engine::retire() {
+  if (n_finished_ == 0) return;
+  sched_->retire();
+  seqs_.erase(std::remove_if(seqs_.begin(), seqs_.end(),
+                             [](const std::unique_ptr<Seq>& s) { return s->finished; }),
+              seqs_.end());
+  n_finished_ = 0;
 }
 
 bool Engine::step() {
   admit_new_requests();
-  waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(),
-                                [](const std::unique_ptr<Seq>& s) { return s->finished; }),
-                 waiting_.end());
-  running_.erase(std::remove_if(running_.begin(), running_.end(),
-                                [](const std::unique_ptr<Seq>& s) { return s->finished; }),
-                 running_.end());
+  retire();
   const bool worked = schedule_and_run();
+  const BlockManagerStats kv = blocks_->stats();  // O(blocks): outside the lock
   std::lock_guard<std::mutex> lock(mu_);
   if (worked) ++metrics_.steps;
-  metrics_.waiting = static_cast<int32_t>(waiting_.size());
-  metrics_.running = static_cast<int32_t>(running_.size());
-  metrics_.kv = blocks_->stats();
-  idle_ = inbox_.empty() && waiting_.empty() && running_.empty();
+  metrics_.waiting = static_cast<int32_t>(sched_->waiting().size());
+  metrics_.running = static_cast<int32_t>(sched_->running().size());
+  metrics_.kv = kv;
+  idle_ = inbox_.empty() && seqs_.empty();
   if (idle_) cv_.notify_all();
   return worked;
 }
@@ -582,10 +505,11 @@ void Engine::stop() {
   if (thread_.joinable()) thread_.join();
   // Whatever was pending ends as cancelled, so nobody waits on it forever.
   admit_new_requests();
-  for (auto& s : running_) finish_seq(s.get(), FinishReason::Cancelled);
-  for (auto& s : waiting_) finish_seq(s.get(), FinishReason::Cancelled);
-  running_.clear();
-  waiting_.clear();
+  for (SchedSeq* s : sched_->running()) finish_seq(static_cast<Seq*>(s), FinishReason::Cancelled);
+  for (SchedSeq* s : sched_->waiting()) finish_seq(static_cast<Seq*>(s), FinishReason::Cancelled);
+  sched_->clear();
+  seqs_.clear();
+  n_finished_ = 0;
   std::lock_guard<std::mutex> lock(mu_);
   metrics_.waiting = metrics_.running = 0;
   metrics_.kv = blocks_->stats();

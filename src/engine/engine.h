@@ -1,13 +1,14 @@
 // Engine: continuous batching of many requests over one model and one paged KV cache.
-// Every step the scheduler builds one Batch from the running sequences (one decode token each)
-// and from prompts still being prefilled (chunked, under a token budget), runs it, samples,
-// and streams each choice's new text to its request's callback. Requests join and leave at
-// every step. When the KV pool runs out, the most recently admitted sequences are preempted
-// (their blocks freed) and recomputed later; nothing fails because the pool was briefly full.
-// The scheduling rule (vLLM v1's): each sequence's computed-token count catches up with its
-// token count, which covers prefill, chunked prefill, prefix-cache hits and recompute alike.
+// Every step the Scheduler (engine/scheduler.h) plans which sequences run how many tokens:
+// running sequences decode one token each, prompts still being prefilled take chunks of a
+// token budget, waiting ones are admitted; when the KV pool runs out the most recently admitted
+// sequences are preempted (their blocks freed) and recomputed later, so nothing fails because
+// the pool was briefly full. The engine builds one Batch from the plan, runs it, samples and
+// streams each choice's new text to its request's callback. Requests join and leave at every
+// step.
 // NOTE: callbacks run on the engine thread, between steps: they must be quick (queue the event
-// and return) and must not call back into the Engine.
+// and return) and must not call back into the Engine. The event they receive is the engine's
+// reused scratch, valid only during the call: copy what is kept.
 #pragma once
 
 #include <atomic>
@@ -18,12 +19,14 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "core/thread_pool.h"
 #include "engine/batch.h"
 #include "engine/sampler.h"
+#include "engine/scheduler.h"
 #include "kv/block_manager.h"
 #include "kv/kv_cache.h"
 #include "model/llama.h"
@@ -41,16 +44,12 @@ struct RequestParams {
   std::vector<std::string> stop;  // stop strings: the text is cut before them
   bool ignore_eos = false;
   bool logprobs = false;          // report each generated token's log-probability
-  int32_t top_logprobs = 0;       // and this many most likely alternatives (0..20)
+  int32_t top_logprobs = 0;       // and this many most likely alternatives
+                                  // (0..Sampler::kMaxTopLogprobs)
 };
 
 enum class FinishReason { None, Stop, Length, Cancelled, Error };
 const char* finish_reason_name(FinishReason r);  // "stop", "length", "cancelled", "error"
-
-struct TokenLogprob {
-  int32_t token = 0;
-  float logprob = 0;  // natural log, of the model's distribution before sampling transforms
-};
 
 struct GeneratedToken {
   int32_t token = 0;
@@ -162,12 +161,16 @@ class Engine {
   Engine(const LlamaModel& model, const Tokenizer& tok, const EngineConfig& config);
   void admit_new_requests();
   bool schedule_and_run();
-  void preempt(Seq* s);
-  void finish_seq(Seq* s, FinishReason why, const std::string& error = "");
-  void sample_and_emit(Seq* s, const float* logits);
-  void emit(Seq* s, const float* logits, int32_t id);  // id: s->sampler's pick on logits
+  void finish_seq(Seq* s, FinishReason why, std::string_view error = {});
+  // Samples s's next token on logits and, when its request asks, the token's logprobs.
+  void sample(Seq* s, const float* logits);
+  void emit(Seq* s);  // streams s's sampled token (s->picked)
   void fork_choices(Seq* s, const float* logits);
-  void drop_cancelled();
+  void retire();      // drops finished sequences
+  std::string_view piece(int32_t token) const {
+    const uint32_t b = piece_off_[token], e = piece_off_[token + 1];
+    return std::string_view(pieces_).substr(b, e - b);
+  }
 
   const LlamaModel& model_;
   const Tokenizer& tok_;
@@ -176,15 +179,21 @@ class Engine {
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<KvCache> kv_;
   std::unique_ptr<BlockManager> blocks_;
+  std::unique_ptr<Scheduler> sched_;
   Workspace ws_;
   Batch batch_;
-  struct Sampled {  // a row of this step's logits and its sequence's pick
+  struct Sampled {  // a row of this step's logits and its sequence
     Seq* s;
     const float* logits;
-    int32_t id;
   };
   std::vector<Sampled> sampled_;  // reused every step
-  std::vector<BlockCopy> copies_;
+  // Every token's text, concatenated at creation so that streaming a token allocates nothing.
+  std::string pieces_;
+  std::vector<uint32_t> piece_off_;  // [n_vocab + 1] token t is pieces_[off[t], off[t + 1])
+  // Events are built here and handed to the callbacks by reference: reused, so emitting
+  // allocates nothing once their strings have grown.
+  ChoiceEvent token_ev_;  // one token (tokens.size() == 1, its top's capacity reserved)
+  ChoiceEvent end_ev_;    // a choice's end (no tokens)
 
   // Shared with submitters (mu_).
   mutable std::mutex mu_;
@@ -196,9 +205,9 @@ class Engine {
   bool stopping_ = false;
   bool idle_ = true;
 
-  // Engine-thread only.
-  std::vector<std::unique_ptr<Seq>> running_;   // admission order
-  std::deque<std::unique_ptr<Seq>> waiting_;    // new and preempted, front first
+  // Engine-thread only. The scheduler's queues point into seqs_, which owns every sequence.
+  std::vector<std::unique_ptr<Seq>> seqs_;
+  int32_t n_finished_ = 0;  // finished sequences not retired yet
   SeqId next_seq_ = 1;
   std::thread thread_;
   std::atomic<bool> started_{false};

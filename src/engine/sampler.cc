@@ -196,6 +196,33 @@ int32_t Sampler::pick() {
   return cand_[0];
 }
 
+float Sampler::logprobs(const float* logits, int32_t token, std::span<TokenLogprob> top,
+                        int32_t* n_top) const {
+  QILIN_ASSERT(token >= 0 && token < n_vocab_);
+  QILIN_ASSERT(top.size() <= size_t(kMaxTopLogprobs));
+  // NOTE: the same operations in the same order as the engine's former per-token code, so
+  // reported values stay bit-identical: a float maximum (std::max_element), the sum in double.
+  const float mx = *std::max_element(logits, logits + n_vocab_);
+  double sum = 0;
+  for (int32_t i = 0; i < n_vocab_; ++i) sum += std::exp(static_cast<double>(logits[i]) - mx);
+  const double lse = mx + std::log(sum);
+  // Partial selection: top[0, n) stays sorted best first. Ids arrive in increasing order, so a
+  // newcomer beats an equal logit never, a smaller one always: a strict > decides.
+  const int32_t k = static_cast<int32_t>(top.size());
+  int32_t n = 0;
+  for (int32_t i = 0; i < n_vocab_ && k > 0; ++i) {
+    const float v = logits[i];
+    if (std::isnan(v)) continue;
+    if (n == k && !(v > logits[top[k - 1].token])) continue;
+    int32_t j = n < k ? n++ : k - 1;
+    for (; j > 0 && v > logits[top[j - 1].token]; --j) top[j] = top[j - 1];
+    top[j].token = i;
+  }
+  for (int32_t j = 0; j < n; ++j) top[j].logprob = static_cast<float>(logits[top[j].token] - lse);
+  *n_top = n;
+  return static_cast<float>(logits[token] - lse);
+}
+
 int32_t Sampler::sample(const float* logits) {
   const SamplingParams& p = params_;
   const bool penalties = ring_size_ > 0 && (p.repeat_penalty != 1.0f || p.frequency_penalty != 0.0f ||

@@ -1,6 +1,8 @@
 // Sampler: turns one row of logits into a token through a fixed chain of small stages,
 // penalties -> top-k -> top-p -> min-p -> temperature -> pick, with llama.cpp's semantics.
-// NOTE: all buffers are sized in the constructor; sample() and accept() never allocate.
+// It also reports log-probabilities under the model's own distribution (logprobs()).
+// NOTE: all buffers are sized in the constructor; sample(), accept() and logprobs() never
+// allocate.
 #pragma once
 
 #include <cstdint>
@@ -28,8 +30,16 @@ struct SamplingParams {
   Status validate() const;
 };
 
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0;  // natural log, of the model's distribution before sampling transforms
+};
+
 class Sampler {
  public:
+  // The most alternatives logprobs() reports (OpenAI's top_logprobs limit).
+  static constexpr int32_t kMaxTopLogprobs = 20;
+
   // Returned by sample() when no token can be picked: every logit is NaN. Callers must treat
   // it as a model failure (stop the request with an error), never feed it to the tokenizer.
   static constexpr int32_t kNoToken = -1;
@@ -44,6 +54,14 @@ class Sampler {
 
   // Records a generated (or prompt) token for the penalties' window of the last repeat_last_n.
   void accept(int32_t token);
+
+  // Log-probabilities under the softmax of the raw logits (no penalties, no temperature):
+  // returns token's, and writes the top.size() (<= kMaxTopLogprobs) most likely tokens into
+  // top, best first (larger logit, then lower id); NaN logits are never among them, so fewer
+  // are written when fewer are not NaN. *n_top receives how many. logits: [n_vocab].
+  // One pass for the log-sum-exp and one partial selection into top; allocates nothing.
+  float logprobs(const float* logits, int32_t token, std::span<TokenLogprob> top,
+                 int32_t* n_top) const;
 
   // Clears the penalty history and reseeds the generator with params.seed.
   void reset();

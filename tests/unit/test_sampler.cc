@@ -466,5 +466,74 @@ TEST(SamplerParams, ValidateNamesFieldAndValue) {
   EXPECT_TRUE(off.validate().is_ok());
 }
 
+// What the engine computed per token before logprobs moved into the sampler: a full
+// partial_sort of the vocabulary and the log-sum-exp in double. The sampler's one-pass
+// selection must give the same tokens and bit-identical values.
+void reference_logprobs(const std::vector<float>& logits, int32_t token, int32_t k,
+                        float* logprob, std::vector<TokenLogprob>* top) {
+  const int32_t n = static_cast<int32_t>(logits.size());
+  const float mx = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (int32_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(logits[i]) - mx);
+  const double lse = mx + std::log(sum);
+  *logprob = static_cast<float>(logits[token] - lse);
+  std::vector<int32_t> order(n);
+  for (int32_t i = 0; i < n; ++i) order[i] = i;
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  top->clear();
+  for (int32_t i = 0; i < k; ++i) {
+    top->push_back({order[i], static_cast<float>(logits[order[i]] - lse)});
+  }
+}
+
+TEST(SamplerLogprobs, MatchTheFullSortBitForBitAndAllocateNothing) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int32_t n_vocab : {1, 2, 5, 21, 100, 4099}) {
+    Sampler s(plain_params(), n_vocab);
+    std::vector<float> logits(n_vocab);
+    for (int trial = 0; trial < 20; ++trial) {
+      for (float& l : logits) l = normal(rng);
+      // Ties, including at the selection's boundary: many equal logits.
+      if (trial % 3 == 1) {
+        for (int32_t i = 0; i < n_vocab; i += 2) logits[i] = 1.5f;
+      }
+      if (trial % 3 == 2) std::fill(logits.begin(), logits.end(), -0.25f);
+      const int32_t token = static_cast<int32_t>(rng() % n_vocab);
+      for (int32_t k : {0, 1, 3, 20}) {
+        const int32_t kk = std::min(k, n_vocab);
+        float want = 0;
+        std::vector<TokenLogprob> want_top;
+        reference_logprobs(logits, token, kk, &want, &want_top);
+        TokenLogprob top[Sampler::kMaxTopLogprobs];
+        int32_t n_top = -1;
+        float got = 0;
+        const long allocs = test::count_allocations(
+            [&] { got = s.logprobs(logits.data(), token, std::span(top, kk), &n_top); });
+        EXPECT_EQ(allocs, 0);
+        EXPECT_EQ(got, want);
+        ASSERT_EQ(n_top, kk);
+        for (int32_t i = 0; i < kk; ++i) {
+          EXPECT_EQ(top[i].token, want_top[i].token) << "n_vocab " << n_vocab << " rank " << i;
+          EXPECT_EQ(top[i].logprob, want_top[i].logprob);
+        }
+      }
+    }
+  }
+}
+
+TEST(SamplerLogprobs, NaNLogitsAreNeverAmongTheTop) {
+  Sampler s(plain_params(), 5);
+  const float logits[5] = {kNaN, 2.0f, kNaN, -1.0f, kNaN};
+  TokenLogprob top[4];
+  int32_t n_top = 0;
+  s.logprobs(logits, 1, std::span(top, 4), &n_top);
+  ASSERT_EQ(n_top, 2);  // only two logits are numbers
+  EXPECT_EQ(top[0].token, 1);
+  EXPECT_EQ(top[1].token, 3);
+}
+
 }  // namespace
 }  // namespace qilin
