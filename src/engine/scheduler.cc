@@ -81,15 +81,18 @@ const StepPlan& Scheduler::schedule() {
     budget -= n;
   }
   // 3. Admissions, front of the queue first (preempted sequences before new ones). A request's
-  // choices count against max_running from its admission on (they fork when its prompt is done).
+  // choices count against max_running from its admission on (they fork when its prompt is
+  // done), so a running parent counts with its unborn choices too.
+  int32_t slots = 0;
+  for (const SchedSeq* s : running_) slots += 1 + s->pending_forks;
   while (budget > 0 && !waiting_.empty() &&
-         static_cast<int32_t>(running_.size()) + 1 + waiting_.front()->pending_forks <=
-             cfg_.max_running) {
+         slots + 1 + waiting_.front()->pending_forks <= cfg_.max_running) {
     SchedSeq* s = waiting_.front();
     int32_t cached = 0;
     if (!blocks_.add_sequence(s->id, s->tokens.data(), s->n_tokens(), &cached).ok()) break;
     s->admitted = true;
     s->n_computed = cached;
+    slots += 1 + s->pending_forks;
     plan_.prefix_hit_tokens += cached;
     running_.push_back(s);
     waiting_.pop_front();

@@ -70,8 +70,9 @@ class Scheduler {
   //   2. if anything decodes, the rest of the budget is capped at max_prefill_tokens; running
   //      sequences with more than one token left (prefills) take chunks of it in running order;
   //   3. waiting sequences are admitted from the front (their blocks allocated, prefix hits
-  //      counted as computed) while the budget lasts, the BlockManager has room and
-  //      running + 1 + pending_forks <= max_running, each taking a chunk of the budget.
+  //      counted as computed) while the budget lasts, the BlockManager has room and the
+  //      running sequences plus their unborn choices, plus 1 + pending_forks, stay within
+  //      max_running; each takes a chunk of the budget.
   // A decode that needs a block when none is free preempts the running sequence admitted last
   // (always one not planned yet: plans fill the running list from its front), itself included
   // when it is the last: its blocks are freed, n_computed becomes 0 and it goes to the front

@@ -272,6 +272,35 @@ TEST_F(EngineTest, ChoicesForkFromThePromptAndSampleWithTheirOwnSeeds) {
   EXPECT_EQ(e->metrics().kv.used, 0);
 }
 
+TEST_F(EngineTest, ForkedChoicesNeverExceedMaxRunning) {
+  // Two requests of 3 choices under max_running 4: the second may start only when the first's
+  // choices are done. Admitting both (counting the running parent as one sequence, not three)
+  // gave 6 sequences after the forks, more logit rows than the step holds, and every choice
+  // ended in an error.
+  EngineConfig c;
+  c.max_running = 4;
+  auto e = make(c);
+  int step = 0;
+  Collected a, b;
+  RequestParams p = greedy(kPrompts[0], 4);
+  p.n = 3;
+  ASSERT_TRUE(e->submit(p, collect(&a, &step)).ok());
+  ASSERT_TRUE(e->submit(p, collect(&b, &step)).ok());
+  int32_t most = 0;
+  while (e->step()) {
+    most = std::max(most, e->metrics().running);
+    ASSERT_LT(++step, 1000);
+  }
+  EXPECT_LE(most, 4);
+  const std::vector<int32_t> want = alone(p.prompt, 4);
+  for (const Collected* r : {&a, &b}) {
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_EQ(r->finish.at(i), FinishReason::Length) << "choice " << i;
+      EXPECT_EQ(r->tokens.at(i), want) << "choice " << i;
+    }
+  }
+}
+
 TEST_F(EngineTest, StopStringsAndLogprobs) {
   auto e = make({});
   int step = 0;

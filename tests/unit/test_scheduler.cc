@@ -285,6 +285,18 @@ TEST(Scheduler, AdmissionCountsUnbornChoicesAndKeepsQueueOrder) {
   EXPECT_EQ(h.waiting_ids(), (std::vector<SeqId>{2, 3}));
 }
 
+TEST(Scheduler, ARunningParentCountsItsUnbornChoices) {
+  // max_running 4. X (3 choices) is admitted first: 0 + 1 + 2 = 3 <= 4. Y (3 choices) would
+  // make X's 3 plus its own 3 = 6 > 4 once both fork, so it waits although X is one running
+  // sequence for now; Z behind it waits too.
+  Harness h(16, false, {16, 0, 4});
+  h.add(1, {5, 6}, /*pending_forks=*/2);
+  h.add(2, {7, 8}, /*pending_forks=*/2);
+  h.add(3, {9});
+  EXPECT_EQ(h.step(), (Planned{{1, 2}}));
+  EXPECT_EQ(h.waiting_ids(), (std::vector<SeqId>{2, 3}));
+}
+
 TEST(Scheduler, NothingToDoIsAnEmptyPlan) {
   Harness h(2, false, {16, 0, 4});
   EXPECT_TRUE(h.step().empty());
