@@ -12,7 +12,6 @@
 
 #include "core/assert.h"
 #include "cpu/gemm.h"
-#include "cpu/quants.h"
 #include "dist/topology.h"
 
 namespace qilin {
@@ -162,7 +161,7 @@ Status ParallelLlama::copy_slices() {
   layers_.resize(p.layer1 - p.layer0);
   for (int32_t il = p.layer0; il < p.layer1; ++il) {
     const LlamaLayer& L = model_.layers()[il];
-    LayerShard& S = layers_[il - p.layer0];
+    LlamaLayer& S = layers_[il - p.layer0];
     S.attn_norm = L.attn_norm;
     S.ffn_norm = L.ffn_norm;
     plan.push_back({&L.wq, &S.wq, p.head0 * hd, p.n_head * hd, 0, hp.n_embd});
@@ -248,51 +247,24 @@ int32_t ParallelLlama::peer(int32_t stage) const {
   return stage * opt_.tp + plan_.tensor;  // Topology's rank order with data degree 1
 }
 
+Decoder ParallelLlama::decoder() const {
+  Decoder d;
+  d.hp = &model_.hparams();
+  d.plan = plan_;
+  d.layers = layers_.data();
+  d.hooks = opt_.tp > 1 ? this : nullptr;
+  return d;
+}
+
 KvCacheConfig ParallelLlama::kv_config(int32_t n_ctx_tokens, int32_t block_size,
                                        KvType type) const {
-  KvCacheConfig c;
-  c.type = type;
-  c.n_layer = plan_.layer1 - plan_.layer0;
-  c.n_head_kv = plan_.n_head_kv;
-  c.head_dim = model_.hparams().head_dim;
-  c.block_size = block_size;
-  c.n_blocks = (n_ctx_tokens + block_size - 1) / block_size;
-  return c;
+  return decoder().kv_config(n_ctx_tokens, block_size, type);
 }
 
 Workspace ParallelLlama::make_workspace(int32_t max_tokens, int32_t max_logit_rows, int32_t max_ctx,
                                         int n_threads) const {
-  const LlamaHparams& hp = model_.hparams();
-  Workspace ws;
-  ws.max_tokens = max_tokens;
-  ws.max_logit_rows = max_logit_rows;
-  ws.max_ctx = max_ctx;
-  ws.n_threads = std::max(n_threads, 1);
-  const size_t nt = max_tokens, E = hp.n_embd;
-  const size_t d_q = static_cast<size_t>(plan_.n_head) * hp.head_dim;
-  const size_t d_kv = static_cast<size_t>(plan_.n_head_kv) * hp.head_dim;
-  const int32_t group = hp.n_head / hp.n_head_kv;
-  ws.x.resize(nt * E);
-  ws.cur.resize(nt * E);
-  ws.q.resize(nt * d_q);
-  ws.k.resize(nt * d_kv);
-  ws.v.resize(nt * d_kv);
-  ws.attn.resize(nt * d_q);
-  ws.gate.resize(nt * plan_.n_ff);
-  ws.up.resize(nt * plan_.n_ff);
-  ws.attn_row_blocks.resize(nt + 1);
-  ws.attn_partial.resize(attention_flash_partial_floats(ws.n_threads, group, hp.head_dim));
-  ws.logits.resize(static_cast<size_t>(max_logit_rows) * hp.n_vocab);
-  ws.out_rows.resize(max_logit_rows);
-  size_t act = 0;
-  for (const LayerShard& L : layers_) {
-    for (const WeightView* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
-      act = std::max(act, matmul_scratch_bytes(w->type, w->n_in, max_tokens));
-    }
-  }
-  if (output_.data)
-    act = std::max(act, matmul_scratch_bytes(output_.type, output_.n_in, max_logit_rows));
-  ws.act.resize(act);
+  Workspace ws = decoder().make_workspace(max_tokens, max_logit_rows, max_ctx, n_threads, &output_);
+  const size_t nt = max_tokens;
   // The call's own scratch, grown here so that forward() allocates nothing.
   const size_t part = static_cast<size_t>(max_logit_rows) * plan_.vocab_chunk;
   if (part_logits_.size() < part) part_logits_.resize(part);
@@ -321,10 +293,7 @@ Result<const float*> ParallelLlama::forward(const Batch& batch, KvCache& kv, Wor
                                             ThreadPool& pool) const {
   QILIN_ASSERT(driver() && !finished_);
   const KvCacheConfig& c = kv.config();
-  if (c.n_layer != plan_.layer1 - plan_.layer0 || c.n_head_kv != plan_.n_head_kv) {
-    return errorf("forward: the KV cache was not made by this parallel model's kv_config()");
-  }
-  QILIN_TRY(validate_batch(batch, model_.hparams().n_vocab, c, ws));
+  QILIN_TRY(decoder().validate(batch, kv, ws));
   if (!deferred_) return deferred_;
   const int32_t id = cache_id(kv);
 
@@ -494,6 +463,7 @@ Status ParallelLlama::run(const Batch& b, KvCache& kv, Workspace& ws, ThreadPool
   const int64_t E = hp.n_embd, V = hp.n_vocab;
   const int32_t n = b.n_tokens();
   const bool first = plan_.stage == 0, last = plan_.stage == opt_.pp - 1;
+  const Decoder d = decoder();
   const int32_t n_micro = opt_.pp == 1 ? 1 : std::min(n, micro_batches());
   int32_t n_out = 0;
   for (int32_t m = 0; m < n_micro; ++m) {
@@ -510,22 +480,11 @@ Status ParallelLlama::run(const Batch& b, KvCache& kv, Workspace& ws, ThreadPool
     }
     float* x = ws.x.data() + r0 * E;  // [nm, E]
     if (first) {
-      const int32_t v0 = plan_.vocab0, v1 = plan_.vocab0 + plan_.n_vocab;
-      for_rows(pool, nm, [&](int32_t t) {
-        const int32_t tok = mb->token[t];
-        if (tok >= v0 && tok < v1) {
-          dequantize_row_ref(tok_embd_.type, tok_embd_.data + (tok - v0) * tok_embd_.row_bytes,
-                             x + t * E, E);
-        } else {
-          std::fill(x + t * E, x + (t + 1) * E, 0.0f);
-        }
-      });
-      // Exactly one rank holds each row's embedding: the sum adds zeros, so it is exact.
-      if (opt_.tp > 1) QILIN_TRY(tensor_comm_->all_reduce(x, nm * E));
+      QILIN_TRY(d.embed(tok_embd_, *mb, static_cast<int32_t>(r0), nm, ws, pool));
     } else {
       QILIN_TRY(world_.recv(x, nm * E, peer(plan_.stage - 1), m));
     }
-    QILIN_TRY(run_layers(*mb, static_cast<int32_t>(r0), nm, kv, ws, pool));
+    QILIN_TRY(d.run_layers(*mb, static_cast<int32_t>(r0), nm, kv, ws, pool));
     if (!last) {
       QILIN_TRY(world_.send(x, nm * E, peer(plan_.stage + 1), m));
     } else {
@@ -548,82 +507,23 @@ Status ParallelLlama::run(const Batch& b, KvCache& kv, Workspace& ws, ThreadPool
   return Status::ok();
 }
 
-Status ParallelLlama::run_layers(const Batch& b, int32_t row0, int32_t n, KvCache& kv,
-                                 Workspace& ws, ThreadPool& pool) const {
-  const LlamaHparams& hp = model_.hparams();
-  const int64_t E = hp.n_embd, hd = hp.head_dim;
-  const int64_t d_q = plan_.n_head * hd, d_kv = plan_.n_head_kv * hd, F = plan_.n_ff;
-  float* x = ws.x.data() + row0 * E;          // [n, E] residual stream (every rank)
-  float* cur = ws.cur.data() + row0 * E;      // [n, E]
-  float* q = ws.q.data() + row0 * d_q;        // [n, local n_head, hd]
-  float* k = ws.k.data() + row0 * d_kv;       // [n, local n_head_kv, hd]
-  float* v = ws.v.data() + row0 * d_kv;       // [n, local n_head_kv, hd]
-  float* attn = ws.attn.data() + row0 * d_q;  // [n, local n_head, hd]
-  float* gate = ws.gate.data() + row0 * F;    // [n, local n_ff]
-  float* up = ws.up.data() + row0 * F;        // [n, local n_ff]
-  void* act = ws.act.data();
-
-  AttentionArgs aa = attention_args(ws, kv, b, plan_.n_head, hp.head_dim, q, attn);
-
-  for (int32_t il = plan_.layer0; il < plan_.layer1; ++il) {
-    const LayerShard& L = layers_[il - plan_.layer0];
-    for_rows(pool, n,
-             [&](int32_t t) { rms_norm(x + t * E, L.attn_norm, cur + t * E, E, hp.rms_eps); });
-    {
-      const WeightView qkv[3] = {L.wq, L.wk, L.wv};  // column-parallel: this rank's heads
-      float* const out[3] = {q, k, v};
-      if (matmul_can_group(qkv, 3)) {
-        matmul_group(pool, qkv, 3, cur, n, out, act);
-      } else {
-        for (int i = 0; i < 3; ++i) matmul(pool, qkv[i], cur, n, out[i], act);
-      }
-    }
-    for_rows(pool, n, [&](int32_t t) {
-      rope(q + t * d_q, plan_.n_head, static_cast<int32_t>(hd), b.pos[t], hp.rope);
-      rope(k + t * d_kv, plan_.n_head_kv, static_cast<int32_t>(hd), b.pos[t], hp.rope);
-    });
-    aa.layer = il - plan_.layer0;
-    kv_store(kv, aa.layer, b, k, v);
-    attention(pool, aa);  // [n, local d_q]
-    if (opt_.exact && opt_.tp > 1) {
-      // Column-parallel on the gathered heads: whole dot products, this rank's rows of E.
-      QILIN_TRY(gather_columns(attn, n, heads_, full_in_.data()));    // [n, n_head * hd]
-      matmul(pool, L.wo, full_in_.data(), n, part_out_.data(), act);  // [n, local rows of E]
-      QILIN_TRY(gather_columns(part_out_.data(), n, embd_, cur));     // [n, E]
-    } else {
-      matmul(pool, L.wo, attn, n, cur, act);  // row-parallel: partial [n, E]
-      if (opt_.tp > 1) QILIN_TRY(tensor_comm_->all_reduce(cur, n * E));
-    }
-    for_rows(pool, n, [&](int32_t t) {
-      float* xt = x + t * E;
-      const float* ct = cur + t * E;
-      for (int64_t i = 0; i < E; ++i) xt[i] += ct[i];
-      rms_norm(xt, L.ffn_norm, cur + t * E, E, hp.rms_eps);
-    });
-    {
-      const WeightView gu[2] = {L.w_gate, L.w_up};  // column-parallel: this rank's columns
-      float* const out[2] = {gate, up};
-      if (matmul_can_group(gu, 2)) {
-        matmul_group(pool, gu, 2, cur, n, out, act);
-      } else {
-        for (int i = 0; i < 2; ++i) matmul(pool, gu[i], cur, n, out[i], act);
-      }
-    }
-    for_rows(pool, n, [&](int32_t t) { swiglu(gate + t * F, up + t * F, gate + t * F, F); });
-    if (opt_.exact && opt_.tp > 1) {
-      QILIN_TRY(gather_columns(gate, n, ffn_, full_in_.data()));  // [n, n_ff]
-      matmul(pool, L.w_down, full_in_.data(), n, part_out_.data(), act);
-      QILIN_TRY(gather_columns(part_out_.data(), n, embd_, cur));  // [n, E]
-    } else {
-      matmul(pool, L.w_down, gate, n, cur, act);  // row-parallel: partial [n, E]
-      if (opt_.tp > 1) QILIN_TRY(tensor_comm_->all_reduce(cur, n * E));
-    }
-    for_rows(pool, n, [&](int32_t t) {
-      for (int64_t i = t * E; i < (t + 1) * E; ++i) x[i] += cur[i];
-    });
+// The row-parallel product after attention (Out) or the FFN (Down): partial sums of this
+// rank's heads or columns all-reduced; exact mode multiplies whole rows of the gathered input
+// instead (column-parallel: this rank's rows of E) and gathers them.
+Status ParallelLlama::row_parallel(ThreadPool& pool, LinearInput site, const WeightView& w,
+                                   const float* x, int32_t n, float* y, void* act) const {
+  const int64_t E = model_.hparams().n_embd;
+  if (opt_.exact) {
+    const Columns& in = site == LinearInput::Out ? heads_ : ffn_;
+    QILIN_TRY(gather_columns(x, n, in, full_in_.data()));       // [n, n_head * hd or n_ff]
+    matmul(pool, w, full_in_.data(), n, part_out_.data(), act);  // [n, local rows of E]
+    return gather_columns(part_out_.data(), n, embd_, y);        // [n, E]
   }
-  return Status::ok();
+  matmul(pool, w, x, n, y, act);  // partial [n, E]
+  return tensor_comm_->all_reduce(y, n * E);
 }
+
+Status ParallelLlama::sum(float* x, int64_t n) const { return tensor_comm_->all_reduce(x, n); }
 
 Status ParallelLlama::gather_columns(const float* local, int32_t n, const Columns& c,
                                      float* full) const {
@@ -651,14 +551,8 @@ Status ParallelLlama::run_head(const Batch& b, int32_t row0, int32_t n, int32_t*
                                Workspace& ws, ThreadPool& pool) const {
   const LlamaHparams& hp = model_.hparams();
   const int64_t E = hp.n_embd, V = hp.n_vocab, chunk = plan_.vocab_chunk;
-  const float* x = ws.x.data() + row0 * E;
   float* cur = ws.cur.data() + row0 * E;
-  int32_t k = 0;
-  for (int32_t t = 0; t < n; ++t) {
-    if (!b.want_logits[t]) continue;
-    rms_norm(x + t * E, model_.output_norm(), cur + k * E, E, hp.rms_eps);
-    ws.out_rows[*n_out + k++] = row0 + t;
-  }
+  const int32_t k = decoder().head_rows(model_.output_norm(), b, row0, n, *n_out, ws);
   if (k == 0) return Status::ok();
   float* logits = ws.logits.data() + static_cast<int64_t>(*n_out) * V;  // [k, V]
   if (opt_.tp == 1) {

@@ -32,24 +32,14 @@ struct ParallelOptions {
   bool exact = false;
 };
 
-// What one rank (stage, tensor) holds. Heads are handed out in whole KV groups, the first
-// n_head_kv % tp ranks taking one more; FFN columns and vocabulary rows in near-equal parts
-// (FFN parts on multiples of the down projection's block size).
-struct ShardPlan {
-  int32_t stage = 0, tensor = 0;
-  int32_t layer0 = 0, layer1 = 0;       // layers [layer0, layer1)
-  int32_t head_kv0 = 0, n_head_kv = 0;  // KV heads [head_kv0, head_kv0 + n_head_kv)
-  int32_t head0 = 0, n_head = 0;        // query heads
-  int32_t ff0 = 0, n_ff = 0;            // FFN columns
-  int32_t vocab0 = 0, n_vocab = 0;      // vocabulary rows
-  int32_t vocab_chunk = 0;              // ceil(n_vocab_total / tp): the all-gather unit
-  int32_t embd0 = 0, n_embd = 0;        // exact: the output rows of O and down it computes
-};
-// Errors name the degree that the model cannot be split into.
+// What one rank (stage, tensor) holds (ShardPlan, model/transformer.h). Heads are handed out
+// in whole KV groups, the first n_head_kv % tp ranks taking one more; FFN columns and
+// vocabulary rows in near-equal parts (FFN parts on multiples of the down projection's block
+// size). Errors name the degree that the model cannot be split into.
 Result<ShardPlan> plan_shard(const LlamaHparams& hp, const ParallelOptions& o, int64_t ff_block,
                              int32_t stage, int32_t tensor);
 
-class ParallelLlama : public DistributedForward {
+class ParallelLlama : public DistributedForward, private TensorHooks {
  public:
   // Collective: every rank of `world` calls it with the same options. world.size() must be
   // tp * pp. Fails (the same way on every rank) for splits the model cannot take, a LoRA
@@ -81,19 +71,15 @@ class ParallelLlama : public DistributedForward {
   Status finish();
 
  private:
-  struct LayerShard {
-    const float* attn_norm = nullptr;  // [n_embd]
-    const float* ffn_norm = nullptr;   // [n_embd]
-    WeightView wq, wk, wv;             // [n_embd] -> [local heads * head_dim]
-    WeightView wo;                     // [local n_head * head_dim] -> [n_embd] (partial sums)
-    WeightView w_gate, w_up;           // [n_embd] -> [local n_ff]
-    WeightView w_down;                 // [local n_ff] -> [n_embd] (partial sums)
-  };
   ParallelLlama(const LlamaModel& model, Communicator& world);
   Status copy_slices();
   Status run(const Batch& batch, KvCache& kv, Workspace& ws, ThreadPool& pool) const;
-  Status run_layers(const Batch& b, int32_t row0, int32_t n, KvCache& kv, Workspace& ws,
-                    ThreadPool& pool) const;
+  // The decoder this rank runs: its plan, its slices, this object as the tensor hooks.
+  Decoder decoder() const;
+  // TensorHooks: the group's all-reduce (or, exact, all-gathers around whole products).
+  Status row_parallel(ThreadPool& pool, LinearInput site, const WeightView& w, const float* x,
+                      int32_t n, float* y, void* act) const override;
+  Status sum(float* x, int64_t n) const override;
   Status run_head(const Batch& b, int32_t row0, int32_t n, int32_t* n_out, Workspace& ws,
                   ThreadPool& pool) const;
   int32_t peer(int32_t stage) const;                     // world rank of (stage, this tensor index)
@@ -116,7 +102,7 @@ class ParallelLlama : public DistributedForward {
   std::unique_ptr<Communicator> tensor_comm_;  // this stage's tensor group
   ParallelOptions opt_;
   ShardPlan plan_;
-  std::vector<LayerShard> layers_;  // [layer1 - layer0]
+  std::vector<LlamaLayer> layers_;  // [layer1 - layer0] this rank's slices
   Columns heads_, ffn_, embd_;      // exact mode: the group's attention, FFN and output columns
   WeightView tok_embd_;             // [n_embd] -> [local n_vocab] rows of the table (stage 0)
   WeightView output_;               // [n_embd] -> [local n_vocab] (last stage)

@@ -1,5 +1,5 @@
-// Llama loading (GGUF keys and tensor names, every shape checked) and the forward pass: the
-// whole graph is in LlamaModel::forward, one layer loop, shapes beside each step.
+// Llama loading (GGUF keys and tensor names, every shape checked) and the forward pass, which
+// runs the whole model through model/transformer.h's Decoder.
 #include "model/llama.h"
 
 #include <algorithm>
@@ -255,160 +255,25 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const std::string& path,
   return m;
 }
 
+Decoder LlamaModel::decoder() const {
+  Decoder d;
+  d.hp = &hp_;
+  d.plan = whole_plan(hp_);
+  d.layers = layers_.data();
+  d.adapter = adapter_.get();
+  return d;
+}
+
 KvCacheConfig LlamaModel::kv_config(int32_t n_ctx_tokens, int32_t block_size,
                                     KvType type) const {
   if (distributed_) return distributed_->kv_config(n_ctx_tokens, block_size, type);
-  KvCacheConfig c;
-  c.type = type;
-  c.n_layer = hp_.n_layer;
-  c.n_head_kv = hp_.n_head_kv;
-  c.head_dim = hp_.head_dim;
-  c.block_size = block_size;
-  c.n_blocks = (n_ctx_tokens + block_size - 1) / block_size;
-  return c;
+  return decoder().kv_config(n_ctx_tokens, block_size, type);
 }
 
 Workspace LlamaModel::make_workspace(int32_t max_tokens, int32_t max_logit_rows,
                                      int32_t max_ctx, int n_threads) const {
   if (distributed_) return distributed_->make_workspace(max_tokens, max_logit_rows, max_ctx, n_threads);
-  Workspace ws;
-  ws.max_tokens = max_tokens;
-  ws.max_logit_rows = max_logit_rows;
-  ws.max_ctx = max_ctx;
-  const size_t nt = max_tokens;
-  const size_t d_q = static_cast<size_t>(hp_.n_head) * hp_.head_dim;
-  const size_t d_kv = static_cast<size_t>(hp_.n_head_kv) * hp_.head_dim;
-  ws.x.resize(nt * hp_.n_embd);
-  ws.cur.resize(nt * std::max<size_t>(hp_.n_embd, d_q));
-  ws.q.resize(nt * d_q);
-  ws.k.resize(nt * d_kv);
-  ws.v.resize(nt * d_kv);
-  ws.attn.resize(nt * d_q);
-  ws.gate.resize(nt * hp_.n_ff);
-  ws.up.resize(nt * hp_.n_ff);
-  // ws.scores (the two-pass kernel's, linear in the context) is sized on first use: the
-  // default FlashAttention path needs only attn_partial, whatever the context length.
-  ws.n_threads = std::max(n_threads, 1);
-  ws.attn_row_blocks.resize(nt + 1);
-  ws.attn_partial.resize(
-      attention_flash_partial_floats(ws.n_threads, hp_.n_head / hp_.n_head_kv, hp_.head_dim));
-  ws.logits.resize(static_cast<size_t>(max_logit_rows) * hp_.n_vocab);
-  ws.out_rows.resize(max_logit_rows);
-  size_t act = 0;
-  auto need = [&](const WeightView& w, int64_t rows) {
-    act = std::max(act, matmul_scratch_bytes(w.type, w.n_in, rows));
-  };
-  for (const LlamaLayer& L : layers_) {
-    for (const WeightView* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
-      need(*w, max_tokens);
-    }
-  }
-  need(output_, max_logit_rows);
-  ws.act.resize(act);
-  return ws;
-}
-
-Status LlamaModel::validate(const Batch& b, const KvCache& kv, const Workspace& ws) const {
-  const KvCacheConfig& c = kv.config();
-  if (c.n_layer != hp_.n_layer || c.n_head_kv != hp_.n_head_kv || c.head_dim != hp_.head_dim) {
-    return errorf("forward: the KV cache was made for another model shape");
-  }
-  return validate_batch(b, hp_.n_vocab, c, ws);
-}
-
-AttentionArgs attention_args(Workspace& ws, const KvCache& kv, const Batch& b, int32_t n_head,
-                             int32_t head_dim, const float* q, float* out) {
-  AttentionArgs aa;
-  aa.q = q;
-  aa.out = out;
-  aa.kv = &kv;
-  aa.batch = &b;
-  aa.n_head = n_head;
-  aa.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  if (!ws.flash_attn) {
-    const size_t need =
-        static_cast<size_t>(ws.n_threads) * (n_head / kv.config().n_head_kv) * ws.max_ctx;
-    if (ws.scores.size() < need) ws.scores.resize(need);
-  }
-  aa.scores = ws.scores.data();
-  aa.max_ctx = ws.max_ctx;
-  aa.flash = ws.flash_attn;
-  aa.max_threads = ws.n_threads;
-  aa.row_blocks = ws.attn_row_blocks.data();
-  aa.partial = ws.attn_partial.data();
-  return aa;
-}
-
-Status validate_batch(const Batch& b, int32_t n_vocab, const KvCacheConfig& c, const Workspace& ws) {
-  const int32_t n = b.n_tokens();
-  if (n == 0) return errorf("forward: empty batch");
-  if (n > ws.max_tokens) {
-    return errorf("forward: batch has %d tokens, the workspace holds %d", n, ws.max_tokens);
-  }
-  if (b.n_logit_rows() > ws.max_logit_rows) {
-    return errorf("forward: %d rows want logits, the workspace holds %d", b.n_logit_rows(),
-                  ws.max_logit_rows);
-  }
-  if (b.pos.size() != b.token.size() || b.seq.size() != b.token.size() ||
-      b.want_logits.size() != b.token.size()) {
-    return errorf("forward: batch columns have different lengths");
-  }
-  for (int32_t t = 0; t < n; ++t) {
-    if (b.token[t] < 0 || b.token[t] >= n_vocab) {
-      return errorf("forward: token id %d at row %d is outside the vocabulary [0, %d)", b.token[t],
-                    t, n_vocab);
-    }
-    if (b.seq[t] < 0 || b.seq[t] >= static_cast<int32_t>(b.seqs.size())) {
-      return errorf("forward: row %d names sequence %d of %zu", t, b.seq[t], b.seqs.size());
-    }
-    const int32_t p = b.pos[t];
-    if (p < 0 || p >= ws.max_ctx) {
-      return errorf("forward: position %d at row %d is outside the context [0, %d)", p, t,
-                    ws.max_ctx);
-    }
-    const BatchSeq& s = b.seqs[b.seq[t]];
-    if (p / c.block_size >= s.n_blocks) {
-      return errorf("forward: position %d of sequence %d has no block in its block table", p,
-                    b.seq[t]);
-    }
-  }
-  for (const BatchSeq& s : b.seqs) {
-    for (int32_t i = 0; i < s.n_blocks; ++i) {
-      if (s.block_table[i] < 0 || s.block_table[i] >= c.n_blocks) {
-        return errorf("forward: block id %d is outside the cache's %d blocks", s.block_table[i],
-                      c.n_blocks);
-      }
-    }
-  }
-  return Status::ok();
-}
-
-// y[n, out] += scale * (x A^T) B^T for the adapter's projection p of layer il (no-op when that
-// projection is not adapted). Rank r is small: plain loops, rows split across threads.
-void LlamaModel::apply_lora(ThreadPool& pool, int32_t il, int p, const float* x, int32_t n,
-                            float* y) const {
-  const std::vector<float>& A = adapter_->A[il][p];
-  const std::vector<float>& B = adapter_->B[il][p];
-  if (A.empty()) return;
-  const int32_t r = adapter_->rank;
-  const int64_t in = static_cast<int64_t>(A.size()) / r, out = static_cast<int64_t>(B.size()) / r;
-  const float scale = adapter_->scale;
-  for_rows(pool, n, [&](int32_t t) {
-    float xa[256];
-    QILIN_ASSERT(r <= 256);
-    const float* xt = x + t * in;
-    for (int32_t k = 0; k < r; ++k) {
-      float s = 0;
-      for (int64_t i = 0; i < in; ++i) s += xt[i] * A[k * in + i];
-      xa[k] = s * scale;
-    }
-    float* yt = y + t * out;
-    for (int64_t o = 0; o < out; ++o) {
-      float s = 0;
-      for (int32_t k = 0; k < r; ++k) s += xa[k] * B[o * r + k];
-      yt[o] += s;
-    }
-  });
+  return decoder().make_workspace(max_tokens, max_logit_rows, max_ctx, n_threads, &output_);
 }
 
 Status LlamaModel::set_adapter(std::shared_ptr<const LoraAdapter> adapter) {
@@ -429,100 +294,15 @@ Result<const float*> LlamaModel::forward(const Batch& batch, KvCache& kv, Worksp
     if (tap) return errorf("forward: a ForwardTap cannot observe a distributed forward pass");
     return distributed_->forward(batch, kv, ws, pool);
   }
-  QILIN_TRY(validate(batch, kv, ws));
-  const LlamaHparams& hp = hp_;
+  const Decoder d = decoder();
+  QILIN_TRY(d.validate(batch, kv, ws));
   const int32_t n = batch.n_tokens();
-  const int64_t E = hp.n_embd, hd = hp.head_dim;
-  const int64_t d_q = hp.n_head * hd, d_kv = hp.n_head_kv * hd;
-  float* x = ws.x.data();        // [n, E]
-  float* cur = ws.cur.data();    // [n, E]
-  float* q = ws.q.data();        // [n, n_head, hd]
-  float* k = ws.k.data();        // [n, n_head_kv, hd]
-  float* v = ws.v.data();        // [n, n_head_kv, hd]
-  float* attn = ws.attn.data();  // [n, n_head, hd]
-  float* gate = ws.gate.data();  // [n, n_ff]
-  float* up = ws.up.data();      // [n, n_ff]
-  void* act = ws.act.data();
-
-  for_rows(pool, n, [&](int32_t t) {
-    dequantize_row_ref(tok_embd_type_, tok_embd_ + batch.token[t] * tok_embd_row_bytes_,
-                       x + t * E, E);
-  });
-
-  AttentionArgs aa = attention_args(ws, kv, batch, hp.n_head, hp.head_dim, q, attn);
-
-  for (int32_t il = 0; il < hp.n_layer; ++il) {
-    const LlamaLayer& L = layers_[il];
-    // attention block
-    for_rows(pool, n, [&](int32_t t) { rms_norm(x + t * E, L.attn_norm, cur + t * E, E, hp.rms_eps); });
-    if (tap) tap->linear_input(il, LinearInput::Attn, cur, n, E);
-    {
-      const WeightView qkv[3] = {L.wq, L.wk, L.wv};
-      float* const out[3] = {q, k, v};  // [n, d_q], [n, d_kv], [n, d_kv]
-      if (matmul_can_group(qkv, 3)) {
-        matmul_group(pool, qkv, 3, cur, n, out, act);
-      } else {
-        for (int i = 0; i < 3; ++i) matmul(pool, qkv[i], cur, n, out[i], act);
-      }
-    }
-    if (adapter_) {  // before RoPE, as in training
-      apply_lora(pool, il, kLoraQ, cur, n, q);
-      apply_lora(pool, il, kLoraK, cur, n, k);
-      apply_lora(pool, il, kLoraV, cur, n, v);
-    }
-    for_rows(pool, n, [&](int32_t t) {
-      rope(q + t * d_q, hp.n_head, hd, batch.pos[t], hp.rope);
-      rope(k + t * d_kv, hp.n_head_kv, hd, batch.pos[t], hp.rope);
-    });
-    kv_store(kv, il, batch, k, v);
-    aa.layer = il;
-    attention(pool, aa);                 // [n, d_q]
-    if (tap) tap->linear_input(il, LinearInput::Out, attn, n, d_q);
-    matmul(pool, L.wo, attn, n, cur, act);  // [n, E]
-    if (adapter_) apply_lora(pool, il, kLoraO, attn, n, cur);
-
-    // feed-forward block: residual add fused with the norm that reads it
-    for_rows(pool, n, [&](int32_t t) {
-      float* xt = x + t * E;
-      const float* ct = cur + t * E;
-      for (int64_t i = 0; i < E; ++i) xt[i] += ct[i];
-      rms_norm(xt, L.ffn_norm, cur + t * E, E, hp.rms_eps);
-    });
-    if (tap) tap->linear_input(il, LinearInput::Ffn, cur, n, E);
-    {
-      const WeightView gu[2] = {L.w_gate, L.w_up};
-      float* const out[2] = {gate, up};  // [n, n_ff] each
-      if (matmul_can_group(gu, 2)) {
-        matmul_group(pool, gu, 2, cur, n, out, act);
-      } else {
-        for (int i = 0; i < 2; ++i) matmul(pool, gu[i], cur, n, out[i], act);
-      }
-    }
-    if (adapter_) {
-      apply_lora(pool, il, kLoraGate, cur, n, gate);
-      apply_lora(pool, il, kLoraUp, cur, n, up);
-    }
-    for_rows(pool, n, [&](int32_t t) {
-      const int64_t o = static_cast<int64_t>(t) * hp.n_ff;
-      swiglu(gate + o, up + o, gate + o, hp.n_ff);
-    });
-    if (tap) tap->linear_input(il, LinearInput::Down, gate, n, hp.n_ff);
-    matmul(pool, L.w_down, gate, n, cur, act);  // [n, E]
-    if (adapter_) apply_lora(pool, il, kLoraDown, gate, n, cur);
-    for_rows(pool, n, [&](int32_t t) {
-      for (int64_t i = t * E; i < (t + 1) * E; ++i) x[i] += cur[i];
-    });
-  }
-
+  QILIN_TRY(d.embed(tok_embd(), batch, 0, n, ws, pool));  // [n, E]
+  QILIN_TRY(d.run_layers(batch, 0, n, kv, ws, pool, tap));
   // Output head on the rows that want logits only.
-  int32_t n_out = 0;
-  for (int32_t t = 0; t < n; ++t) {
-    if (!batch.want_logits[t]) continue;
-    rms_norm(x + t * E, output_norm_, cur + n_out * E, E, hp.rms_eps);
-    ws.out_rows[n_out++] = t;
-  }
-  if (n_out > 0) matmul(pool, output_, cur, n_out, ws.logits.data(), act);  // [n_out, n_vocab]
-  return static_cast<const float*>(ws.logits.data());
+  const int32_t n_out = d.head_rows(output_norm_, batch, 0, n, 0, ws);
+  if (n_out > 0) matmul(pool, output_, ws.cur.data(), n_out, ws.logits.data(), ws.act.data());
+  return static_cast<const float*>(ws.logits.data());  // [n_out, n_vocab]
 }
 
 }  // namespace qilin

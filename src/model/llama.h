@@ -1,6 +1,7 @@
-// The Llama-family decoder: hyperparameters and weights read from a GGUF file (weights stay
+// The Llama-family model: hyperparameters and weights read from a GGUF file (weights stay
 // quantized in the file's mapping), and forward(): one flat Batch of rows from any number of
-// sequences in, logits rows out, with K/V written to the block-addressed cache.
+// sequences in, logits rows out, with K/V written to the block-addressed cache. The graph itself
+// is model/transformer.h's Decoder, which tensor/pipeline ranks run too.
 #pragma once
 
 #include <cstdint>
@@ -14,83 +15,11 @@
 #include "kv/block_manager.h"
 #include "kv/kv_cache.h"
 #include "model/lora_adapter.h"
+#include "model/transformer.h"
 #include "ops/ops.h"
 #include "qilin/status.h"
 
 namespace qilin {
-
-struct LlamaHparams {
-  std::string arch;        // general.architecture
-  int32_t n_vocab = 0;
-  int32_t n_ctx_train = 0;
-  int32_t n_embd = 0;
-  int32_t n_layer = 0;
-  int32_t n_head = 0;
-  int32_t n_head_kv = 0;
-  int32_t head_dim = 0;
-  int32_t n_ff = 0;
-  float rms_eps = 1e-5f;
-  RopeParams rope;         // freq_factors filled from rope_freqs.weight when present
-};
-
-struct LlamaLayer {
-  const float* attn_norm = nullptr;  // [n_embd]
-  WeightView wq;                     // [n_embd] -> [n_head * head_dim]
-  WeightView wk;                     // [n_embd] -> [n_head_kv * head_dim]
-  WeightView wv;                     // [n_embd] -> [n_head_kv * head_dim]
-  WeightView wo;                     // [n_head * head_dim] -> [n_embd]
-  const float* ffn_norm = nullptr;   // [n_embd]
-  WeightView w_gate;                 // [n_embd] -> [n_ff]
-  WeightView w_up;                   // [n_embd] -> [n_ff]
-  WeightView w_down;                 // [n_ff] -> [n_embd]
-};
-
-// Scratch for one forward call, sized once; forward() allocates nothing.
-struct Workspace {
-  int32_t max_tokens = 0;      // rows per forward call
-  int32_t max_logit_rows = 0;  // rows that may ask for logits
-  int32_t max_ctx = 0;         // longest sequence attended over
-  bool flash_attn = true;      // attention kernel: FlashAttention, else naive two-pass
-  std::vector<float> x;        // [max_tokens, n_embd] residual stream
-  std::vector<float> cur;      // [max_tokens, n_embd]
-  std::vector<float> q;        // [max_tokens, n_head * head_dim]
-  std::vector<float> k;        // [max_tokens, n_head_kv * head_dim]
-  std::vector<float> v;        // [max_tokens, n_head_kv * head_dim]
-  std::vector<float> attn;     // [max_tokens, n_head * head_dim]
-  std::vector<float> gate;     // [max_tokens, n_ff]
-  std::vector<float> up;       // [max_tokens, n_ff]
-  std::vector<float> scores;   // [n_threads, n_head / n_head_kv, max_ctx], two-pass only
-  int n_threads = 1;           // threads the attention scratch is sized for
-  std::vector<int32_t> attn_row_blocks;  // [max_tokens + 1] flash attention row blocks
-  std::vector<float> attn_partial;       // flash-decoding partials, independent of max_ctx
-  std::vector<float> logits;   // [max_logit_rows, n_vocab]
-  std::vector<int32_t> out_rows;  // [max_logit_rows] batch rows that want logits
-  std::vector<uint8_t> act;    // converted activations for the matmul kernels
-};
-
-// The inputs of a layer's linear weights, as forward() computes them (calibration: AWQ).
-enum class LinearInput {
-  Attn,  // [n_tokens, n_embd] attn_norm output: input of q, k, v
-  Out,   // [n_tokens, n_head * head_dim] attention output: input of attn_output
-  Ffn,   // [n_tokens, n_embd] ffn_norm output: input of ffn_gate, ffn_up
-  Down,  // [n_tokens, n_ff] SwiGLU output: input of ffn_down
-};
-// Sees every linear input during forward(), on the calling thread between operators (so it may
-// use the same ThreadPool). Not for the serving path: it only observes.
-struct ForwardTap {
-  virtual ~ForwardTap() = default;
-  virtual void linear_input(int32_t il, LinearInput site, const float* x, int32_t n_tokens,
-                            int64_t n) = 0;
-};
-
-// The checks every forward() makes before touching the cache: token ids below n_vocab, rows
-// naming their sequences, positions inside the workspace's context and their block tables,
-// block ids inside the cache. Errors name the row and value.
-Status validate_batch(const Batch& b, int32_t n_vocab, const KvCacheConfig& c, const Workspace& ws);
-
-// Attention arguments over ws's scratch for q/out [n_tokens, n_head, head_dim] (layer unset).
-AttentionArgs attention_args(Workspace& ws, const KvCache& kv, const Batch& b, int32_t n_head,
-                             int32_t head_dim, const float* q, float* out);
 
 // A forward pass spread over several processes (src/dist/parallel_llama.h). While one is set,
 // the model's kv_config(), make_workspace() and forward() are its, so the callers (Generator,
@@ -177,7 +106,8 @@ class LlamaModel {
  private:
   LlamaModel() = default;
   const uint8_t* registered_weights_ = nullptr;  // gemm_register_immutable'd tensor span
-  Status validate(const Batch& batch, const KvCache& kv, const Workspace& ws) const;
+  // The whole model as the Decoder runs it (this process holds every layer).
+  Decoder decoder() const;
 
   std::unique_ptr<GgufFile> file_;
   LlamaHparams hp_;
@@ -187,7 +117,6 @@ class LlamaModel {
   std::vector<LlamaLayer> layers_;
   std::shared_ptr<const LoraAdapter> adapter_;
   std::shared_ptr<const DistributedForward> distributed_;
-  void apply_lora(ThreadPool& pool, int32_t il, int p, const float* x, int32_t n, float* y) const;
   const float* output_norm_ = nullptr;  // [n_embd]
   WeightView output_;                   // [n_embd] -> [n_vocab], token_embd when tied
   size_t weight_bytes_ = 0;
