@@ -74,6 +74,16 @@ WeightPlacement placement_of(const Common& c) {
                 : c.no_mmap ? WeightPlacement::Memory : WeightPlacement::Auto;
 }
 
+GeneratorConfig generator_config(const Common& c) {
+  GeneratorConfig gc;
+  gc.n_ctx = c.ctx;
+  gc.n_batch = c.batch;
+  gc.n_threads = c.threads;
+  gc.flash_attn = c.attn == "flash";
+  gc.kv_type = *parse_kv_type(c.kv_type);
+  return gc;
+}
+
 void add_sampling(CLI::App* app, SamplingParams& s) {
   app->add_option("--temp", s.temperature, "temperature (0 = greedy)");
   app->add_option("--top-k", s.top_k, "top-k (0 = off)");
@@ -126,6 +136,22 @@ Result<ChatTemplate> model_template(const Loaded& l) {
   // The tokenizer adds BOS itself when the file asks for it; the template must not repeat it.
   const std::string eos = l.tok->eos() >= 0 ? l.tok->token_text(l.tok->eos()) : "";
   return ChatTemplate::from_string(*src, "", eos);
+}
+
+bool print_text(std::string_view s) {
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fflush(stdout);
+  return true;
+}
+
+void print_stats(double load_ms, const GenerateStats& st) {
+  std::fprintf(stderr, "\n\nload time: %.1f ms\n", load_ms);
+  std::fprintf(stderr, "prompt:    %d tokens in %.1f ms (%.1f tokens/s)\n", st.n_prompt,
+               st.prompt_ms, st.n_prompt ? 1000.0 * st.n_prompt / st.prompt_ms : 0.0);
+  std::fprintf(stderr, "generate:  %d tokens in %.1f ms (%.1f tokens/s), stop: %s\n",
+               st.n_generated, st.gen_ms,
+               st.n_generated ? 1000.0 * st.n_generated / st.gen_ms : 0.0,
+               st.stop_reason.c_str());
 }
 
 }  // namespace qilin::cli

@@ -1,13 +1,15 @@
 // What the qilin subcommands share: the model, thread and memory options, sampling options,
-// loading a model with its tokenizer, the chat template, errors. One file per subcommand
-// otherwise (main.cc: run, chat, bench; serve.cc: serve).
+// loading a model with its tokenizer, the chat template, streamed output, errors. One file per
+// subcommand otherwise (run.cc, chat.cc, serve.cc, ...; the interface is command.h).
 #pragma once
 
 #include <CLI/CLI.hpp>
 
 #include <memory>
 #include <string>
+#include <string_view>
 
+#include "engine/generator.h"
 #include "engine/sampler.h"
 #include "model/chat_template.h"
 #include "model/llama.h"
@@ -33,6 +35,8 @@ struct Common {
 };
 void add_common(CLI::App* app, Common& c);
 WeightPlacement placement_of(const Common& c);
+// Context, batch, threads, attention kernel and KV type from the common options.
+GeneratorConfig generator_config(const Common& c);
 void add_sampling(CLI::App* app, SamplingParams& s);
 
 struct Loaded {
@@ -45,5 +49,10 @@ struct Loaded {
 Result<Loaded> load(std::string path, WeightPlacement placement, const std::string& lora = "");
 // The GGUF's tokenizer.chat_template, recognised (or a message quoting it).
 Result<ChatTemplate> model_template(const Loaded& l);
+
+// Writes generated text to stdout at once (a generate() callback: always true, go on).
+bool print_text(std::string_view s);
+// Load time, prompt and generation speed and the stop reason, on stderr.
+void print_stats(double load_ms, const GenerateStats& st);
 
 }  // namespace qilin::cli

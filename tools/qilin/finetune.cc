@@ -1,8 +1,7 @@
-// `qilin finetune`: see finetune.h. Writes OUT/adapter.gguf (llama.cpp's LoRA format, for
-// `qilin run --lora` and llama.cpp's --lora), OUT/peft/ (adapter_config.json and
-// adapter_model.safetensors for PEFT) and OUT/checkpoint.gguf (for --resume).
-#include "finetune.h"
-
+// `qilin finetune`: LoRA fine-tuning of a GGUF model on JSONL data (src/train/finetune.h).
+// Writes OUT/adapter.gguf (llama.cpp's LoRA format, for `qilin run --lora` and llama.cpp's
+// --lora), OUT/peft/ (adapter_config.json and adapter_model.safetensors for PEFT) and
+// OUT/checkpoint.gguf (for --resume).
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -10,6 +9,7 @@
 
 #include <sys/stat.h>
 
+#include "command.h"
 #include "common.h"
 #include "dist/comm.h"
 #include "quant/quantize.h"
@@ -51,13 +51,20 @@ bool under_mpi_launcher() {
   }
   return false;
 }
-FinetuneOpts g_opts;
 
-}  // namespace
+class FinetuneCommand final : public Command {
+ public:
+  const char* name() const override { return "finetune"; }
+  void add(CLI::App& app) override;
+  int run() override;
 
-CLI::App* add_finetune(CLI::App& app) {
-  FinetuneOpts& o = g_opts;
-  CLI::App* f = app.add_subcommand("finetune", "LoRA fine-tuning on JSONL data (prompt/completion, chat messages or text)");
+ private:
+  FinetuneOpts o_;
+};
+
+void FinetuneCommand::add(CLI::App& app) {
+  FinetuneOpts& o = o_;
+  CLI::App* f = app.add_subcommand(name(), "LoRA fine-tuning on JSONL data (prompt/completion, chat messages or text)");
   add_common(f, o.c);
   f->add_option("--data", o.data, "training data, JSONL")->required();
   f->add_option("-o,--out", o.out, "output folder (adapter.gguf, peft/, checkpoint.gguf)");
@@ -94,11 +101,10 @@ CLI::App* add_finetune(CLI::App& app) {
                 "gradients, 3 also the LoRA parameters");
   f->add_option("--offload-optimizer", o.offload_optimizer,
                 "with --zero: keep the FP32 master weights, AdamW states and the update on the host (cpu)");
-  return f;
 }
 
-int run_finetune() {
-  FinetuneOpts& o = g_opts;
+int FinetuneCommand::run() {
+  const FinetuneOpts& o = o_;
   using namespace qilin::train;
   FinetuneConfig fc;
   fc.lora.rank = o.rank;
@@ -260,5 +266,9 @@ int run_finetune() {
                fc.checkpoint_path.c_str());
   return 0;
 }
+
+}  // namespace
+
+std::unique_ptr<Command> make_finetune() { return std::make_unique<FinetuneCommand>(); }
 
 }  // namespace qilin::cli

@@ -1,9 +1,9 @@
-// `qilin merge -m BASE --lora ADAPTER[:SCALE] -o OUT [--type T]`: see merge.h.
-#include "merge.h"
-
+// `qilin merge -m BASE --lora ADAPTER[:SCALE] -o OUT [--type T]`: a base GGUF and a GGUF LoRA
+// adapter in, a merged model GGUF out (train/merge.h).
 #include <cstdio>
 #include <string>
 
+#include "command.h"
 #include "common.h"
 #include "model/lora_adapter.h"
 #include "train/merge.h"
@@ -15,24 +15,30 @@ struct MergeOpts {
   std::string model, lora, out, type;
   int threads = 1;
 };
-MergeOpts g_opts;
 
-}  // namespace
+class MergeCommand final : public Command {
+ public:
+  const char* name() const override { return "merge"; }
+  void add(CLI::App& app) override;
+  int run() override;
 
-CLI::App* add_merge(CLI::App& app) {
-  MergeOpts& o = g_opts;
+ private:
+  MergeOpts o_;
+};
+
+void MergeCommand::add(CLI::App& app) {
+  MergeOpts& o = o_;
   o.threads = ThreadPool::physical_cores();
-  CLI::App* m = app.add_subcommand("merge", "merge a LoRA adapter into its base: a new model GGUF");
+  CLI::App* m = app.add_subcommand(name(), "merge a LoRA adapter into its base: a new model GGUF");
   m->add_option("-m,--model", o.model, "base model GGUF (default: the fetched SmolLM2)");
   m->add_option("--lora", o.lora, "the adapter, FILE[:SCALE] (a GGUF LoRA, as qilin finetune writes)")->required();
   m->add_option("-o,--out", o.out, "merged model GGUF (written to a temp file, then renamed)")->required();
   m->add_option("--type", o.type, "type of the merged weights (default: the base's): " + quant_type_names());
   m->add_option("-t,--threads", o.threads, "threads")->check(CLI::Range(1, 1024));
-  return m;
 }
 
-int run_merge() {
-  MergeOpts& o = g_opts;
+int MergeCommand::run() {
+  const MergeOpts& o = o_;
   DType type = DType::F32;
   if (!o.type.empty()) {
     auto t = parse_quant_type(o.type);
@@ -54,5 +60,9 @@ int run_merge() {
   for (const std::string& n : r->quant.notes) std::fprintf(stderr, "merge: note: %s\n", n.c_str());
   return 0;
 }
+
+}  // namespace
+
+std::unique_ptr<Command> make_merge() { return std::make_unique<MergeCommand>(); }
 
 }  // namespace qilin::cli

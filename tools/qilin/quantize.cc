@@ -1,7 +1,6 @@
-// `qilin quantize` (see quantize.h): options, a progress bar on stderr, and the summary (sizes,
-// bits per weight, the types written, fallbacks).
-#include "quantize.h"
-
+// `qilin quantize IN OUT --type T`: round-to-nearest (Q8_0, Q4_0, Q4_1, INT4-gN, NF4, NF4+DQ)
+// and AWQ (--awq, calibrated on a text file) from one GGUF to another (quant/quantize.h), with a
+// progress bar on stderr and the summary (sizes, bits per weight, the types written, fallbacks).
 #include <unistd.h>
 
 #include <cstdio>
@@ -10,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "command.h"
 #include "common.h"
 #include "core/printable.h"
 #include "core/thread_pool.h"
@@ -33,8 +33,6 @@ struct QuantizeCli {
   int32_t calib_attn_windows = 8;
   bool no_clip = false;
 };
-QuantizeCli g_opts;
-
 // One line, redrawn in place on a terminal; on a pipe or file, a line per 10%.
 class ProgressBar {
  public:
@@ -67,13 +65,21 @@ std::string ratio(double num, double den) {
   return s;
 }
 
-}  // namespace
+class QuantizeCommand final : public Command {
+ public:
+  const char* name() const override { return "quantize"; }
+  void add(CLI::App& app) override;
+  int run() override;
 
-CLI::App* add_quantize(CLI::App& app) {
-  QuantizeCli& o = g_opts;
+ private:
+  QuantizeCli o_;
+};
+
+void QuantizeCommand::add(CLI::App& app) {
+  QuantizeCli& o = o_;
   o.threads = ThreadPool::physical_cores();
   CLI::App* q = app.add_subcommand(
-      "quantize", "quantize a GGUF model (round-to-nearest: " + quant_type_names() + ")");
+      name(), "quantize a GGUF model (round-to-nearest: " + quant_type_names() + ")");
   q->add_option("input", o.in, "input GGUF (F32/F16/BF16, or quantized: requantized)")->required();
   q->add_option("output", o.out, "output GGUF (written to a temp file, then renamed)")->required();
   q->add_option("--type", o.type, "target type: " + quant_type_names())->required();
@@ -94,11 +100,10 @@ CLI::App* add_quantize(CLI::App& app) {
                 "0: q, k and v's output error instead)")
       ->check(CLI::Range(0, 1 << 20));
   q->add_flag("--no-clip", o.no_clip, "AWQ: skip the clipping search (scales only)");
-  return q;
 }
 
-int run_quantize() {
-  const QuantizeCli& o = g_opts;
+int QuantizeCommand::run() {
+  const QuantizeCli& o = o_;
   auto type = parse_quant_type(o.type);
   if (!type) return fail("quantize: " + type.status().message());
   auto in = GgufFile::open(o.in);
@@ -192,5 +197,9 @@ int run_quantize() {
   std::printf("\n");
   return 0;
 }
+
+}  // namespace
+
+std::unique_ptr<Command> make_quantize() { return std::make_unique<QuantizeCommand>(); }
 
 }  // namespace qilin::cli

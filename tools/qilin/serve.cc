@@ -3,8 +3,6 @@
 // on SIGINT / SIGTERM: no new connections or requests, running ones finish within
 // --shutdown-timeout or are cancelled (a second signal cancels at once), and the exit status is
 // 0 only when every KV block came back to the pool.
-#include "serve.h"
-
 #include <pthread.h>
 #include <sys/resource.h>
 #include <sys/select.h>
@@ -18,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "command.h"
 #include "common.h"
 #include "engine/engine.h"
 #include "parallel.h"
@@ -50,8 +49,6 @@ struct ServeOpts {
   ParallelCli par;
 };
 
-ServeOpts g_opts;
-
 std::string basename_of(const std::string& path) {
   const size_t slash = path.find_last_of('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
@@ -78,11 +75,19 @@ int fit_descriptor_limit(int max_connections) {
   return std::min(max_connections, fit);
 }
 
-}  // namespace
+class ServeCommand final : public Command {
+ public:
+  const char* name() const override { return "serve"; }
+  void add(CLI::App& app) override;
+  int run() override;
 
-CLI::App* add_serve(CLI::App& app) {
-  ServeOpts& o = g_opts;
-  CLI::App* s = app.add_subcommand("serve", "OpenAI-compatible HTTP server (continuous batching)");
+ private:
+  ServeOpts o_;
+};
+
+void ServeCommand::add(CLI::App& app) {
+  ServeOpts& o = o_;
+  CLI::App* s = app.add_subcommand(name(), "OpenAI-compatible HTTP server (continuous batching)");
   add_common(s, o.c);
   s->add_option("--host", o.host, "address to listen on (default 127.0.0.1: this machine only)");
   s->add_option("--port", o.port, "TCP port (0: pick a free one and print it)")
@@ -140,11 +145,10 @@ CLI::App* add_serve(CLI::App& app) {
       ->check(CLI::Range(0.0, 3600.0))
       ->capture_default_str();
   add_parallel(s, o.par);
-  return s;
 }
 
-int run_serve() {
-  ServeOpts& o = g_opts;
+int ServeCommand::run() {
+  ServeOpts& o = o_;
   if (o.api_key.empty()) {
     if (const char* k = std::getenv("QILIN_API_KEY")) o.api_key = k;
   }
@@ -246,5 +250,9 @@ int run_serve() {
   std::fprintf(stderr, "qilin serve: stopped; all %d KV blocks free\n", m.kv.total);
   return 0;
 }
+
+}  // namespace
+
+std::unique_ptr<Command> make_serve() { return std::make_unique<ServeCommand>(); }
 
 }  // namespace qilin::cli
