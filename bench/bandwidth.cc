@@ -18,7 +18,7 @@
 #include <cstdlib>
 
 #include "cpu/dot_mixed.h"
-#include "cpu/quants.h"
+#include "cpu/isa.h"
 
 namespace qilin {
 namespace {

@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "cpu/quants.h"
+#include "cpu/isa.h"
 
 namespace qilin {
 

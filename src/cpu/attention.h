@@ -10,7 +10,7 @@
 #include <limits>
 
 #include "cpu/kv_types.h"
-#include "cpu/quants.h"
+#include "cpu/isa.h"
 
 namespace qilin {
 

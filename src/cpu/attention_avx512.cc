@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "cpu/attention.h"
+#include "cpu/quants.h"
 #include "cpu/vec_avx512.h"
 
 namespace qilin::avx512 {

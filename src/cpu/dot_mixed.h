@@ -4,9 +4,10 @@
 // F32 halves the conversions and is more accurate. Null where no SIMD version exists.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
-#include "cpu/quants.h"
+#include "cpu/isa.h"
 
 namespace qilin {
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "core/dtype.h"
+#include "cpu/isa.h"
 
 namespace qilin {
 
@@ -42,15 +43,6 @@ void dequantize_row_ref(DType type, const void* src, float* dst, int64_t n);
 // quantize from F32 with llama.cpp's reference rounding: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q8_1.
 // (and the quants_int4.h types with their own references).
 void quantize_row_ref(DType type, const float* src, void* dst, int64_t n);
-
-enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2 };
-const char* isa_name(Isa isa);
-Isa cpu_best_isa();            // from CPUID/XGETBV at run time (QILIN_ISA env may lower it)
-bool cpu_supports(Isa isa);
-// AVX512_BF16 (VDPBF16PS, VCVTNE2PS2BF16) on top of cpu_supports(Avx512), and the best ISA is
-// AVX-512 (QILIN_ISA lower turns it off). Kernels that use it are picked separately: the
-// Avx512 tier does not require it.
-bool cpu_has_avx512_bf16();
 
 // Dot product of one weight row (type `weight`) with one activation row already converted to
 // `vec_dot_type`; n elements.

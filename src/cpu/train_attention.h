@@ -9,7 +9,7 @@
 
 #include <cstdint>
 
-#include "cpu/quants.h"
+#include "cpu/isa.h"
 
 namespace qilin {
 

@@ -14,7 +14,7 @@
 
 #include "command.h"
 #include "common.h"
-#include "cpu/quants.h"
+#include "cpu/isa.h"
 #include "engine/engine.h"
 #include "engine/generator.h"
 #include "parallel.h"
