@@ -12,10 +12,10 @@
 #include "core/thread_pool.h"
 #include "formats/gguf.h"
 #include "fuzz_util.h"
-#include "kv/kv_cache.h"
 #include "model/chat_template.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
+#include "ops/kv_cache.h"
 
 using namespace qilin;
 

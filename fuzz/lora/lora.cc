@@ -11,9 +11,9 @@
 
 #include "core/thread_pool.h"
 #include "fuzz_util.h"
-#include "kv/kv_cache.h"
 #include "model/llama.h"
 #include "model/lora_adapter.h"
+#include "ops/kv_cache.h"
 
 using namespace qilin;
 

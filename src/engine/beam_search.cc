@@ -10,9 +10,9 @@
 #include <numeric>
 
 #include "core/thread_pool.h"
-#include "engine/batch.h"
 #include "kv/block_manager.h"
-#include "kv/kv_cache.h"
+#include "ops/batch.h"
+#include "ops/kv_cache.h"
 
 namespace qilin {
 namespace {

@@ -13,12 +13,12 @@
 #include <vector>
 
 #include "core/thread_pool.h"
-#include "engine/batch.h"
 #include "engine/sampler.h"
 #include "kv/block_manager.h"
-#include "kv/kv_cache.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
+#include "ops/batch.h"
+#include "ops/kv_cache.h"
 #include "qilin/status.h"
 
 namespace qilin {

@@ -5,9 +5,9 @@
 #include <cmath>
 
 #include "core/thread_pool.h"
-#include "engine/batch.h"
 #include "kv/block_allocator.h"
-#include "kv/kv_cache.h"
+#include "ops/batch.h"
+#include "ops/kv_cache.h"
 
 namespace qilin {
 

@@ -12,16 +12,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "ops/kv_cache.h"  // BlockCopy
+
 namespace qilin {
 
 using SeqId = int64_t;
-
-// The caller copies K/V slots [0, n_slots) of block src into block dst, every layer.
-struct BlockCopy {
-  int32_t src = 0;
-  int32_t dst = 0;
-  int32_t n_slots = 0;
-};
 
 enum class KvAlloc { Ok, OutOfBlocks };
 

@@ -10,18 +10,17 @@
 #include <vector>
 
 #include "core/thread_pool.h"
-#include "engine/batch.h"
 #include "formats/gguf.h"
-#include "kv/block_manager.h"
-#include "kv/kv_cache.h"
 #include "model/lora_adapter.h"
 #include "model/transformer.h"
+#include "ops/batch.h"
+#include "ops/kv_cache.h"
 #include "ops/ops.h"
 #include "qilin/status.h"
 
 namespace qilin {
 
-// A forward pass spread over several processes (src/dist/parallel_llama.h). While one is set,
+// A forward pass spread over several processes (model/parallel_llama.h). While one is set,
 // the model's kv_config(), make_workspace() and forward() are its, so the callers (Generator,
 // Engine, perplexity, bench) run unchanged on the rank that drives the others.
 class DistributedForward {

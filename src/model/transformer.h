@@ -1,7 +1,7 @@
 // The decoder, defined once: the hyperparameters, a layer's weights, the shard plan that says
 // which part of the model this process holds, and the forward pass of the block stack, the
 // embedding and the output head's norm. A single process (LlamaModel) runs it with the whole
-// plan; each tensor/pipeline-parallel rank (dist/parallel_llama.h) runs the same code with its
+// plan; each tensor/pipeline-parallel rank (model/parallel_llama.h) runs the same code with its
 // plan, its weight slices and communication hooks at the two points Megatron puts them (the
 // row-parallel products after attention and after the FFN; the embedding's rows).
 #pragma once
@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "core/thread_pool.h"
-#include "engine/batch.h"
-#include "kv/kv_cache.h"
+#include "ops/batch.h"
+#include "ops/kv_cache.h"
 #include "ops/ops.h"
 #include "qilin/status.h"
 

@@ -8,8 +8,8 @@
 
 #include "core/dtype.h"
 #include "core/thread_pool.h"
-#include "engine/batch.h"
-#include "kv/kv_cache.h"
+#include "ops/batch.h"
+#include "ops/kv_cache.h"
 
 namespace qilin {
 

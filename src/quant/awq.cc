@@ -7,12 +7,12 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 
 #include "core/assert.h"
 #include "cpu/quants.h"
-#include "engine/batch.h"
-#include "kv/block_allocator.h"
-#include "kv/kv_cache.h"
+#include "ops/batch.h"
+#include "ops/kv_cache.h"
 #include "ops/ops.h"
 #include "quant/quantize.h"
 
@@ -371,9 +371,9 @@ Result<AwqCalibration> awq_calibrate(const LlamaModel& model, const std::vector<
   constexpr int32_t kBlock = 16;
   auto kv = KvCache::create(model.kv_config(n_ctx, kBlock));
   QILIN_TRY(kv);
-  BlockAllocator alloc((*kv)->config().n_blocks, kBlock);
-  std::vector<int32_t> table;
-  if (!alloc.reserve(table, n_ctx)) return errorf("awq: KV cache sizing error");
+  // One sequence at a time over the whole cache: its block table is every block in order.
+  std::vector<int32_t> table((*kv)->config().n_blocks);
+  std::iota(table.begin(), table.end(), 0);
   Workspace ws = model.make_workspace(n_ctx, 1, n_ctx, pool.size());
   CalibrationTap tap(pool, cal);
   Batch batch;

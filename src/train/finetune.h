@@ -10,7 +10,6 @@
 #include <vector>
 
 #include "dist/comm.h"
-#include "dist/zero.h"
 #include "model/chat_template.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
@@ -19,6 +18,7 @@
 #include "train/optimizer.h"
 #include "train/paged_adamw.h"
 #include "train/precision.h"
+#include "train/zero.h"
 
 namespace qilin::train {
 
@@ -67,7 +67,7 @@ struct FinetuneConfig {
   float loss_scale_init = 65536.0f;
   int loss_scale_growth_interval = 1000;
   int loss_scale_hysteresis = 2;
-  // Data-parallel training (dist/zero.h) when zero_stage >= 0: the ranks of comm (null: one)
+  // Data-parallel training (train/zero.h) when zero_stage >= 0: the ranks of comm (null: one)
   // each take grad_accum / ranks consecutive examples of every step's global batch of
   // grad_accum, and together give the weights one process gets on that batch.
   int zero_stage = -1;

@@ -67,7 +67,7 @@ struct LoraLayer {
 };
 
 // Where the LoRA weights and gradients live when not in lora() and grad(): data-parallel
-// training (dist/zero.h) keeps them in flat, possibly sharded buffers. The model runs one layer
+// training (train/zero.h) keeps them in flat, possibly sharded buffers. The model runs one layer
 // at a time: it asks for the layer's weights before the layer's forward and again before its
 // backward (a reference valid until the next call), for a zeroed gradient buffer of the layer
 // before its backward, and hands that back after.

@@ -14,11 +14,11 @@
 #include <string>
 
 #include "dist/comm.h"
-#include "dist/parallel_llama.h"
 #include "engine/beam_search.h"
 #include "engine/generator.h"
-#include "test_util.h"
+#include "model/parallel_llama.h"
 #include "mpi/test_world.h"
+#include "test_util.h"
 
 namespace qilin {
 namespace {

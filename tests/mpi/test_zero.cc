@@ -12,10 +12,10 @@
 #include <random>
 
 #include "dist/comm.h"
-#include "dist/zero.h"
 #include "mpi/test_world.h"
 #include "mpi/tiny_llama.h"
 #include "train/finetune.h"
+#include "train/zero.h"
 
 namespace qilin::train {
 namespace {

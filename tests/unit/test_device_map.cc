@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "dist/device_map.h"
-#include "dist/parallel_llama.h"
+#include "model/parallel_llama.h"
 
 namespace qilin {
 namespace {

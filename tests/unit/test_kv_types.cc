@@ -12,7 +12,7 @@
 #include "core/fp16.h"
 #include "cpu/kv_types.h"
 #include "cpu/quants.h"
-#include "kv/kv_cache.h"
+#include "ops/kv_cache.h"
 
 namespace qilin {
 namespace {

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "cpu/quants.h"
-#include "engine/batch.h"
-#include "kv/kv_cache.h"
+#include "ops/batch.h"
+#include "ops/kv_cache.h"
 #include "quant/awq.h"
 #include "quant/quantize.h"
 #include "test_util.h"

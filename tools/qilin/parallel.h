@@ -8,8 +8,8 @@
 #include <string>
 
 #include "common.h"
-#include "dist/parallel_llama.h"
 #include "model/llama.h"
+#include "model/parallel_llama.h"
 #include "qilin/status.h"
 
 namespace qilin::cli {

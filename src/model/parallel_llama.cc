@@ -1,7 +1,7 @@
 // ParallelLlama: see parallel_llama.h. The graph is LlamaModel::forward's, cut at the seams
 // Megatron cuts it: one rank's heads and FFN columns per layer, partial sums all-reduced after
 // O and after down. Integers travel as floats (exact below 2^24; asserted).
-#include "dist/parallel_llama.h"
+#include "model/parallel_llama.h"
 
 #include <sys/mman.h>
 

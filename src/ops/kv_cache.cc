@@ -1,5 +1,5 @@
 // KvCache: two anonymous mappings (K and V) for all layers. See kv_cache.h.
-#include "kv/kv_cache.h"
+#include "ops/kv_cache.h"
 
 #include <sys/mman.h>
 

@@ -1,5 +1,5 @@
 // ZeroOptimizer: see zero.h.
-#include "dist/zero.h"
+#include "train/zero.h"
 
 #include <algorithm>
 #include <cmath>
