@@ -12,7 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "ops/kv_cache.h"  // BlockCopy
+#include "core/block_copy.h"
 
 namespace qilin {
 

@@ -9,18 +9,11 @@
 #include <cstdint>
 #include <memory>
 
+#include "core/block_copy.h"
 #include "cpu/kv_types.h"
 #include "qilin/status.h"
 
 namespace qilin {
-
-// Copy K/V slots [0, n_slots) of block src into block dst, every layer: the copy-on-write
-// that the BlockManager asks for (KvCache::copy_block performs it).
-struct BlockCopy {
-  int32_t src = 0;
-  int32_t dst = 0;
-  int32_t n_slots = 0;
-};
 
 struct KvCacheConfig {
   int32_t n_layer = 0;
