@@ -257,13 +257,8 @@ void BpeTokenizer::encode_word(std::string_view word, std::vector<int32_t>& out)
     if (left.len == 0 || right.len == 0 || left.len != c.left_len || right.len != c.right_len) {
       continue;
     }
-    left.len += right.len;
     left.id = c.result;
-    right.len = 0;
-    left.next = right.next;
-    if (right.next >= 0) syms[right.next].prev = c.left;
-    try_queue(left.prev, c.left);
-    try_queue(c.left, left.next);
+    merge_right_into(syms, c.left, c.right, try_queue);
   }
 
   for (const Symbol& s : syms) {

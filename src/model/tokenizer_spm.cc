@@ -155,12 +155,7 @@ void SpmTokenizer::encode_text(std::string_view text, std::vector<int32_t>& out)
     Symbol& left = syms[c.left];
     Symbol& right = syms[c.right];
     if (left.len == 0 || right.len == 0 || left.len + right.len != c.size) continue;
-    left.len += right.len;
-    right.len = 0;
-    left.next = right.next;
-    if (right.next >= 0) syms[right.next].prev = c.left;
-    try_queue(left.prev, c.left);
-    try_queue(c.left, left.next);
+    merge_right_into(syms, c.left, c.right, try_queue);
   }
 
   for (const Symbol& s : syms) {

@@ -192,6 +192,27 @@ void fake_quantize_scaled(ThreadPool& pool, DType type, const float* w, int64_t 
   }
 }
 
+// llm-awq's grid: alpha = i / n_grid for i in [0, n_grid), s = scales_for(xm, alpha); keeps the
+// scales of the least loss(s), and alpha = 0's loss as the plain-RTN baseline.
+template <typename Loss>
+AwqScaleSearch grid_search(const std::vector<float>& xm, int n_grid, Loss&& loss_of) {
+  AwqScaleSearch best;
+  best.loss_best = std::numeric_limits<double>::infinity();
+  std::vector<float> s;
+  for (int i = 0; i < n_grid; ++i) {
+    const float alpha = static_cast<float>(i) / static_cast<float>(n_grid);
+    scales_for(xm, alpha, s);
+    const double loss = loss_of(s);
+    if (i == 0) best.loss_rtn = loss;
+    if (loss < best.loss_best) {
+      best.loss_best = loss;
+      best.alpha = alpha;
+      best.scales = s;
+    }
+  }
+  return best;
+}
+
 }  // namespace
 
 AwqScaleSearch awq_search_scale_attention(ThreadPool& pool, const LlamaHparams& hp,
@@ -203,13 +224,8 @@ AwqScaleSearch awq_search_scale_attention(ThreadPool& pool, const LlamaHparams& 
   QILIN_ASSERT(stats.n == E && n_grid >= 1 && n_tok > 0 && n_tok % n_ctx == 0);
   std::vector<float> ref(n_tok * E), out(n_tok * E);  // [n_tok, n_embd]
   awq_attention(pool, hp, x.data(), n_tok, n_ctx, q.w, k.w, v.w, wo, ref.data());
-  const std::vector<float> xm = stats.mean_abs();
-  AwqScaleSearch best;
-  best.loss_best = std::numeric_limits<double>::infinity();
-  std::vector<float> s, ws, wq, wk, wv;
-  for (int i = 0; i < n_grid; ++i) {
-    const float alpha = static_cast<float>(i) / static_cast<float>(n_grid);
-    scales_for(xm, alpha, s);
+  std::vector<float> ws, wq, wk, wv;
+  return grid_search(stats.mean_abs(), n_grid, [&](const std::vector<float>& s) {
     fake_quantize_scaled(pool, search_type(q.type), q.w, q.n_out, E, s, ws, wq);
     fake_quantize_scaled(pool, search_type(k.type), k.w, k.n_out, E, s, ws, wk);
     fake_quantize_scaled(pool, search_type(v.type), v.w, v.n_out, E, s, ws, wv);
@@ -219,14 +235,8 @@ AwqScaleSearch awq_search_scale_attention(ThreadPool& pool, const LlamaHparams& 
       const double d = static_cast<double>(out[j]) - ref[j];
       loss += d * d;
     }
-    if (i == 0) best.loss_rtn = loss;
-    if (loss < best.loss_best) {
-      best.loss_best = loss;
-      best.alpha = alpha;
-      best.scales = s;
-    }
-  }
-  return best;
+    return loss;
+  });
 }
 
 AwqScaleSearch awq_search_scale(ThreadPool& pool, const std::vector<AwqLinear>& group,
@@ -241,25 +251,15 @@ AwqScaleSearch awq_search_scale(ThreadPool& pool, const std::vector<AwqLinear>& 
     for (int64_t c = 0; c < n_in; ++c) sum[(*tie)[c]] += xm[c], cnt[(*tie)[c]]++;
     for (int64_t c = 0; c < n_in; ++c) xm[c] = static_cast<float>(sum[(*tie)[c]] / cnt[(*tie)[c]]);
   }
-  AwqScaleSearch best;
-  best.loss_best = std::numeric_limits<double>::infinity();
-  std::vector<float> s, ws, wq;
-  for (int i = 0; i < n_grid; ++i) {
-    const float alpha = static_cast<float>(i) / static_cast<float>(n_grid);
-    scales_for(xm, alpha, s);
+  std::vector<float> ws, wq;
+  return grid_search(xm, n_grid, [&](const std::vector<float>& s) {
     double loss = 0.0;
     for (const AwqLinear& lin : group) {
       fake_quantize_scaled(pool, search_type(lin.type), lin.w, lin.n_out, n_in, s, ws, wq);
       loss += awq_output_error(pool, lin.w, wq.data(), lin.n_out, n_in, stats.h.data());
     }
-    if (i == 0) best.loss_rtn = loss;
-    if (loss < best.loss_best) {
-      best.loss_best = loss;
-      best.alpha = alpha;
-      best.scales = s;
-    }
-  }
-  return best;
+    return loss;
+  });
 }
 
 std::pair<double, double> awq_clip(ThreadPool& pool, const AwqLinear& lin, int64_t n_in,
