@@ -1,6 +1,7 @@
-// GGUF v3 (and v2, same layout) reader and v3 writer; see gguf.h. The reader never trusts a
-// count, offset or size from the file: each is checked against the bytes that remain before it
-// is used, so a hostile file costs at most a bounded allocation and yields a Status.
+// GGUF v3 (and v2, same layout) reader; see gguf.h. The reader never trusts a count, offset or
+// size from the file: each is checked against the bytes that remain before it is used, so a
+// hostile file costs at most a bounded allocation and yields a Status. The metadata getters
+// are in gguf_metadata.cc, the writer in gguf_writer.cc.
 #include "formats/gguf.h"
 
 #include <fcntl.h>
@@ -9,33 +10,22 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <bit>
 #include <cerrno>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <sstream>
-#include <string_view>
+#include <string>
 
-#include "core/atomic_file.h"
 #include "core/printable.h"
 #include "cpu/quants.h"
+#include "formats/gguf_internal.h"
 
 namespace qilin {
 
-// GGUF is little-endian on disk and the reader copies scalars straight from the file.
-static_assert(std::endian::native == std::endian::little,
-              "Qilin's GGUF code assumes little-endian");
+using namespace gguf_internal;
 
 namespace {
 
-constexpr uint8_t kMagic[4] = {'G', 'G', 'U', 'F'};
-constexpr uint32_t kWriteVersion = 3;
-constexpr uint64_t kDefaultAlignment = 32;
-constexpr uint32_t kMaxDims = 4;
-// Arrays may nest (the spec allows it; real models never do). The limit bounds recursion.
-constexpr int kMaxArrayDepth = 8;
 // Every metadata element becomes a GgufValue (about 100 bytes), so a u8 array costs about 100x
 // its size on disk. The header's memory (values, strings, keys, tensor infos, indexes) is
 // charged against a budget of a floor plus a multiple of the file's size: a real model's
@@ -52,23 +42,8 @@ constexpr uint64_t kIndexEntryBytes = 64;
 constexpr uint64_t kMinKvBytes = 8 + 4 + 1;              // key length, value type, 1-byte value
 constexpr uint64_t kMinTensorInfoBytes = 8 + 4 + 4 + 8;  // name length, n_dims, type, offset
 
-template <typename... Args>
-std::string cat(const Args&... args) {
-  std::ostringstream os;
-  (os << ... << args);
-  return os.str();
-}
-
 // Names taken from the file are clipped to this many bytes in messages (and escaped).
 constexpr size_t kNameClip = 80;
-
-uint64_t align_up(uint64_t x, uint64_t alignment) {
-  return (x + alignment - 1) / alignment * alignment;
-}
-
-bool is_power_of_two(uint64_t x) { return x != 0 && (x & (x - 1)) == 0; }
-
-bool is_known_type(uint32_t t) { return t <= static_cast<uint32_t>(GgufType::FLOAT64); }
 
 // Fewest bytes one element of type t can take on disk (an array: its element type and count).
 uint64_t min_encoded_bytes(GgufType t) {
@@ -93,27 +68,6 @@ uint64_t min_encoded_bytes(GgufType t) {
       return 4 + 8;
   }
   return 1;
-}
-
-bool is_int_type(GgufType t) {
-  switch (t) {
-    case GgufType::UINT8:
-    case GgufType::INT8:
-    case GgufType::UINT16:
-    case GgufType::INT16:
-    case GgufType::UINT32:
-    case GgufType::INT32:
-    case GgufType::UINT64:
-    case GgufType::INT64:
-      return true;
-    default:
-      return false;
-  }
-}
-
-bool is_signed_type(GgufType t) {
-  return t == GgufType::INT8 || t == GgufType::INT16 || t == GgufType::INT32 ||
-         t == GgufType::INT64;
 }
 
 // Bounds-checked cursor over the file. Errors read "gguf: FILE: CONTEXT: WHAT"; the context
@@ -271,104 +225,7 @@ Status read_value(Reader& r, GgufType type, GgufValue* v, int depth) {
   return r.fail(cat("unknown value type id ", static_cast<uint32_t>(type)));
 }
 
-Status key_error(const std::string& path, const std::string& key, const std::string& what) {
-  return Status::error(cat("gguf: key '", key, "' ", what, " (in ", path, ")"));
-}
-
-Status wrong_type(const std::string& path, const std::string& key, const GgufValue& v,
-                  const char* expected) {
-  std::string found = gguf_type_name(v.type);
-  if (v.type == GgufType::ARRAY) found += cat(" of ", gguf_type_name(v.elem_type));
-  return key_error(path, key, cat("has type ", found, ", expected ", expected));
-}
-
 }  // namespace
-
-const char* gguf_type_name(GgufType t) {
-  switch (t) {
-    case GgufType::UINT8:
-      return "UINT8";
-    case GgufType::INT8:
-      return "INT8";
-    case GgufType::UINT16:
-      return "UINT16";
-    case GgufType::INT16:
-      return "INT16";
-    case GgufType::UINT32:
-      return "UINT32";
-    case GgufType::INT32:
-      return "INT32";
-    case GgufType::FLOAT32:
-      return "FLOAT32";
-    case GgufType::BOOL:
-      return "BOOL";
-    case GgufType::STRING:
-      return "STRING";
-    case GgufType::ARRAY:
-      return "ARRAY";
-    case GgufType::UINT64:
-      return "UINT64";
-    case GgufType::INT64:
-      return "INT64";
-    case GgufType::FLOAT64:
-      return "FLOAT64";
-  }
-  return "UNKNOWN";
-}
-
-// ---- GgufValue factories ----
-
-GgufValue GgufValue::of_u32(uint32_t v) {
-  GgufValue x;
-  x.type = GgufType::UINT32;
-  x.u = v;
-  return x;
-}
-GgufValue GgufValue::of_i32(int32_t v) {
-  GgufValue x;
-  x.type = GgufType::INT32;
-  x.i = v;
-  return x;
-}
-GgufValue GgufValue::of_u64(uint64_t v) {
-  GgufValue x;
-  x.type = GgufType::UINT64;
-  x.u = v;
-  return x;
-}
-GgufValue GgufValue::of_f32(float v) {
-  GgufValue x;
-  x.type = GgufType::FLOAT32;
-  x.f = v;
-  return x;
-}
-GgufValue GgufValue::of_bool(bool v) {
-  GgufValue x;
-  x.type = GgufType::BOOL;
-  x.u = v ? 1 : 0;
-  return x;
-}
-GgufValue GgufValue::of_string(std::string v) {
-  GgufValue x;
-  x.type = GgufType::STRING;
-  x.str = std::move(v);
-  return x;
-}
-GgufValue GgufValue::of_array(GgufType elem_type, std::vector<GgufValue> elems) {
-  GgufValue x;
-  x.type = GgufType::ARRAY;
-  x.elem_type = elem_type;
-  x.array = std::move(elems);
-  return x;
-}
-GgufValue GgufValue::of_strings(const std::vector<std::string>& v) {
-  std::vector<GgufValue> elems;
-  elems.reserve(v.size());
-  for (const std::string& s : v) elems.push_back(of_string(s));
-  return of_array(GgufType::STRING, std::move(elems));
-}
-
-// ---- Reader ----
 
 GgufFile::~GgufFile() {
   if (map_ != nullptr) munmap(map_, map_size_);
@@ -626,11 +483,6 @@ Status GgufFile::parse_into(const uint8_t* data, size_t size) {
   return Status::ok();
 }
 
-const GgufValue* GgufFile::find(const std::string& key) const {
-  auto it = kv_index_.find(key);
-  return it == kv_index_.end() ? nullptr : &kvs_[it->second].second;
-}
-
 const GgufTensorInfo* GgufFile::find_tensor(const std::string& name) const {
   auto it = tensor_index_.find(name);
   return it == tensor_index_.end() ? nullptr : &tensors_[it->second];
@@ -657,348 +509,6 @@ Result<std::vector<float>> GgufFile::read_f32(const GgufTensorInfo& t, const cha
     dequantize_row_ref(t.type, t.data + r * rb, out.data() + r * ne0, ne0);
   }
   return out;
-}
-
-Result<uint64_t> GgufFile::get_uint(const std::string& key) const {
-  const GgufValue* v = find(key);
-  if (v == nullptr) return key_error(path_, key, "missing");
-  if (!is_int_type(v->type)) return wrong_type(path_, key, *v, "an integer");
-  if (!is_signed_type(v->type)) return v->u;
-  if (v->i < 0) {
-    return key_error(path_, key, cat("value ", v->i, " is negative, expected an unsigned integer"));
-  }
-  return static_cast<uint64_t>(v->i);
-}
-
-Result<int64_t> GgufFile::get_int(const std::string& key) const {
-  const GgufValue* v = find(key);
-  if (v == nullptr) return key_error(path_, key, "missing");
-  if (!is_int_type(v->type)) return wrong_type(path_, key, *v, "an integer");
-  if (is_signed_type(v->type)) return v->i;
-  if (v->u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-    return key_error(path_, key, cat("value ", v->u, " does not fit int64"));
-  }
-  return static_cast<int64_t>(v->u);
-}
-
-Result<double> GgufFile::get_float(const std::string& key) const {
-  const GgufValue* v = find(key);
-  if (v == nullptr) return key_error(path_, key, "missing");
-  if (v->type == GgufType::FLOAT32 || v->type == GgufType::FLOAT64) return v->f;
-  if (is_int_type(v->type)) {
-    return is_signed_type(v->type) ? static_cast<double>(v->i) : static_cast<double>(v->u);
-  }
-  return wrong_type(path_, key, *v, "a number");
-}
-
-Result<bool> GgufFile::get_bool(const std::string& key) const {
-  const GgufValue* v = find(key);
-  if (v == nullptr) return key_error(path_, key, "missing");
-  if (v->type != GgufType::BOOL) return wrong_type(path_, key, *v, "BOOL");
-  return v->u != 0;
-}
-
-Result<std::string> GgufFile::get_string(const std::string& key) const {
-  const GgufValue* v = find(key);
-  if (v == nullptr) return key_error(path_, key, "missing");
-  if (v->type != GgufType::STRING) return wrong_type(path_, key, *v, "STRING");
-  return v->str;
-}
-
-Result<const GgufValue*> GgufFile::get_array(const std::string& key, GgufType elem_type) const {
-  const GgufValue* v = find(key);
-  if (v == nullptr) return key_error(path_, key, "missing");
-  if (v->type != GgufType::ARRAY || v->elem_type != elem_type) {
-    const std::string expected = cat("ARRAY of ", gguf_type_name(elem_type));
-    return wrong_type(path_, key, *v, expected.c_str());
-  }
-  return v;
-}
-
-// ---- Writer ----
-
-// Where the bytes go: a memory buffer or a FILE*. A failed fwrite is remembered and reported
-// once at the end; `written` advances regardless so padding loops always terminate.
-struct GgufWriter::Sink {
-  std::vector<uint8_t>* buf = nullptr;
-  FILE* file = nullptr;
-  uint64_t written = 0;
-  bool failed = false;
-
-  void put(const void* p, size_t n) {
-    written += n;
-    if (failed || n == 0) return;
-    if (buf != nullptr) {
-      const uint8_t* b = static_cast<const uint8_t*>(p);
-      buf->insert(buf->end(), b, b + n);
-    } else if (std::fwrite(p, 1, n, file) != n) {
-      failed = true;
-    }
-  }
-  template <typename T>
-  void put_scalar(T v) {
-    put(&v, sizeof(T));
-  }
-  void put_string(const std::string& s) {
-    put_scalar<uint64_t>(s.size());
-    put(s.data(), s.size());
-  }
-  void pad_to(uint64_t alignment) {
-    static const uint8_t kZeros[256] = {};
-    while (written % alignment != 0) {
-      put(kZeros, std::min<uint64_t>(alignment - written % alignment, sizeof(kZeros)));
-    }
-  }
-};
-
-void GgufWriter::set(const std::string& key, GgufValue value) {
-  for (auto& kv : kvs_) {
-    if (kv.first == key) {
-      kv.second = std::move(value);
-      return;
-    }
-  }
-  kvs_.emplace_back(key, std::move(value));
-}
-
-void GgufWriter::add_tensor(const std::string& name, DType type, const std::vector<int64_t>& ne,
-                            const void* data, size_t size) {
-  tensors_.push_back(Tensor{name, type, ne, data, size});
-}
-
-namespace {
-
-// Checks that a value can be encoded as its declared type (integers in range, arrays uniform).
-Status validate_value(const std::string& key, const GgufValue& v, int depth) {
-  auto out_of_range = [&](auto value) {
-    return Status::error(cat("gguf writer: key '", key, "': value ", value, " does not fit ",
-                             gguf_type_name(v.type)));
-  };
-  switch (v.type) {
-    case GgufType::UINT8:
-      if (v.u > 0xff) return out_of_range(v.u);
-      break;
-    case GgufType::UINT16:
-      if (v.u > 0xffff) return out_of_range(v.u);
-      break;
-    case GgufType::UINT32:
-      if (v.u > 0xffffffffu) return out_of_range(v.u);
-      break;
-    case GgufType::BOOL:
-      if (v.u > 1) return out_of_range(v.u);
-      break;
-    case GgufType::INT8:
-      if (v.i < -128 || v.i > 127) return out_of_range(v.i);
-      break;
-    case GgufType::INT16:
-      if (v.i < -32768 || v.i > 32767) return out_of_range(v.i);
-      break;
-    case GgufType::INT32:
-      if (v.i < std::numeric_limits<int32_t>::min() || v.i > std::numeric_limits<int32_t>::max()) {
-        return out_of_range(v.i);
-      }
-      break;
-    case GgufType::UINT64:
-    case GgufType::INT64:
-    case GgufType::FLOAT32:
-    case GgufType::FLOAT64:
-    case GgufType::STRING:
-      break;
-    case GgufType::ARRAY:
-      if (depth >= kMaxArrayDepth) {
-        return Status::error(
-            cat("gguf writer: key '", key, "': arrays nested more than ", kMaxArrayDepth, " deep"));
-      }
-      if (!is_known_type(static_cast<uint32_t>(v.elem_type))) {
-        return Status::error(cat("gguf writer: key '", key, "': unknown array element type id ",
-                                 static_cast<uint32_t>(v.elem_type)));
-      }
-      for (size_t k = 0; k < v.array.size(); ++k) {
-        if (v.array[k].type != v.elem_type) {
-          return Status::error(cat("gguf writer: key '", key, "': array element ", k, " has type ",
-                                   gguf_type_name(v.array[k].type), ", the array holds ",
-                                   gguf_type_name(v.elem_type)));
-        }
-        QILIN_TRY(validate_value(key, v.array[k], depth + 1));
-      }
-      break;
-    default:
-      return Status::error(cat("gguf writer: key '", key, "': unknown value type id ",
-                               static_cast<uint32_t>(v.type)));
-  }
-  return Status::ok();
-}
-
-}  // namespace
-
-Status GgufWriter::validate() const {
-  if (!is_power_of_two(alignment_) || alignment_ > 0xffffffffu) {
-    return Status::error(
-        cat("gguf writer: alignment ", alignment_, " is not a power of two that fits UINT32"));
-  }
-  for (const auto& [key, value] : kvs_) {
-    if (key.empty()) return Status::error("gguf writer: empty key");
-    QILIN_TRY(validate_value(key, value, 0));
-    if (key == "general.alignment" && (value.type != GgufType::UINT32 || value.u != alignment_)) {
-      return Status::error(
-          cat("gguf writer: key 'general.alignment' must be a UINT32 equal to "
-              "the writer's alignment ",
-              alignment_));
-    }
-  }
-  for (size_t k = 0; k < tensors_.size(); ++k) {
-    const Tensor& t = tensors_[k];
-    const std::string where = cat("gguf writer: tensor '", t.name, "'");
-    if (t.name.empty()) return Status::error(cat("gguf writer: tensor #", k, " has an empty name"));
-    for (size_t j = 0; j < k; ++j) {
-      if (tensors_[j].name == t.name) return Status::error(where + " added twice");
-    }
-    const DTypeInfo* info = dtype_info(static_cast<uint32_t>(t.type));
-    if (info == nullptr) {
-      return Status::error(cat(where, ": unknown type id ", static_cast<uint32_t>(t.type)));
-    }
-    if (t.ne.size() > kMaxDims) {
-      return Status::error(cat(where, ": ", t.ne.size(), " dimensions, at most ", kMaxDims));
-    }
-    uint64_t n_elements = 1;
-    for (int64_t ne : t.ne) {
-      if (ne <= 0) return Status::error(cat(where, ": dimension ", ne, " must be positive"));
-      if (n_elements >
-          static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / static_cast<uint64_t>(ne)) {
-        return Status::error(where + ": element count overflows int64");
-      }
-      n_elements *= static_cast<uint64_t>(ne);
-    }
-    const int64_t ne0 = t.ne.empty() ? 1 : t.ne[0];
-    if (ne0 % info->block_size != 0) {
-      return Status::error(cat(where, ": ne[0] = ", ne0, " is not a multiple of the ", info->name,
-                               " block size ", info->block_size));
-    }
-    uint64_t expected = 0;
-    if (!tensor_bytes(*info, static_cast<uint64_t>(ne0), n_elements, &expected)) {
-      return Status::error(where + ": byte size overflows");
-    }
-    if (t.size != expected) {
-      return Status::error(
-          cat(where, ": ", t.size, " bytes of data given, the shape needs ", expected));
-    }
-    if (t.data == nullptr) return Status::error(where + ": data is null");
-  }
-  return Status::ok();
-}
-
-Status GgufWriter::emit(Sink& sink) const {
-  const bool add_alignment_key =
-      alignment_ != kDefaultAlignment && std::none_of(kvs_.begin(), kvs_.end(), [](const auto& kv) {
-        return kv.first == "general.alignment";
-      });
-
-  sink.put(kMagic, 4);
-  sink.put_scalar<uint32_t>(kWriteVersion);
-  sink.put_scalar<uint64_t>(tensors_.size());
-  sink.put_scalar<uint64_t>(kvs_.size() + (add_alignment_key ? 1 : 0));
-
-  // Writes a value's payload (no type tag: the caller wrote it, or the array's elem_type did).
-  auto put_value = [&sink](const GgufValue& v, auto&& self) -> void {
-    switch (v.type) {
-      case GgufType::UINT8:
-        sink.put_scalar<uint8_t>(static_cast<uint8_t>(v.u));
-        break;
-      case GgufType::INT8:
-        sink.put_scalar<int8_t>(static_cast<int8_t>(v.i));
-        break;
-      case GgufType::UINT16:
-        sink.put_scalar<uint16_t>(static_cast<uint16_t>(v.u));
-        break;
-      case GgufType::INT16:
-        sink.put_scalar<int16_t>(static_cast<int16_t>(v.i));
-        break;
-      case GgufType::UINT32:
-        sink.put_scalar<uint32_t>(static_cast<uint32_t>(v.u));
-        break;
-      case GgufType::INT32:
-        sink.put_scalar<int32_t>(static_cast<int32_t>(v.i));
-        break;
-      case GgufType::UINT64:
-        sink.put_scalar<uint64_t>(v.u);
-        break;
-      case GgufType::INT64:
-        sink.put_scalar<int64_t>(v.i);
-        break;
-      case GgufType::FLOAT32:
-        sink.put_scalar<float>(static_cast<float>(v.f));
-        break;
-      case GgufType::FLOAT64:
-        sink.put_scalar<double>(v.f);
-        break;
-      case GgufType::BOOL:
-        sink.put_scalar<uint8_t>(v.u != 0 ? 1 : 0);
-        break;
-      case GgufType::STRING:
-        sink.put_string(v.str);
-        break;
-      case GgufType::ARRAY:
-        sink.put_scalar<uint32_t>(static_cast<uint32_t>(v.elem_type));
-        sink.put_scalar<uint64_t>(v.array.size());
-        for (const GgufValue& e : v.array) self(e, self);
-        break;
-    }
-  };
-  auto put_kv = [&](const std::string& key, const GgufValue& v) {
-    sink.put_string(key);
-    sink.put_scalar<uint32_t>(static_cast<uint32_t>(v.type));
-    put_value(v, put_value);
-  };
-  for (const auto& [key, value] : kvs_) put_kv(key, value);
-  if (add_alignment_key) {
-    put_kv("general.alignment", GgufValue::of_u32(static_cast<uint32_t>(alignment_)));
-  }
-
-  // Tensor infos; each tensor's data starts at an aligned offset within the data section.
-  uint64_t offset = 0;
-  for (const Tensor& t : tensors_) {
-    sink.put_string(t.name);
-    sink.put_scalar<uint32_t>(static_cast<uint32_t>(t.ne.size()));
-    for (int64_t ne : t.ne) sink.put_scalar<uint64_t>(static_cast<uint64_t>(ne));
-    sink.put_scalar<uint32_t>(static_cast<uint32_t>(t.type));
-    sink.put_scalar<uint64_t>(offset);
-    offset = align_up(offset + t.size, alignment_);
-  }
-  sink.pad_to(alignment_);
-
-  // NOTE: the last tensor is padded too, so the file size is a multiple of the alignment.
-  const uint64_t data_start = sink.written;
-  for (const Tensor& t : tensors_) {
-    sink.put(t.data, t.size);
-    sink.pad_to(alignment_);
-  }
-  if (sink.written - data_start != offset) {
-    return Status::error("gguf writer: internal error: data section size mismatch");
-  }
-  return Status::ok();
-}
-
-Result<std::vector<uint8_t>> GgufWriter::serialize() const {
-  QILIN_TRY(validate());
-  std::vector<uint8_t> bytes;
-  Sink sink;
-  sink.buf = &bytes;
-  QILIN_TRY(emit(sink));
-  return bytes;
-}
-
-Status GgufWriter::write(const std::string& path) const {
-  QILIN_TRY(validate());
-  // Whole or nothing: a failure or a kill leaves neither a partial file nor a temp file.
-  AtomicFile out;
-  if (Status st = out.open(path); !st.is_ok()) return Status::error("gguf writer: " + st.message());
-  Sink sink;
-  sink.file = out.stream();
-  QILIN_TRY(emit(sink));  // out's destructor discards the data on an error
-  if (Status st = out.commit(!sink.failed); !st.is_ok()) {
-    return Status::error("gguf writer: " + st.message());
-  }
-  return Status::ok();
 }
 
 }  // namespace qilin
