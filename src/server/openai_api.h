@@ -1,6 +1,7 @@
 // The OpenAI wire format, apart from HTTP: request bodies parsed and checked into
 // GenerationRequest (every rejection an ApiError naming the field), and the JSON of responses,
-// stream chunks and errors built from the Engine's ChoiceEvents.
+// stream chunks and errors built from the Engine's ChoiceEvents (openai_request.cc and
+// openai_response.cc).
 // NOTE: every JSON text leaving the server goes through dump_json, which replaces invalid UTF-8
 // (a token piece can be half a character) instead of throwing.
 #pragma once
