@@ -5,6 +5,14 @@
 // runs only where cpu_has_avx512_bf16(); everything else needs the Avx512 tier alone.
 // GCC 12's AVX-512 headers trip -Wuninitialized on their own _mm512_undefined_* temporaries
 // (a known compiler bug, fixed in 12.3); the warnings say nothing about this file.
+// Why one file of ~700 lines (issue 16 asks for ~600): the three kernels (the naive two-pass
+// attend_group, the flash `vec` kernel for decode, the flash `lanes` kernel for prefill blocks)
+// and their dispatch share file-static helpers (the per-format KvLoad loaders, SlotCursor, the
+// FmaDot/Bf16Dot dot policies, score_keys, tile_offsets, prefetch_tile, QueryVec): templates
+// over AVX-512 intrinsics that compile only under the flags CMake gives *_avx512.cc. Parting
+// the kernels would move those helpers into a header that only AVX-512 files may include, and
+// repeat the pragmas below, to separate kernels that are read and tuned side by side
+// (attention_avx2.cc keeps the same layout in one file).
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
