@@ -27,6 +27,9 @@ namespace qilin {
 
 namespace gemm_quant {
 
+// The three microkernels; Qilin's 4-bit types run as Q4_1 or Q8_0 (see pack_int4_row below).
+enum class Kind { Q4_0, Q4_1, Q8_0 };
+
 // How a row of n elements splits into groups. Full groups hold `lanes` blocks (8 steps); the
 // tail (n / 32 % lanes blocks) is padded with zero blocks to a power of two of at least
 // lanes / 8 blocks, each block then spreading over lanes / tail_blocks lanes per step.
