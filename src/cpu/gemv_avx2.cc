@@ -3,22 +3,23 @@
 // Q4_0's integer offset term 8 * sum(y) is summed once instead of per row, and four rows run
 // together so every activation load is shared. Float weights: the activation is widened to f32
 // once, so each weight vector costs one conversion and one FMA.
+// The chunking, row blocks and entry points around these are gemv_driver.h's.
 #include <immintrin.h>
 
-#include <algorithm>
 #include <cstddef>
 #include <cstring>
 #include <type_traits>
 
 #include "cpu/gemv.h"
+#include "cpu/gemv_driver.h"
 #include "cpu/quants.h"
 
 namespace qilin::avx2 {
 namespace {
 
-constexpr int64_t kChunkBlocks = 128;   // activation blocks prepared per pass (4096 elements)
-constexpr int64_t kChunkFloats = 2048;  // float activation elements converted per pass
-constexpr int kRows = 4;  // weight rows per pass: shares activation loads, 4 independent chains
+using gemv_driver::kChunkBlocks;
+using gemv_driver::load_f16x4;
+using gemv_driver::load_u32x2;
 
 // NOTE: no inline helpers from shared headers (core/fp16.h): a copy compiled here with AVX2
 // flags may be the one the linker keeps for every caller.
@@ -29,25 +30,6 @@ inline float hsum(__m256 v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
-}
-
-// Four f16 fields `stride` bytes apart packed into 64 bits (general-purpose registers: no
-// gather, no per-block scalar conversion).
-// Blocks at and past cnt (a row's last, partial group) read as zero.
-inline uint64_t load_f16x4(const uint8_t* p, size_t stride, int cnt) {
-  uint64_t v = 0;
-  for (int k = 0; k < cnt; ++k) {
-    uint16_t h;
-    std::memcpy(&h, p + k * stride, 2);
-    v |= static_cast<uint64_t>(h) << (16 * k);
-  }
-  return v;
-}
-inline uint64_t load_u32x2(const uint8_t* p, size_t stride, int cnt) {
-  uint32_t a = 0, b = 0;
-  if (cnt > 0) std::memcpy(&a, p, 4);
-  if (cnt > 1) std::memcpy(&b, p + stride, 4);
-  return a | static_cast<uint64_t>(b) << 32;
 }
 
 // 16 bytes of nibbles -> 32 bytes 0..15 in element order (low nibbles are elements 0..15).
@@ -76,6 +58,7 @@ struct Quant {
   using BX = std::conditional_t<kF == Fmt::Q4_0, BlockQ4_0,
                                 std::conditional_t<kF == Fmt::Q4_1, BlockQ4_1, BlockQ8_0>>;
   using BY = std::conditional_t<kMin, BlockQ8_1, BlockQ8_0>;
+  using Act = avx2::Act;
   static constexpr size_t kBytes = sizeof(BX);
   static constexpr size_t kQs = offsetof(BX, qs);
 
@@ -159,41 +142,6 @@ struct Quant {
   }
 };
 
-template <class F, int R>
-void quant_rows(const uint8_t* w, size_t ws, int64_t nb, const Act& a, float* y, bool add) {
-  __m256 acc[R], mins[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps(), mins[r] = _mm256_setzero_ps();
-  const int64_t full = nb / 4;
-  for (int64_t g = 0; g < full; ++g) {
-    for (int r = 0; r < R; ++r) F::group(w + r * ws + 4 * g * F::kBytes, a, g, acc[r], mins[r]);
-  }
-  if (const int rem = static_cast<int>(nb % 4)) {
-    // The last 1..3 blocks: missing blocks are skipped (no read past the row).
-    for (int r = 0; r < R; ++r) F::group(w + r * ws + 4 * full * F::kBytes, a, full, acc[r], mins[r], rem);
-  }
-  for (int r = 0; r < R; ++r) {
-    const float v = F::finish(acc[r], mins[r]);
-    y[r] = add ? y[r] + v : v;
-  }
-}
-
-template <class F>
-void gemv_quant(int64_t n, const void* w, size_t ws, int64_t n_rows, const void* a, float* y) {
-  const int64_t nb = n / kQK;
-  if (nb == 0) std::fill(y, y + n_rows, 0.0f);
-  Act act;  // on the stack: no allocation per call
-  for (int64_t c0 = 0; c0 < nb; c0 += kChunkBlocks) {
-    const int64_t cn = std::min(kChunkBlocks, nb - c0);
-    F::prepare(static_cast<const typename F::BY*>(a) + c0, cn, act);
-    const uint8_t* wc = static_cast<const uint8_t*>(w) + c0 * F::kBytes;
-    int64_t r = 0;
-    for (; r + kRows <= n_rows; r += kRows) {
-      quant_rows<F, kRows>(wc + r * ws, ws, cn, act, y + r, c0 > 0);
-    }
-    for (; r < n_rows; ++r) quant_rows<F, 1>(wc + r * ws, ws, cn, act, y + r, c0 > 0);
-  }
-}
-
 // ---- Float weights ----
 struct LoadF16 {
   using T = uint16_t;
@@ -221,79 +169,61 @@ struct LoadF32 {
   static float one(T v) { return v; }
 };
 
-// R rows x n columns against an f32 activation; two accumulators per row (2R chains), then a
-// scalar tail for n % 8.
-template <class L, int R>
-void float_rows(const uint8_t* w, size_t ws, int64_t n, const float* a, float* y, bool add) {
-  using T = typename L::T;
-  const T* row[R];
-  __m256 acc0[R], acc1[R];
-  for (int r = 0; r < R; ++r) {
-    row[r] = reinterpret_cast<const T*>(w + r * ws);
-    acc0[r] = _mm256_setzero_ps(), acc1[r] = _mm256_setzero_ps();
-  }
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m256 a0 = _mm256_loadu_ps(a + i), a1 = _mm256_loadu_ps(a + i + 8);
+
+// The AVX2 half of gemv_driver.h.
+struct Simd {
+  using Acc = __m256;
+  static Acc zero() { return _mm256_setzero_ps(); }
+  static constexpr bool kPrefetch = false;
+  using Q4_0 = Quant<Fmt::Q4_0>;
+  using Q4_1 = Quant<Fmt::Q4_1>;
+  using Q8_0 = Quant<Fmt::Q8_0>;
+  using F16 = LoadF16;
+  using BF16 = LoadBF16;
+  using F32 = LoadF32;
+
+  // R rows x n columns against an f32 activation; two accumulators per row (2R chains), then a
+  // scalar tail for n % 8.
+  template <class L, int R>
+  static void float_rows(const uint8_t* w, size_t ws, int64_t n, const float* a, float* y,
+                         bool add, const char* /*pf_end*/) {
+    using T = typename L::T;
+    const T* row[R];
+    __m256 acc0[R], acc1[R];
     for (int r = 0; r < R; ++r) {
-      acc0[r] = _mm256_fmadd_ps(L::load(row[r] + i), a0, acc0[r]);
-      acc1[r] = _mm256_fmadd_ps(L::load(row[r] + i + 8), a1, acc1[r]);
+      row[r] = reinterpret_cast<const T*>(w + r * ws);
+      acc0[r] = _mm256_setzero_ps(), acc1[r] = _mm256_setzero_ps();
+    }
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      const __m256 a0 = _mm256_loadu_ps(a + i), a1 = _mm256_loadu_ps(a + i + 8);
+      for (int r = 0; r < R; ++r) {
+        acc0[r] = _mm256_fmadd_ps(L::load(row[r] + i), a0, acc0[r]);
+        acc1[r] = _mm256_fmadd_ps(L::load(row[r] + i + 8), a1, acc1[r]);
+      }
+    }
+    for (; i + 8 <= n; i += 8) {
+      const __m256 a0 = _mm256_loadu_ps(a + i);
+      for (int r = 0; r < R; ++r) acc0[r] = _mm256_fmadd_ps(L::load(row[r] + i), a0, acc0[r]);
+    }
+    for (int r = 0; r < R; ++r) {
+      float v = hsum(_mm256_add_ps(acc0[r], acc1[r]));
+      for (int64_t j = i; j < n; ++j) v += L::one(row[r][j]) * a[j];
+      y[r] = add ? y[r] + v : v;
     }
   }
-  for (; i + 8 <= n; i += 8) {
-    const __m256 a0 = _mm256_loadu_ps(a + i);
-    for (int r = 0; r < R; ++r) acc0[r] = _mm256_fmadd_ps(L::load(row[r] + i), a0, acc0[r]);
-  }
-  for (int r = 0; r < R; ++r) {
-    float v = hsum(_mm256_add_ps(acc0[r], acc1[r]));
-    for (int64_t j = i; j < n; ++j) v += L::one(row[r][j]) * a[j];
-    y[r] = add ? y[r] + v : v;
-  }
-}
 
-template <class L>
-void float_chunk(int64_t n, const uint8_t* w, size_t ws, int64_t n_rows, const float* a, float* y,
-                 bool add) {
-  int64_t r = 0;
-  for (; r + kRows <= n_rows; r += kRows) float_rows<L, kRows>(w + r * ws, ws, n, a, y + r, add);
-  for (; r < n_rows; ++r) float_rows<L, 1>(w + r * ws, ws, n, a, y + r, add);
-}
-
-// F16 / BF16: the activation (same type as the weight) is widened to f32 once per chunk.
-template <class L>
-void gemv_half(int64_t n, const void* w, size_t ws, int64_t n_rows, const void* a, float* y) {
-  if (n == 0) std::fill(y, y + n_rows, 0.0f);
-  const auto* ah = static_cast<const uint16_t*>(a);
-  alignas(32) float af[kChunkFloats];
-  for (int64_t c0 = 0; c0 < n; c0 += kChunkFloats) {
-    const int64_t cn = std::min(kChunkFloats, n - c0);
+  // cn 16-bit activation elements to f32 (8 at a time, then one by one).
+  template <class L>
+  static void widen(const uint16_t* src, int64_t cn, float* dst) {
     int64_t i = 0;
-    for (; i + 8 <= cn; i += 8) _mm256_store_ps(af + i, L::load(ah + c0 + i));
-    for (; i < cn; ++i) af[i] = L::one(ah[c0 + i]);
-    float_chunk<L>(cn, static_cast<const uint8_t*>(w) + c0 * 2, ws, n_rows, af, y, c0 > 0);
+    for (; i + 8 <= cn; i += 8) _mm256_store_ps(dst + i, L::load(src + i));
+    for (; i < cn; ++i) dst[i] = L::one(src[i]);
   }
-}
+};
 
 }  // namespace
 
-void gemv_q4_0_q8_0(int64_t n, const void* w, size_t ws, int64_t nr, const void* a, float* y) {
-  gemv_quant<Quant<Fmt::Q4_0>>(n, w, ws, nr, a, y);
-}
-void gemv_q4_1_q8_1(int64_t n, const void* w, size_t ws, int64_t nr, const void* a, float* y) {
-  gemv_quant<Quant<Fmt::Q4_1>>(n, w, ws, nr, a, y);
-}
-void gemv_q8_0_q8_0(int64_t n, const void* w, size_t ws, int64_t nr, const void* a, float* y) {
-  gemv_quant<Quant<Fmt::Q8_0>>(n, w, ws, nr, a, y);
-}
-void gemv_f16_f16(int64_t n, const void* w, size_t ws, int64_t nr, const void* a, float* y) {
-  gemv_half<LoadF16>(n, w, ws, nr, a, y);
-}
-void gemv_bf16_bf16(int64_t n, const void* w, size_t ws, int64_t nr, const void* a, float* y) {
-  gemv_half<LoadBF16>(n, w, ws, nr, a, y);
-}
-void gemv_f32_f32(int64_t n, const void* w, size_t ws, int64_t nr, const void* a, float* y) {
-  float_chunk<LoadF32>(n, static_cast<const uint8_t*>(w), ws, nr, static_cast<const float*>(a), y,
-                       false);
-}
+QILIN_DEFINE_GEMV(Simd)
 
 }  // namespace qilin::avx2

@@ -9,47 +9,29 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+// The chunking, row blocks, prefetch cursor and entry points are gemv_driver.h's.
 #include <immintrin.h>
 
-#include <algorithm>
 #include <cstddef>
 #include <cstring>
 #include <type_traits>
 
 #include "cpu/gemv.h"
+#include "cpu/gemv_driver.h"
 #include "cpu/quants.h"
 
 namespace qilin::avx512 {
 namespace {
 
-constexpr int64_t kChunkBlocks = 128;  // activation blocks prepared per pass (4096 elements)
-constexpr int64_t kChunkFloats = 2048;  // float activation elements converted per pass
-constexpr int kRows = 4;
-constexpr int64_t kPrefetchRows = 16;  // software prefetch distance  // weight rows per pass: shares activation loads, 4 independent chains
+using gemv_driver::kChunkBlocks;
+using gemv_driver::kPrefetchRows;
+using gemv_driver::load_f16x4;
+using gemv_driver::load_u32x2;
+using gemv_driver::prefetch_step;
 
 inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
 inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 inline __m512i load512(const void* p) { return _mm512_load_si512(p); }
-
-// Four f16 fields `stride` bytes apart packed into 64 bits (general-purpose registers: no
-// gather, no per-block broadcast).
-// Blocks at and past cnt (a row's last, partial group) read as zero.
-inline uint64_t load_f16x4(const uint8_t* p, size_t stride, int cnt) {
-  uint64_t v = 0;
-  for (int k = 0; k < cnt; ++k) {
-    uint16_t h;
-    std::memcpy(&h, p + k * stride, 2);
-    v |= static_cast<uint64_t>(h) << (16 * k);
-  }
-  return v;
-}
-// Two 32-bit fields (Q4_1's adjacent d and m) `stride` bytes apart packed into 64 bits.
-inline uint64_t load_u32x2(const uint8_t* p, size_t stride, int cnt) {
-  uint32_t a = 0, b = 0;
-  if (cnt > 0) std::memcpy(&a, p, 4);
-  if (cnt > 1) std::memcpy(&b, p + stride, 4);
-  return a | static_cast<uint64_t>(b) << 32;
-}
 
 // ---- Q4_0 / Q4_1 weights: four blocks per ZMM ----
 // The weight's 4 x 16 nibble bytes are loaded as [qsA qsB qsC qsD]; the low nibbles are then
@@ -208,55 +190,6 @@ struct Q8 {
   static float finish(__m512 acc, __m256) { return _mm512_reduce_add_ps(acc); }
 };
 
-// R rows over the nb blocks of one prepared chunk; y[r] is set (add: accumulated, for chunks
-// after the first).
-template <class F, int R>
-void quant_rows(const uint8_t* w, size_t ws, int64_t nb, const typename F::Act& a, float* y,
-                bool add, const char* pf_end) {
-  __m512 acc[R];
-  __m256 mins[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps(), mins[r] = _mm256_setzero_ps();
-  const int64_t full = nb / 4;
-  // The R rows are read side by side, which the hardware prefetchers follow poorly; one linear
-  // software-prefetch cursor walks the rows kPrefetchRows ahead at the same pace instead,
-  // stopping at pf_end (the end of the call's matrix: prefetching past it is wasted traffic).
-  const char* pf = reinterpret_cast<const char*>(w) + kPrefetchRows * ws;
-  for (int64_t g = 0; g < full; ++g) {
-    if (pf < pf_end) {
-      for (size_t o = 0; o < R * 4 * F::kBytes; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
-      pf += R * 4 * F::kBytes;
-    }
-    for (int r = 0; r < R; ++r) F::group(w + r * ws + 4 * g * F::kBytes, a, g, acc[r], mins[r]);
-  }
-  if (const int rem = static_cast<int>(nb % 4)) {
-    // The last 1..3 blocks: missing blocks load as zero (no read past the row; their zero
-    // scales add nothing, and the activation's padding is zero too).
-    for (int r = 0; r < R; ++r) F::group(w + r * ws + 4 * full * F::kBytes, a, full, acc[r], mins[r], rem);
-  }
-  for (int r = 0; r < R; ++r) {
-    const float v = F::finish(acc[r], mins[r]);
-    y[r] = add ? y[r] + v : v;
-  }
-}
-
-template <class F>
-void gemv_quant(int64_t n, const void* w, size_t ws, int64_t n_rows, const void* a, float* y) {
-  const int64_t nb = n / kQK;
-  if (nb == 0) std::fill(y, y + n_rows, 0.0f);
-  typename F::Act act;  // on the stack: no allocation per call
-  for (int64_t c0 = 0; c0 < nb; c0 += kChunkBlocks) {
-    const int64_t cn = std::min(kChunkBlocks, nb - c0);
-    F::prepare(static_cast<const typename F::BY*>(a) + c0, cn, act);
-    const uint8_t* wc = static_cast<const uint8_t*>(w) + c0 * F::kBytes;
-    const char* end = reinterpret_cast<const char*>(wc) + n_rows * ws;
-    int64_t r = 0;
-    for (; r + kRows <= n_rows; r += kRows) {
-      quant_rows<F, kRows>(wc + r * ws, ws, cn, act, y + r, c0 > 0, end);
-    }
-    for (; r < n_rows; ++r) quant_rows<F, 1>(wc + r * ws, ws, cn, act, y + r, c0 > 0, end);
-  }
-}
-
 // ---- Float weights ----
 struct LoadF16 {
   using T = uint16_t;
@@ -279,99 +212,71 @@ struct LoadF32 {
   static __m512 maskload(__mmask16 m, const T* p) { return _mm512_maskz_loadu_ps(m, p); }
 };
 
-// R rows x n columns against an f32 activation; two accumulators per row (2R chains).
-template <class L, int R>
-void float_rows(const uint8_t* w, size_t ws, int64_t n, const float* a, float* y, bool add,
-                const char* pf_end) {
-  using T = typename L::T;
-  const T* row[R];
-  __m512 acc0[R], acc1[R];
-  for (int r = 0; r < R; ++r) {
-    row[r] = reinterpret_cast<const T*>(w + r * ws);
-    acc0[r] = _mm512_setzero_ps(), acc1[r] = _mm512_setzero_ps();
-  }
-  // The R rows are read side by side, which the hardware prefetchers follow poorly; one linear
-  // software-prefetch cursor walks the rows kPrefetchRows ahead at the same pace instead,
-  // stopping at pf_end (the end of the call's matrix: prefetching past it is wasted traffic).
-  const char* pf = reinterpret_cast<const char*>(w) + kPrefetchRows * ws;
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    const __m512 a0 = _mm512_loadu_ps(a + i), a1 = _mm512_loadu_ps(a + i + 16);
-    if (pf < pf_end) {
-      for (size_t o = 0; o < R * 32 * sizeof(T); o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
-      pf += R * 32 * sizeof(T);
+// The AVX-512 half of gemv_driver.h.
+struct Simd {
+  using Acc = __m512;
+  static Acc zero() { return _mm512_setzero_ps(); }
+  static constexpr bool kPrefetch = true;
+  using Q4_0 = Q4<false>;
+  using Q4_1 = Q4<true>;
+  using Q8_0 = Q8;
+  using F16 = LoadF16;
+  using BF16 = LoadBF16;
+  using F32 = LoadF32;
+
+  // R rows x n columns against an f32 activation; two accumulators per row (2R chains), one
+  // masked step for n % 16, a prefetch cursor kPrefetchRows rows ahead (gemv_driver.h).
+  template <class L, int R>
+  static void float_rows(const uint8_t* w, size_t ws, int64_t n, const float* a, float* y,
+                         bool add, const char* pf_end) {
+    using T = typename L::T;
+    const T* row[R];
+    __m512 acc0[R], acc1[R];
+    for (int r = 0; r < R; ++r) {
+      row[r] = reinterpret_cast<const T*>(w + r * ws);
+      acc0[r] = _mm512_setzero_ps(), acc1[r] = _mm512_setzero_ps();
+    }
+    const char* pf = reinterpret_cast<const char*>(w) + kPrefetchRows * ws;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+      const __m512 a0 = _mm512_loadu_ps(a + i), a1 = _mm512_loadu_ps(a + i + 16);
+      prefetch_step<R * 32 * sizeof(T)>(pf, pf_end);
+      for (int r = 0; r < R; ++r) {
+        acc0[r] = _mm512_fmadd_ps(L::load(row[r] + i), a0, acc0[r]);
+        acc1[r] = _mm512_fmadd_ps(L::load(row[r] + i + 16), a1, acc1[r]);
+      }
+    }
+    for (; i + 16 <= n; i += 16) {
+      const __m512 a0 = _mm512_loadu_ps(a + i);
+      for (int r = 0; r < R; ++r) acc0[r] = _mm512_fmadd_ps(L::load(row[r] + i), a0, acc0[r]);
+    }
+    if (i < n) {  // masked-off lanes load as zero and add nothing
+      const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+      const __m512 a0 = _mm512_maskz_loadu_ps(m, a + i);
+      for (int r = 0; r < R; ++r) {
+        acc1[r] = _mm512_fmadd_ps(L::maskload(m, row[r] + i), a0, acc1[r]);
+      }
     }
     for (int r = 0; r < R; ++r) {
-      acc0[r] = _mm512_fmadd_ps(L::load(row[r] + i), a0, acc0[r]);
-      acc1[r] = _mm512_fmadd_ps(L::load(row[r] + i + 16), a1, acc1[r]);
+      const float v = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r]));
+      y[r] = add ? y[r] + v : v;
     }
   }
-  for (; i + 16 <= n; i += 16) {
-    const __m512 a0 = _mm512_loadu_ps(a + i);
-    for (int r = 0; r < R; ++r) acc0[r] = _mm512_fmadd_ps(L::load(row[r] + i), a0, acc0[r]);
-  }
-  if (i < n) {  // masked-off lanes load as zero and add nothing
-    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
-    const __m512 a0 = _mm512_maskz_loadu_ps(m, a + i);
-    for (int r = 0; r < R; ++r) acc1[r] = _mm512_fmadd_ps(L::maskload(m, row[r] + i), a0, acc1[r]);
-  }
-  for (int r = 0; r < R; ++r) {
-    const float v = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r]));
-    y[r] = add ? y[r] + v : v;
-  }
-}
 
-template <class L>
-void float_chunk(int64_t n, const uint8_t* w, size_t ws, int64_t n_rows, const float* a, float* y,
-                 bool add) {
-  const char* end = reinterpret_cast<const char*>(w) + n_rows * ws;
-  int64_t r = 0;
-  for (; r + kRows <= n_rows; r += kRows) {
-    float_rows<L, kRows>(w + r * ws, ws, n, a, y + r, add, end);
-  }
-  for (; r < n_rows; ++r) float_rows<L, 1>(w + r * ws, ws, n, a, y + r, add, end);
-}
-
-// F16 / BF16: the activation (same type as the weight) is widened to f32 once per chunk, so each
-// weight vector costs one conversion instead of two.
-template <class L>
-void gemv_half(int64_t n, const void* w, size_t ws, int64_t n_rows, const void* a, float* y) {
-  if (n == 0) std::fill(y, y + n_rows, 0.0f);
-  const auto* ah = static_cast<const uint16_t*>(a);
-  alignas(64) float af[kChunkFloats];
-  for (int64_t c0 = 0; c0 < n; c0 += kChunkFloats) {
-    const int64_t cn = std::min(kChunkFloats, n - c0);
+  // cn 16-bit activation elements to f32 (16 at a time, then one masked step).
+  template <class L>
+  static void widen(const uint16_t* src, int64_t cn, float* dst) {
     int64_t i = 0;
-    for (; i + 16 <= cn; i += 16) _mm512_store_ps(af + i, L::load(ah + c0 + i));
+    for (; i + 16 <= cn; i += 16) _mm512_store_ps(dst + i, L::load(src + i));
     if (i < cn) {
       const __mmask16 m = static_cast<__mmask16>((1u << (cn - i)) - 1);
-      _mm512_mask_storeu_ps(af + i, m, L::maskload(m, ah + c0 + i));
+      _mm512_mask_storeu_ps(dst + i, m, L::maskload(m, src + i));
     }
-    float_chunk<L>(cn, static_cast<const uint8_t*>(w) + c0 * 2, ws, n_rows, af, y, c0 > 0);
   }
-}
+};
 
 }  // namespace
 
-void gemv_q4_0_q8_0(int64_t n, const void* w, size_t ws, int64_t nr, const void* a, float* y) {
-  gemv_quant<Q4<false>>(n, w, ws, nr, a, y);
-}
-void gemv_q4_1_q8_1(int64_t n, const void* w, size_t ws, int64_t nr, const void* a, float* y) {
-  gemv_quant<Q4<true>>(n, w, ws, nr, a, y);
-}
-void gemv_q8_0_q8_0(int64_t n, const void* w, size_t ws, int64_t nr, const void* a, float* y) {
-  gemv_quant<Q8>(n, w, ws, nr, a, y);
-}
-void gemv_f16_f16(int64_t n, const void* w, size_t ws, int64_t nr, const void* a, float* y) {
-  gemv_half<LoadF16>(n, w, ws, nr, a, y);
-}
-void gemv_bf16_bf16(int64_t n, const void* w, size_t ws, int64_t nr, const void* a, float* y) {
-  gemv_half<LoadBF16>(n, w, ws, nr, a, y);
-}
-void gemv_f32_f32(int64_t n, const void* w, size_t ws, int64_t nr, const void* a, float* y) {
-  if (n == 0) std::fill(y, y + nr, 0.0f);
-  float_chunk<LoadF32>(n, static_cast<const uint8_t*>(w), ws, nr, static_cast<const float*>(a), y,
-                       false);
-}
+QILIN_DEFINE_GEMV(Simd)
 
 }  // namespace qilin::avx512
