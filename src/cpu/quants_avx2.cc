@@ -11,10 +11,13 @@
 
 #include "core/fp16.h"
 #include "cpu/quants.h"
+#include "cpu/quants_driver.h"
 #include "cpu/quants_impl.h"
 
 namespace qilin::avx2 {
 namespace {
+
+using quants_driver::load_f16x8_strided;
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -63,22 +66,6 @@ inline __m256 idot_q4_1(const BlockQ4_1& x, const BlockQ8_1& y) {
 }
 inline __m256 idot_q8_0(const BlockQ8_0& x, const BlockQ8_0& y) {
   return _mm256_cvtepi32_ps(dot_s8s8(load256(x.qs), load256(y.qs)));
-}
-
-// The f16 fields at p, p + stride, ..., p + 7 * stride as 8 floats. The halves are combined in
-// general-purpose registers and converted once: per-block scalar conversions and broadcasts
-// were the largest cost of the block loop, and gathers are slow on CPUs with the GDS fix.
-inline __m256 load_f16x8_strided(const void* base, size_t offset, size_t stride) {
-  const uint8_t* p = static_cast<const uint8_t*>(base) + offset;
-  uint64_t lo = 0, hi = 0;
-  for (int k = 0; k < 4; ++k) {
-    uint16_t a, b;
-    std::memcpy(&a, p + k * stride, 2);
-    std::memcpy(&b, p + (k + 4) * stride, 2);
-    lo |= static_cast<uint64_t>(a) << (16 * k);
-    hi |= static_cast<uint64_t>(b) << (16 * k);
-  }
-  return _mm256_cvtph_ps(_mm_set_epi64x(static_cast<long long>(hi), static_cast<long long>(lo)));
 }
 
 // sum_b (d_w[b] * d_a[b]) * idot(b) [+ m_w[b] * s_a[b] when kMin]. Eight blocks per step share
@@ -162,6 +149,14 @@ inline int quantize_block_q8(const float* x, int8_t* qs, uint16_t* d_out, float*
   return hsum_i32(sum);
 }
 
+// The block quantizer of quants_driver.h's Q8_0 / Q8_1 activation rows.
+struct Q8 {
+  static int quantize_block_q8(const float* x, int8_t* qs, uint16_t* d_out, float* d_f32) {
+    return avx2::quantize_block_q8(x, qs, d_out, d_f32);
+  }
+  static uint16_t to_f16(float f) { return fp32_to_fp16(f); }
+};
+
 // ggml's f32 -> bf16 on 8 lanes: quiet NaNs, round to nearest even (incl. subnormals, unlike
 // VCVTNEPS2BF16, which flushes them). Result in the low 16 bits of each i32 lane.
 inline __m256i bf16_round(__m256 v) {
@@ -231,20 +226,11 @@ float vec_dot_f32_f32(int64_t n, const void* w, const void* a) {
 #undef QILIN_FLOAT_DOT
 
 void quantize_row_q8_0(const float* src, void* dst, int64_t n) {
-  BlockQ8_0* y = static_cast<BlockQ8_0*>(dst);
-  for (int64_t i = 0; i < n / kQK; ++i) {
-    float d;
-    quantize_block_q8(src + i * kQK, y[i].qs, &y[i].d, &d);
-  }
+  quants_driver::quantize_row_q8_0<Q8>(src, dst, n);
 }
 
 void quantize_row_q8_1(const float* src, void* dst, int64_t n) {
-  BlockQ8_1* y = static_cast<BlockQ8_1*>(dst);
-  for (int64_t i = 0; i < n / kQK; ++i) {
-    float d;
-    const int sum = quantize_block_q8(src + i * kQK, y[i].qs, &y[i].d, &d);
-    y[i].s = fp32_to_fp16(static_cast<float>(sum) * d);
-  }
+  quants_driver::quantize_row_q8_1<Q8>(src, dst, n);
 }
 
 void quantize_row_f16(const float* src, void* dst, int64_t n) {
