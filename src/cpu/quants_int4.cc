@@ -11,6 +11,7 @@
 #include "core/assert.h"
 #include "core/fp16.h"
 #include "cpu/quants.h"
+#include "cpu/quants_int4_driver.h"
 
 namespace qilin {
 
@@ -226,34 +227,24 @@ inline float nf4_block_dot(float d, const uint8_t* qs, const BlockQ8_0* y) {
          (d * fp16_to_fp32(y[1].d)) * static_cast<float>(s1);
 }
 
+// The scalar kernels of quants_int4_driver.h.
+struct Kernels {
+  using Acc = float;
+  static constexpr bool kPairs = false;
+  static Acc zero() { return 0.0f; }
+  static Acc nf4_block(Acc acc, float d, const uint8_t* qs, const BlockQ8_0* y) {
+    return acc + nf4_block_dot(d, qs, y);
+  }
+  static float sum(Acc acc) { return acc; }
+  template <int G>
+  static float qi4(int64_t n, const void* w, const void* a) {
+    return vec_dot_qi4<G>(n, w, a);
+  }
+};
+
 }  // namespace
 
-float vec_dot_qi4_g32_q8_1(int64_t n, const void* w, const void* a) {
-  return vec_dot_qi4<32>(n, w, a);
-}
-float vec_dot_qi4_g64_q8_1(int64_t n, const void* w, const void* a) {
-  return vec_dot_qi4<64>(n, w, a);
-}
-float vec_dot_qi4_g128_q8_1(int64_t n, const void* w, const void* a) {
-  return vec_dot_qi4<128>(n, w, a);
-}
-
-float vec_dot_nf4_q8_0(int64_t n, const void* w, const void* a) {
-  const auto* x = static_cast<const BlockNF4*>(w);
-  const auto* y = static_cast<const BlockQ8_0*>(a);
-  float sum = 0.0f;
-  for (int64_t b = 0; b < n / kQKNf4; ++b) sum += nf4_block_dot(x[b].d, x[b].qs, y + 2 * b);
-  return sum * (1.0f / (1 << kNf4KernelShift));
-}
-
-float vec_dot_nf4dq_q8_0(int64_t n, const void* w, const void* a) {
-  const auto* y = static_cast<const BlockQ8_0*>(a);
-  float sum = 0.0f;
-  for_nf4dq_blocks(w, n, [&](int64_t b, float d, const uint8_t* qs) {
-    sum += nf4_block_dot(d, qs, y + 2 * b);
-  });
-  return sum * (1.0f / (1 << kNf4KernelShift));
-}
+QILIN_DEFINE_INT4_DOTS(Kernels)
 
 }  // namespace scalar
 }  // namespace qilin

@@ -10,6 +10,7 @@
 #include "core/fp16.h"
 #include "cpu/quants.h"
 #include "cpu/quants_int4.h"
+#include "cpu/quants_int4_driver.h"
 
 namespace qilin::avx2 {
 namespace {
@@ -83,33 +84,23 @@ inline __m256 nf4_block(__m256 acc, float d, const uint8_t* qs, const BlockQ8_0*
   return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_set1_ps(d * f16(y[1].d)), acc);
 }
 
+// The AVX2 kernels of quants_int4_driver.h.
+struct Kernels {
+  using Acc = __m256;
+  static constexpr bool kPairs = false;
+  static Acc zero() { return _mm256_setzero_ps(); }
+  static Acc nf4_block(Acc acc, float d, const uint8_t* qs, const BlockQ8_0* y) {
+    return avx2::nf4_block(acc, d, qs, y);
+  }
+  static float sum(Acc acc) { return hsum(acc); }
+  template <int G>
+  static float qi4(int64_t n, const void* w, const void* a) {
+    return vec_dot_qi4<G>(n, w, a);
+  }
+};
+
 }  // namespace
 
-float vec_dot_qi4_g32_q8_1(int64_t n, const void* w, const void* a) {
-  return vec_dot_qi4<32>(n, w, a);
-}
-float vec_dot_qi4_g64_q8_1(int64_t n, const void* w, const void* a) {
-  return vec_dot_qi4<64>(n, w, a);
-}
-float vec_dot_qi4_g128_q8_1(int64_t n, const void* w, const void* a) {
-  return vec_dot_qi4<128>(n, w, a);
-}
-
-float vec_dot_nf4_q8_0(int64_t n, const void* w, const void* a) {
-  const auto* x = static_cast<const BlockNF4*>(w);
-  const auto* y = static_cast<const BlockQ8_0*>(a);
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t b = 0; b < n / kQKNf4; ++b) acc = nf4_block(acc, x[b].d, x[b].qs, y + 2 * b);
-  return hsum(acc) * (1.0f / (1 << kNf4KernelShift));
-}
-
-float vec_dot_nf4dq_q8_0(int64_t n, const void* w, const void* a) {
-  const auto* y = static_cast<const BlockQ8_0*>(a);
-  __m256 acc = _mm256_setzero_ps();
-  for_nf4dq_blocks(w, n, [&](int64_t b, float d, const uint8_t* qs) {
-    acc = nf4_block(acc, d, qs, y + 2 * b);
-  });
-  return hsum(acc) * (1.0f / (1 << kNf4KernelShift));
-}
+QILIN_DEFINE_INT4_DOTS(Kernels)
 
 }  // namespace qilin::avx2

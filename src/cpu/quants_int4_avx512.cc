@@ -14,6 +14,7 @@
 #include "core/fp16.h"
 #include "cpu/quants.h"
 #include "cpu/quants_int4.h"
+#include "cpu/quants_int4_driver.h"
 
 namespace qilin::avx512 {
 namespace {
@@ -85,39 +86,24 @@ inline __m512 nf4_block(__m512 acc, float d, const uint8_t* qs, const BlockQ8_0*
   return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scales_2(d * f16(y[0].d), d * f16(y[1].d)), acc);
 }
 
+// The AVX-512 kernels of quants_int4_driver.h.
+struct Kernels {
+  using Acc = __m512;
+  static constexpr bool kPairs = true;
+  static Acc zero() { return _mm512_setzero_ps(); }
+  static Acc add(Acc a, Acc b) { return _mm512_add_ps(a, b); }
+  static Acc nf4_block(Acc acc, float d, const uint8_t* qs, const BlockQ8_0* y) {
+    return avx512::nf4_block(acc, d, qs, y);
+  }
+  static float sum(Acc acc) { return _mm512_reduce_add_ps(acc); }
+  template <int G>
+  static float qi4(int64_t n, const void* w, const void* a) {
+    return vec_dot_qi4<G>(n, w, a);
+  }
+};
+
 }  // namespace
 
-float vec_dot_qi4_g32_q8_1(int64_t n, const void* w, const void* a) {
-  return vec_dot_qi4<32>(n, w, a);
-}
-float vec_dot_qi4_g64_q8_1(int64_t n, const void* w, const void* a) {
-  return vec_dot_qi4<64>(n, w, a);
-}
-float vec_dot_qi4_g128_q8_1(int64_t n, const void* w, const void* a) {
-  return vec_dot_qi4<128>(n, w, a);
-}
-
-float vec_dot_nf4_q8_0(int64_t n, const void* w, const void* a) {
-  const auto* x = static_cast<const BlockNF4*>(w);
-  const auto* y = static_cast<const BlockQ8_0*>(a);
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  const int64_t nb = n / kQKNf4;
-  int64_t b = 0;
-  for (; b + 2 <= nb; b += 2) {  // two accumulators cover the FMA latency
-    acc0 = nf4_block(acc0, x[b].d, x[b].qs, y + 2 * b);
-    acc1 = nf4_block(acc1, x[b + 1].d, x[b + 1].qs, y + 2 * b + 2);
-  }
-  if (b < nb) acc0 = nf4_block(acc0, x[b].d, x[b].qs, y + 2 * b);
-  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) * (1.0f / (1 << kNf4KernelShift));
-}
-
-float vec_dot_nf4dq_q8_0(int64_t n, const void* w, const void* a) {
-  const auto* y = static_cast<const BlockQ8_0*>(a);
-  __m512 acc = _mm512_setzero_ps();
-  for_nf4dq_blocks(w, n, [&](int64_t b, float d, const uint8_t* qs) {
-    acc = nf4_block(acc, d, qs, y + 2 * b);
-  });
-  return _mm512_reduce_add_ps(acc) * (1.0f / (1 << kNf4KernelShift));
-}
+QILIN_DEFINE_INT4_DOTS(Kernels)
 
 }  // namespace qilin::avx512
