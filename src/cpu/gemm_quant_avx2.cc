@@ -10,6 +10,7 @@
 
 #include <cstdint>
 
+#include "cpu/gemm_quant_driver.h"
 #include "cpu/gemm_quant_impl.h"
 #include "cpu/quants.h"
 
@@ -253,10 +254,7 @@ struct Simd {
 };
 
 }  // namespace
-}  // namespace qilin::avx2
 
-#include "cpu/gemm_quant_driver.h"
-
-namespace qilin::avx2 {
 QILIN_DEFINE_GEMM_QUANT(Simd)
+
 }  // namespace qilin::avx2

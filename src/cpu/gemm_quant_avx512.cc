@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/gemm_quant_driver.h"
 #include "cpu/gemm_quant_impl.h"
 #include "cpu/quants.h"
 
@@ -282,10 +283,7 @@ struct Simd {
 };
 
 }  // namespace
-}  // namespace qilin::avx512
 
-#include "cpu/gemm_quant_driver.h"
-
-namespace qilin::avx512 {
 QILIN_DEFINE_GEMM_QUANT(Simd)
+
 }  // namespace qilin::avx512

@@ -2,7 +2,8 @@
 // layout): the weight and activation row packers, the tile loop and its edge tiles, and the
 // driver (token slices, row slices, the next slice's prefetch, the packed-weight cache). Written
 // once over an ISA's struct `S` of group packers and the R x T microkernel: gemm_quant_avx2.cc
-// and _avx512.cc define S and include this file, each compiled with its own flags.
+// and _avx512.cc include this file, define S and instantiate the driver with
+// QILIN_DEFINE_GEMM_QUANT(S), each compiled with its own flags.
 // NOTE: everything here has internal linkage, so the two ISA files' copies never merge.
 //
 // S provides: kLanes, kVec (bytes per vector), kTileRows, kTileToks, kTokSlice, kRowSlice;
