@@ -18,6 +18,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "server/http_server.h"
@@ -38,10 +39,12 @@ inline constexpr auto kStopGrace = std::chrono::seconds(10);
 // One request's events, from the Engine thread (push) to its HTTP worker (pop_all).
 class EventQueue {
  public:
-  void push(const ChoiceEvent& ev) {
+  // By value: the caller's copy (text, logprobs) is made before the lock, which then only
+  // moves it in (the engine thread holds the lock for a pointer's worth of work).
+  void push(ChoiceEvent ev) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      q_.push_back(ev);
+      q_.push_back(std::move(ev));
     }
     cv_.notify_one();
   }
