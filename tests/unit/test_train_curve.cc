@@ -1,7 +1,7 @@
 // The training loss curve of fixed seeds stays what it was: `qilin finetune` on
-// tests/data/finetune_brackets.jsonl, three configurations (dense FP32; BF16 compute over an
-// NF4-DQ base with activation checkpointing; FP16 compute with loss scaling over the base as the
-// file has it), compared step by step with tests/data/loss_curves.txt, which
+// tests/data/finetune_brackets.jsonl, three configurations (dense FP32; dense BF16 with
+// activation checkpointing; FP16 compute with loss scaling over the base as the file has it),
+// compared step by step with tests/data/loss_curves.txt, which
 // tests/data/make_loss_curves.sh wrote with the training code as it was before it moved onto
 // the model's Decoder (issue 16). A refactor of the training graph may move the losses by float
 // rounding, not more.
