@@ -1,6 +1,6 @@
 // Causal grouped-query attention over one packed training sequence: the forward that saves the
 // log-sum-exp and FlashAttention's backward (probabilities recomputed from it), as per-ISA
-// tiled kernels. The scalar reference is train/layers.h's attention_forward/backward (checked
+// tiled kernels. The scalar reference is ops/train_ops.h's attention_forward/backward (checked
 // against finite differences); tests compare every ISA's kernels with it.
 // A KV head g's query vectors are numbered item i = t * group + j (row t, query head
 // g * group + j, group = H / Hkv); a call covers items [i0, i1) of one KV head, so threads split
@@ -37,7 +37,7 @@ struct TrainAttnKernels {
   TrainAttnForwardFn forward;
   TrainAttnBackwardFn backward;
 };
-// Null for Isa::Scalar: the caller runs the reference (train/layers.h) instead.
+// Null for Isa::Scalar: the caller runs the reference (ops/train_ops.h) instead.
 const TrainAttnKernels* train_attention_kernels(Isa isa);
 inline const TrainAttnKernels* train_attention_kernels() {
   return train_attention_kernels(cpu_best_isa());

@@ -6,11 +6,14 @@
 // row-parallel products after attention and after the FFN; the embedding's rows).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "model/lora_adapter.h"
+#include "ops/backward.h"
 #include "ops/batch.h"
 #include "ops/kv_cache.h"
 #include "ops/ops.h"
@@ -45,6 +48,11 @@ struct LlamaLayer {
   WeightView w_gate;                 // [n_embd] -> [n_ff]
   WeightView w_up;                   // [n_embd] -> [n_ff]
   WeightView w_down;                 // [n_ff] -> [n_embd]
+  // Projection p in LoraProj order (q, k, v, o, gate, up, down).
+  const WeightView& proj(int p) const {
+    const WeightView* w[kLoraNumProj] = {&wq, &wk, &wv, &wo, &w_gate, &w_up, &w_down};
+    return *w[p];
+  }
 };
 
 // What one process holds of the model: a range of layers (its pipeline stage) and, within each,
@@ -83,6 +91,9 @@ struct Workspace {
   std::vector<float> logits;   // [max_logit_rows, n_vocab]
   std::vector<int32_t> out_rows;  // [max_logit_rows] batch rows that want logits
   std::vector<uint8_t> act;    // converted activations for the matmul kernels
+  // Training only (sized on first use): attention's log-sum-exp, LoRA mid activations.
+  std::vector<float> lse;      // [max_tokens, n_head]
+  std::vector<float> lora_mid; // [max_tokens, rank]
 };
 
 // The inputs of a layer's linear weights, as forward() computes them (calibration: AWQ).
@@ -112,6 +123,53 @@ class TensorHooks {
   virtual Status sum(float* x, int64_t n) const = 0;
 };
 
+// ---- training: the same layers, their activations saved, and their backward ------------------
+
+// One layer's LoRA: for each projection (LoraProj order) A [rank, in] and B [out, rank], or
+// nulls where that projection is not adapted: y += scale * (x A^T) B^T.
+struct LoraLayerView {
+  int32_t rank = 0;
+  float scale = 0;
+  std::array<const float*, kLoraNumProj> A{}, B{};
+};
+// Where the backward adds the LoRA gradients of one layer (same shapes; null: not adapted).
+struct LoraLayerGrads {
+  std::array<float*, kLoraNumProj> A{}, B{};
+};
+
+// What training adds to a layer's forward and reads in its backward (train/ implements it;
+// inference passes none): the compute precision's rounding of every activation an operator
+// writes, the activations saved for the backward, the layer's LoRA and its gradients, and how
+// the input gradients of the frozen linear layers are computed.
+class Tape {
+ public:
+  // The activations a layer's backward reads; kLoraMid + p: x A^T of projection p.
+  enum Slot { kXIn, kQ, kK, kV, kAtt, kLse, kXMid, kGate, kUp, kLoraMid, kNumSlots = kLoraMid + kLoraNumProj };
+  virtual ~Tape() = default;
+  // x[0, n) to the compute precision's nearest values (FP32: unchanged). Any thread.
+  virtual void round(float* x, int64_t n) const = 0;
+  // Keeps x[0, n) as slot s of layer il (or drops it when the backward will recompute it).
+  virtual void save(int32_t il, int slot, const float* x, int64_t n) = 0;
+  // Slot s of layer il as saved: a pointer into the tape, or into buf when it must be unpacked.
+  virtual const float* load(int32_t il, int slot, std::vector<float>& buf) = 0;
+  virtual LoraLayerView lora(int32_t il) const = 0;
+  virtual LoraLayerGrads lora_grads(int32_t il) = 0;
+  // The training attention kernels (cpu/train_attention.h); null: the reference loops.
+  virtual const TrainAttnKernels* attention_kernels() const = 0;
+  // W^T in F32 for the input gradient of projection p of layer il, or null (tiles of W in
+  // tile_type(): F32, BF16 or F16). See ops/backward.h.
+  virtual const WeightView* transposed(int32_t il, int p) const = 0;
+  virtual DType tile_type() const = 0;
+};
+
+// Scratch of backward_layer, grown on first use.
+struct BackwardWorkspace {
+  std::array<std::vector<float>, Tape::kNumSlots> loaded;  // unpacked saved slots
+  std::vector<float> xn, h, rstd, dxn, dmid, datt, dq, dk, dv, dh, dgate, dup, dkv_part;
+  std::vector<float> lora_bt, lora_dxa;  // B transposed [rank, out]; dy B [n, rank]
+  MatmulBackwardScratch matmul;
+};
+
 // The decoder stack as one process runs it: hyperparameters, plan, the plan's layers.
 struct Decoder {
   const LlamaHparams* hp = nullptr;
@@ -137,6 +195,18 @@ struct Decoder {
   // block tables address kv, whose layer l is the plan's layer layer0 + l).
   Status run_layers(const Batch& b, int32_t row0, int32_t n, KvCache& kv, Workspace& ws,
                     ThreadPool& pool, ForwardTap* tap = nullptr) const;
+  // Layer il (of the plan) on rows [row0, row0 + n) of ws.x: what run_layers runs per layer.
+  // Inference: kv and aa (attention_args) given, tape null. Training: tape given, kv and aa
+  // null; the rows are one sequence at positions 0..n-1, attended over by the training kernels,
+  // every activation rounded and saved through the tape.
+  Status forward_layer(int32_t il, const Batch& b, int32_t row0, int32_t n, KvCache* kv,
+                       AttentionArgs* aa, Workspace& ws, ThreadPool& pool, ForwardTap* tap,
+                       Tape* tape) const;
+  // The backward of layer il's training forward over n rows: dx [n, n_embd] holds the gradient
+  // of the layer's output and receives that of its input; the LoRA gradients are ADDED to
+  // tape.lora_grads(il). Reads only what the tape saved (whole plan only).
+  void backward_layer(int32_t il, int32_t n, float* dx, Tape& tape, BackwardWorkspace& bw,
+                      ThreadPool& pool) const;
   // The final norm of the rows of [row0, row0 + n) that want logits, packed into ws.cur from
   // row row0, their batch rows into ws.out_rows[out0...]. Returns how many.
   int32_t head_rows(const float* output_norm, const Batch& b, int32_t row0, int32_t n,

@@ -6,7 +6,7 @@
 
 namespace qilin {
 
-void rms_norm(const float* x, const float* w, float* out, int64_t n, float eps) {
+float rms_norm_rstd(const float* x, int64_t n, float eps) {
   // double, as llama.cpp: keeps the mean exact enough for long rows. Eight partial sums break
   // the chain of dependent adds (one sum: ~4 cycles per element, most of this function).
   double part[8] = {};
@@ -17,8 +17,12 @@ void rms_norm(const float* x, const float* w, float* out, int64_t n, float eps) 
   for (int j = 0; i < n; ++i, ++j) part[j] += static_cast<double>(x[i]) * x[i];
   const double sum = ((part[0] + part[1]) + (part[2] + part[3])) +
                      ((part[4] + part[5]) + (part[6] + part[7]));
-  const float scale = 1.0f / std::sqrt(static_cast<float>(sum / n) + eps);
-  for (i = 0; i < n; ++i) out[i] = x[i] * scale * w[i];
+  return 1.0f / std::sqrt(static_cast<float>(sum / n) + eps);
+}
+
+void rms_norm(const float* x, const float* w, float* out, int64_t n, float eps) {
+  const float scale = rms_norm_rstd(x, n, eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale * w[i];
 }
 
 void swiglu(const float* g, const float* u, float* out, int64_t n) {
@@ -26,7 +30,11 @@ void swiglu(const float* g, const float* u, float* out, int64_t n) {
   kernel(g, u, out, n);
 }
 
-void rope(float* x, int32_t n_head, int32_t head_dim, int32_t pos, const RopeParams& p) {
+namespace {
+
+// Rotates by the angles of position pos, or by their negatives (sign -1: the inverse).
+void rope_rotate(float* x, int32_t n_head, int32_t head_dim, int32_t pos, const RopeParams& p,
+                 float sign) {
   // NOTE: angles come from repeated multiplication by theta_scale, as llama.cpp builds them,
   // rather than pow() per pair: the two differ in the last bits and we want its logits.
   const float theta_scale = std::pow(p.freq_base, -2.0f / p.n_rot);
@@ -38,7 +46,7 @@ void rope(float* x, int32_t n_head, int32_t head_dim, int32_t pos, const RopePar
     const float ff = p.freq_factors ? p.freq_factors[i] : 1.0f;
     const float t = p.freq_scale * (theta / ff);
     cs[i] = std::cos(t);
-    sn[i] = std::sin(t);
+    sn[i] = sign * std::sin(t);
     theta *= theta_scale;
   }
   for (int32_t h = 0; h < n_head; ++h) {
@@ -51,6 +59,16 @@ void rope(float* x, int32_t n_head, int32_t head_dim, int32_t pos, const RopePar
       xh[b] = x0 * sn[i] + x1 * cs[i];
     }
   }
+}
+
+}  // namespace
+
+void rope(float* x, int32_t n_head, int32_t head_dim, int32_t pos, const RopeParams& p) {
+  rope_rotate(x, n_head, head_dim, pos, p, 1.0f);
+}
+
+void rope_inverse(float* x, int32_t n_head, int32_t head_dim, int32_t pos, const RopeParams& p) {
+  rope_rotate(x, n_head, head_dim, pos, p, -1.0f);
 }
 
 }  // namespace qilin

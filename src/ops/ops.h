@@ -24,6 +24,8 @@ struct WeightView {
 
 // out = x / sqrt(mean(x^2) + eps) * w, for one row of n; out may alias x.
 void rms_norm(const float* x, const float* w, float* out, int64_t n, float eps);
+// The 1 / sqrt(mean(x^2) + eps) that rms_norm multiplies by (its backward's saved statistic).
+float rms_norm_rstd(const float* x, int64_t n, float eps);
 
 // out = silu(g) * u elementwise; out may alias g.
 void swiglu(const float* g, const float* u, float* out, int64_t n);
@@ -37,6 +39,8 @@ struct RopeParams {
 };
 // Rotates x [n_head, head_dim] in place for position pos.
 void rope(float* x, int32_t n_head, int32_t head_dim, int32_t pos, const RopeParams& p);
+// The inverse rotation (rope's backward: the rotation is orthogonal).
+void rope_inverse(float* x, int32_t n_head, int32_t head_dim, int32_t pos, const RopeParams& p);
 
 // Bytes of scratch that matmul needs for n_tokens activation rows of n_in elements.
 size_t matmul_scratch_bytes(DType weight_type, int64_t n_in, int64_t n_tokens);

@@ -19,8 +19,6 @@
 #include "core/atomic_file.h"
 #include "formats/gguf.h"
 #include "model/lora_adapter.h"
-#include "train/gemm_linear.h"
-#include "train/quant_linear.h"
 
 namespace qilin::train {
 
@@ -165,7 +163,6 @@ std::vector<Example> pack(const std::vector<Example>& examples, int32_t max_len)
 struct Finetuner::Impl {
   explicit Impl(int n_threads) : pool(n_threads) {}
   ThreadPool pool;
-  std::unique_ptr<FloatLinear> fast;
 };
 
 Finetuner::~Finetuner() = default;
@@ -181,27 +178,16 @@ Result<std::unique_ptr<Finetuner>> Finetuner::create(const LlamaModel& base, con
   f->train_ = std::move(train);
   f->eval_ = std::move(eval);
   f->impl_ = std::make_unique<Impl>(cfg.n_threads);
-  f->model_ = lora_llama_from(base, cfg.lora, /*dense_base=*/!cfg.quantized_base);
+  BaseConfig bc;
+  bc.quantized = cfg.quantized_base;
+  bc.requant = cfg.base_type;
+  auto trainer = LoraTrainer::create(base, cfg.lora, bc, cfg.precision, f->impl_->pool);
+  QILIN_TRY(trainer);
+  f->model_ = std::move(*trainer);
   f->model_->init_lora(static_cast<uint32_t>(cfg.seed));
-  f->model_->set_precision(cfg.precision);
   f->model_->set_checkpoint_activations(cfg.checkpoint_activations);
-  if (cfg.quantized_base) {
-    auto q = QuantLinear::create(base, f->impl_->pool, cfg.base_type, cfg.precision);
-    QILIN_TRY(q);
-    f->base_bytes_ = (*q)->weight_bytes();
-    f->uses_model_ = (*q)->uses_model_weights();
-    f->impl_->fast = std::move(*q);
-  } else {
-    f->impl_->fast = std::make_unique<GemmLinear>(*f->model_, f->impl_->pool);
-    const LlamaShape& s = f->model_->shape();
-    size_t n = f->model_->tok_embd.size() + f->model_->output.size();
-    for (int32_t l = 0; l < s.n_layer; ++l) {
-      for (int p = 0; p < kNumProj; ++p) n += f->model_->base()[l].w[p].size();
-    }
-    f->base_bytes_ = n * sizeof(float) * 2;  // and the transposed copy
-  }
-  f->model_->set_fast_linear(f->impl_->fast.get());
-  f->model_->set_thread_pool(&f->impl_->pool);
+  f->base_bytes_ = f->model_->base_bytes();
+  f->uses_model_ = f->model_->uses_model_weights();
   f->scaler_ = LossScaler(cfg.loss_scale_init, cfg.loss_scale_growth_interval, cfg.loss_scale_hysteresis);
   if (cfg.zero_stage >= 0) {
     const int n = cfg.comm ? cfg.comm->size() : 1;
@@ -306,7 +292,7 @@ Status Finetuner::run(const std::function<void(const StepLog&)>& on_step) {
       log.grad_norm = clip_global_norm(grads, cfg_.clip_norm);
       ++updates_;
       size_t k = 0;
-      for (int32_t l = 0; l < model_->shape().n_layer; ++l) {
+      for (int32_t l = 0; l < model_->hparams().n_layer; ++l) {
         for (int p = 0; p < kNumProj; ++p) {
           std::vector<float>& A = model_->lora()[l].A[p];
           if (A.empty()) continue;
@@ -391,7 +377,7 @@ Status Finetuner::save_checkpoint(const std::string& path) const {
   w.set("qilin.ft.loss_scale_clean", GgufValue::of_u64(static_cast<uint64_t>(ls.clean)));
   w.set("qilin.ft.loss_scale_overflows_left", GgufValue::of_u64(static_cast<uint64_t>(ls.overflows_left)));
   w.set("qilin.ft.skipped", GgufValue::of_u64(static_cast<uint64_t>(ls.skipped)));
-  const int32_t n_layer = model_->shape().n_layer;
+  const int32_t n_layer = model_->hparams().n_layer;
   std::deque<std::vector<float>> moments;  // alive until write(); references stay valid
   size_t k = 0;
   for (int32_t l = 0; l < n_layer; ++l) {
@@ -464,7 +450,7 @@ Status Finetuner::load_checkpoint(const std::string& path) {
     if (*v > *step) return out_of_range("qilin.ft.skipped", *v, *step);
     ls.skipped = static_cast<int64_t>(*v);
   }
-  const int32_t n_layer = model_->shape().n_layer;
+  const int32_t n_layer = model_->hparams().n_layer;
   size_t k = 0;
   for (int32_t l = 0; l < n_layer; ++l) {
     for (int p = 0; p < kNumProj; ++p) {
@@ -516,7 +502,7 @@ Status Finetuner::save_gguf_adapter(const std::string& path) const {
   w.set("general.type", GgufValue::of_string("adapter"));
   w.set("adapter.type", GgufValue::of_string("lora"));
   w.set("adapter.lora.alpha", GgufValue::of_f32(cfg_.lora.alpha));
-  const int32_t n_layer = model_->shape().n_layer;
+  const int32_t n_layer = model_->hparams().n_layer;
   const int64_t r = cfg_.lora.rank;
   for (int32_t l = 0; l < n_layer; ++l) {
     for (int p = 0; p < kNumProj; ++p) {
@@ -536,7 +522,7 @@ Status Finetuner::save_peft(const std::string& dir, const std::string& base_name
   if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
     return errorf("finetune: cannot create %s: %s", dir.c_str(), std::strerror(errno));
   }
-  const LlamaShape& s = model_->shape();
+  const LlamaHparams& s = model_->hparams();
   const int64_t r = cfg_.lora.rank;
   nlohmann::json header = nlohmann::json::object();
   header["__metadata__"] = {{"format", "pt"}};
@@ -555,7 +541,7 @@ Status Finetuner::save_peft(const std::string& dir, const std::string& base_name
       const std::vector<float>& A = model_->lora()[l].A[p];
       if (A.empty()) continue;
       std::vector<float> B = model_->lora()[l].B[p];
-      if ((p == kQ || p == kK) && !s.rope_neox) {
+      if ((p == kQ || p == kK) && !s.rope.neox) {
         // GGUF (llama.cpp's converter) stores Q/K rows in RoPE pair order: row h*hd + 2i + j
         // is Hugging Face's row h*hd + j*hd/2 + i. lora_B's rows are output rows: undo it.
         const int32_t heads = p == kQ ? s.n_head : s.n_head_kv, hd = s.head_dim;

@@ -14,7 +14,8 @@
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "qilin/status.h"
-#include "train/lora_llama.h"
+#include "train/lora.h"
+#include "train/lora_trainer.h"
 #include "train/optimizer.h"
 #include "train/paged_adamw.h"
 #include "train/precision.h"
@@ -53,7 +54,7 @@ struct FinetuneConfig {
   uint64_t seed = 1;
   int n_threads = 1;
   // The frozen base: dense F32 (dequantized at start; a transposed copy serves the input
-  // gradients), or kept quantized (QLoRA: train/quant_linear.h), requantized at start to
+  // gradients), or kept quantized (QLoRA: train/lora_trainer.h), requantized at start to
   // base_type unless that is F32 (then kept as the file has it).
   bool quantized_base = false;
   DType base_type = DType::F32;
@@ -109,7 +110,7 @@ class Finetuner {
   // llama.cpp's GGUF LoRA adapter (general.type = adapter, blk.N.attn_q.weight.lora_a/_b).
   Status save_gguf_adapter(const std::string& path) const;
   int64_t step() const { return step_; }
-  LoraLlama<float>& model() { return *model_; }
+  LoraTrainer& model() { return *model_; }
   const LossScaler& loss_scaler() const { return scaler_; }
   PagedAdamW::Stats optimizer_stats() const { return states_ ? states_->stats() : PagedAdamW::Stats{}; }
   // The data-parallel optimizer (null unless cfg.zero_stage >= 0).
@@ -124,7 +125,7 @@ class Finetuner {
   Status data_parallel_step(const std::function<const Example&(int64_t)>& example_at, StepLog* log);
   struct Impl;
   std::unique_ptr<Impl> impl_;
-  std::unique_ptr<LoraLlama<float>> model_;
+  std::unique_ptr<LoraTrainer> model_;  // after impl_: it uses impl_'s pool
   FinetuneConfig cfg_;
   std::vector<Example> train_, eval_;
   std::unique_ptr<PagedAdamW> states_;  // tensors [n_adapted * 2] (A, B), in model order

@@ -247,7 +247,7 @@ ZeroOptimizer::~ZeroOptimizer() {
   if (model_) model_->set_lora_store(nullptr);
 }
 
-Result<std::unique_ptr<ZeroOptimizer>> ZeroOptimizer::create(LoraLlama<float>& model,
+Result<std::unique_ptr<ZeroOptimizer>> ZeroOptimizer::create(LoraTrainer& model,
                                                              Communicator* comm,
                                                              const ZeroConfig& cfg) {
   if (cfg.stage < 0 || cfg.stage > 3)
@@ -261,7 +261,7 @@ Result<std::unique_ptr<ZeroOptimizer>> ZeroOptimizer::create(LoraLlama<float>& m
   z->cfg_ = cfg;
   z->rank_ = comm ? comm->rank() : 0;
   z->n_ = comm ? comm->size() : 1;
-  const int32_t L = model.shape().n_layer;
+  const int32_t L = model.hparams().n_layer;
   int64_t largest = 0, largest_piece = 0;
   for (int32_t il = 0; il < L; ++il) {
     int64_t n = 0;

@@ -24,7 +24,7 @@
 
 #include "dist/comm.h"
 #include "qilin/status.h"
-#include "train/lora_llama.h"
+#include "train/lora_trainer.h"
 #include "train/optimizer.h"
 #include "train/precision.h"
 
@@ -59,7 +59,7 @@ class ZeroOptimizer : public LoraStore<float> {
   // Takes over model's LoRA weights (every rank must start from the same ones) and gradients,
   // freeing model.lora() and model.grad(), and becomes the model's LoraStore. comm null: one
   // rank.
-  static Result<std::unique_ptr<ZeroOptimizer>> create(LoraLlama<float>& model, Communicator* comm,
+  static Result<std::unique_ptr<ZeroOptimizer>> create(LoraTrainer& model, Communicator* comm,
                                                        const ZeroConfig& cfg);
   ~ZeroOptimizer() override;
   int rank() const { return rank_; }
@@ -138,7 +138,7 @@ class ZeroOptimizer : public LoraStore<float> {
   Status reduce(int32_t il);                              // stage 0 and 1, at the step's end
   Status fail(Status s);
 
-  LoraLlama<float>* model_ = nullptr;
+  LoraTrainer* model_ = nullptr;
   Communicator* comm_ = nullptr;
   ZeroConfig cfg_;
   int rank_ = 0, n_ = 1;

@@ -37,7 +37,7 @@
 #include "cpu/quants_int4.h"
 #include "cpu/round16.h"
 #include "cpu/train_attention.h"
-#include "train/layers.h"
+#include "ops/train_ops.h"
 
 namespace qilin {
 namespace {
@@ -86,7 +86,7 @@ enum class Rule {
   // a divide and a multiply of 0.5 ulp each: under 4 ulp = 4 * 2^-23 of |ref| per side; tol
   // 8 * 2^-23 of |ref| + 1e-28 |u| (below -87.3 the vector exp clamps and silu(g) < 1e-34).
   kSilu,
-  // Training attention forward (out and lse) against train/layers.h's loops run in double:
+  // Training attention forward (out and lse) against ops/train_ops.h's loops run in double:
   // 2e-5 of max(1, max|ref|), test_train_attention.cc's bound (float softmax attention over
   // <= 131 keys and head_dim <= 128: (hd + n) * u ~ 1.6e-5 even added in one direction).
   kTrainAttn,
@@ -750,11 +750,11 @@ Outcome run_train_attention(const OpCase& c, Isa isa, std::mt19937& rng) {
   const std::vector<double> qd(q.begin(), q.end()), kd(kk.begin(), kk.end()),
       vd(v.begin(), v.end());
   std::vector<double> out_r(nq), lse_r(n * h);
-  train::attention_forward(qd.data(), kd.data(), vd.data(), n, h, hkv, hd, out_r.data(),
+  attention_forward(qd.data(), kd.data(), vd.data(), n, h, hkv, hd, out_r.data(),
                            lse_r.data());
   std::vector<float> out(nq, NAN), lse(n * h, NAN);
   if (isa == Isa::Scalar) {
-    train::attention_forward(q.data(), kk.data(), v.data(), n, h, hkv, hd, out.data(), lse.data());
+    attention_forward(q.data(), kk.data(), v.data(), n, h, hkv, hd, out.data(), lse.data());
   } else {
     const TrainAttnArgs a{q.data(), kk.data(), v.data(), n, h, hkv, hd};
     for (int32_t g = 0; g < hkv; ++g) {
@@ -767,7 +767,7 @@ Outcome run_train_attention(const OpCase& c, Isa isa, std::mt19937& rng) {
   }
   Outcome o;
   o.tol = 2e-5;
-  o.against = "train/layers.h's loops in double";
+  o.against = "ops/train_ops.h's loops in double";
   double so = 1.0, sl = 1.0;
   for (double x : out_r) so = std::max(so, std::fabs(x));
   for (double x : lse_r) sl = std::max(sl, std::fabs(x));

@@ -1,5 +1,5 @@
 // The per-ISA training attention kernels (cpu/train_attention.h) against the reference loops of
-// train/layers.h (themselves checked against finite differences in test_train_layers.cc), run
+// ops/train_ops.h (themselves checked against finite differences in test_train_layers.cc), run
 // in double on the same float inputs: forward output and log-sum-exp, and the backward's dq,
 // dk, dv, over shapes with awkward sizes and item ranges split as threads split them.
 #include <gtest/gtest.h>
@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "cpu/train_attention.h"
-#include "train/layers.h"
-#include "train/lora_llama.h"
+#include "ops/train_ops.h"
+#include "reference/random_decoder.h"
 
 namespace qilin {
 namespace {
@@ -94,9 +94,9 @@ TEST(TrainAttention, KernelsMatchTheReferenceLoops) {
         const std::vector<double> qd = widen(q), kd = widen(kk), vd = widen(v), gd = widen(dout);
         std::vector<double> out_r(nq), lse_r(s.n * s.H), dq_r(nq, 0.0), dk_r(nkv, 0.0),
             dv_r(nkv, 0.0);
-        train::attention_forward(qd.data(), kd.data(), vd.data(), s.n, s.H, s.Hkv, s.hd,
+        attention_forward(qd.data(), kd.data(), vd.data(), s.n, s.H, s.Hkv, s.hd,
                                  out_r.data(), lse_r.data());
-        train::attention_backward(gd.data(), qd.data(), kd.data(), vd.data(), out_r.data(),
+        attention_backward(gd.data(), qd.data(), kd.data(), vd.data(), out_r.data(),
                                   lse_r.data(), s.n, s.H, s.Hkv, s.hd, dq_r.data(), dk_r.data(),
                                   dv_r.data());
         for (bool arbitrary : {false, true}) {
@@ -158,8 +158,9 @@ TEST(TrainAttention, ScalarIsaHasNoKernelAndTheSplitCoversEveryItem) {
   }
 }
 
-// A small float model trained with the SIMD kernels and with the reference loops: the same
-// loss and adapter gradients (the kernels sit inside the whole graph, threads splitting items).
+// A small float model trained (the library's trainer) with the SIMD kernels and with the
+// reference loops: the same loss and adapter gradients (the kernels sit inside the whole graph,
+// threads splitting items).
 TEST(TrainAttention, ModelGradientsMatchTheReferenceAttention) {
   const TrainAttnKernels* k = train_attention_kernels();
   if (!k) GTEST_SKIP() << "no SIMD ISA on this CPU";
@@ -172,17 +173,12 @@ TEST(TrainAttention, ModelGradientsMatchTheReferenceAttention) {
   s.head_dim = 16;
   s.n_ff = 64;
   s.n_rot = 16;
-  auto make = [&] {
-    auto m = std::make_unique<train::LoraLlama<float>>(s, train::LoraConfig{});
-    m->init_random_base(5, 0.3f);
-    m->init_lora(6, 0.2f);
-    return m;
-  };
-  auto ref = make(), simd = make();
+  train::RandomDecoder rd(s, train::LoraConfig{}, 5, 0.3);
+  ThreadPool pool(2);
+  auto ref = rd.trainer(train::LoraConfig{}, pool, 6, 0.2f);
+  auto simd = rd.trainer(train::LoraConfig{}, pool, 6, 0.2f);
   ref->set_attention_kernels(nullptr);
   simd->set_attention_kernels(k);
-  ThreadPool pool(2);
-  simd->set_thread_pool(&pool);
   std::vector<int32_t> tokens(29), targets(29);
   for (int i = 0; i < 29; ++i) {
     tokens[i] = (i * 7 + 3) % s.n_vocab;

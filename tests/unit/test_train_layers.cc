@@ -8,8 +8,8 @@
 #include <random>
 #include <vector>
 
-#include "train/layers.h"
-#include "train/lora_llama.h"
+#include "ops/train_ops.h"
+#include "reference/lora_llama_ref.h"
 
 namespace qilin::train {
 namespace {
@@ -187,7 +187,7 @@ TEST(TrainLayers, CrossEntropyFusedWithSoftmax) {
 namespace qilin::train {
 namespace {
 
-TEST(TrainLoraLlama, AdapterGradientsMatchFiniteDifferences) {
+TEST(TrainLoraLlamaRef, AdapterGradientsMatchFiniteDifferences) {
   LlamaShape s;
   s.n_vocab = 11;
   s.n_embd = 8;
@@ -201,7 +201,7 @@ TEST(TrainLoraLlama, AdapterGradientsMatchFiniteDifferences) {
   LoraConfig lc;
   lc.rank = 2;
   lc.alpha = 3;
-  LoraLlama<double> m(s, lc);
+  LoraLlamaRef<double> m(s, lc);
   m.init_random_base(1, 0.5);
   m.init_lora(2, /*b_sd=*/0.3);  // B nonzero so every adapter gradient is exercised
   const int32_t tokens[6] = {3, 1, 4, 1, 5, 9};
@@ -226,7 +226,7 @@ TEST(TrainLoraLlama, AdapterGradientsMatchFiniteDifferences) {
 // 40 tokens: the output head runs in two row chunks (its backward fused into forward);
 // activation checkpointing recomputes every block in backward and must give the stored run's
 // gradients exactly, and both match finite differences.
-TEST(TrainLoraLlama, CheckpointedRunOverHeadChunksMatchesFiniteDifferences) {
+TEST(TrainLoraLlamaRef, CheckpointedRunOverHeadChunksMatchesFiniteDifferences) {
   LlamaShape s;
   s.n_vocab = 9;
   s.n_embd = 8;
@@ -245,7 +245,7 @@ TEST(TrainLoraLlama, CheckpointedRunOverHeadChunksMatchesFiniteDifferences) {
   }
   std::vector<LoraLayer<double>> grads[2];
   for (int ck = 0; ck < 2; ++ck) {
-    LoraLlama<double> m(s, lc);
+    LoraLlamaRef<double> m(s, lc);
     m.init_random_base(3, 0.5);
     m.init_lora(4, 0.3);
     m.set_checkpoint_activations(ck == 1);
@@ -268,7 +268,7 @@ TEST(TrainLoraLlama, CheckpointedRunOverHeadChunksMatchesFiniteDifferences) {
   }
 }
 
-TEST(TrainLoraLlama, ZeroInitializedAdapterLeavesTheBaseModel) {
+TEST(TrainLoraLlamaRef, ZeroInitializedAdapterLeavesTheBaseModel) {
   LlamaShape s;
   s.n_vocab = 7;
   s.n_embd = 8;
@@ -280,7 +280,7 @@ TEST(TrainLoraLlama, ZeroInitializedAdapterLeavesTheBaseModel) {
   s.n_rot = 4;
   LoraConfig off;
   off.targets.fill(false);
-  LoraLlama<double> base(s, off), adapted(s, LoraConfig{});
+  LoraLlamaRef<double> base(s, off), adapted(s, LoraConfig{});
   base.init_random_base(5, 0.5);
   adapted.init_random_base(5, 0.5);
   adapted.init_lora(6);  // B = 0

@@ -12,9 +12,10 @@
 #include "cpu/quants.h"
 #include "test_util.h"
 #include "train/finetune.h"
-#include "train/gemm_linear.h"
+#include "ops/backward.h"
+#include "ops/train_ops.h"
 #include "train/paged_adamw.h"
-#include "train/quant_linear.h"
+#include "train/lora_trainer.h"
 
 namespace qilin::train {
 namespace {
@@ -70,26 +71,27 @@ TEST_F(TrainQLora, QuantizedBaseProductsMatchTheDequantizedWeights) {
   ThreadPool pool(2);
   const int64_t n = 37;  // not a multiple of any tile
   for (Precision prec : {Precision::F32, Precision::BF16}) {
-    auto q = QuantLinear::create(*model_, pool, DType::NF4_DQ, prec);
-    ASSERT_TRUE(q.is_ok()) << q.status().message();
-    EXPECT_FALSE((*q)->uses_model_weights());
-    // Layer 3's down projection (in 1536, out 576: the last tile is partial).
+    // Layer 3's down projection (in 1536, out 576: the last tile is partial), requantized.
     const WeightView& src = model_->layers()[3].w_down;
     const int64_t in = src.n_in, out = src.n_out;
     std::vector<float> w(static_cast<size_t>(in * out)), row(static_cast<size_t>(in));
-    std::vector<uint8_t> qrow(row_bytes(DType::NF4_DQ, in));
+    const size_t rb = row_bytes(DType::NF4_DQ, in);
+    std::vector<uint8_t> qw(rb * static_cast<size_t>(out));
     for (int64_t r = 0; r < out; ++r) {
       dequantize_row_ref(src.type, src.data + r * src.row_bytes, row.data(), in);
-      quantize_row_ref(DType::NF4_DQ, row.data(), qrow.data(), in);
-      dequantize_row_ref(DType::NF4_DQ, qrow.data(), w.data() + r * in, in);
+      quantize_row_ref(DType::NF4_DQ, row.data(), qw.data() + r * rb, in);
+      dequantize_row_ref(DType::NF4_DQ, qw.data() + r * rb, w.data() + r * in, in);
     }
+    const WeightView qv{DType::NF4_DQ, qw.data(), in, out, rb};
+    const DType tile = prec == Precision::BF16 ? DType::BF16 : DType::F32;
+    MatmulBackwardScratch scratch;
     std::mt19937 rng(1);
     std::normal_distribution<float> nd(0, 1);
     std::vector<float> dy(static_cast<size_t>(n * out)), x(static_cast<size_t>(n * in));
     for (float& v : dy) v = nd(rng);
     for (float& v : x) v = nd(rng);
     std::vector<float> dx(static_cast<size_t>(n * in), 0.5f), want(dx);
-    (*q)->backward_input(3, kDown, dy.data(), n, dx.data());
+    matmul_backward_input(pool, qv, nullptr, dy.data(), n, dx.data(), tile, scratch);
     linear_backward(dy.data(), x.data(), w.data(), n, in, out, want.data(), static_cast<float*>(nullptr));
     double err = 0, ref = 0;
     for (size_t i = 0; i < dx.size(); ++i) {
@@ -99,7 +101,8 @@ TEST_F(TrainQLora, QuantizedBaseProductsMatchTheDequantizedWeights) {
     // F32 tiles: rounding only; BF16 tiles: the weights' 8-bit mantissas (dy stays F32 here).
     EXPECT_LT(err, (prec == Precision::F32 ? 1e-5 : 1e-2) * ref) << precision_name(prec);
     std::vector<float> y(static_cast<size_t>(n * out)), yw(y.size());
-    (*q)->forward(3, kDown, x.data(), n, y.data());
+    std::vector<uint8_t> act(matmul_scratch_bytes(qv.type, in, n));
+    matmul(pool, qv, x.data(), n, y.data(), act.data());
     linear_forward(x.data(), w.data(), n, in, out, yw.data());
     err = ref = 0;
     for (size_t i = 0; i < y.size(); ++i) {
@@ -109,7 +112,10 @@ TEST_F(TrainQLora, QuantizedBaseProductsMatchTheDequantizedWeights) {
     EXPECT_LT(err, 2e-2 * ref);  // the gemm's Q8_0 activations
   }
   // A row that no block of the type divides is refused, naming the tensor.
-  auto bad = QuantLinear::create(*model_, pool, DType::QI4_G128, Precision::F32);
+  BaseConfig bad_base;
+  bad_base.quantized = true;
+  bad_base.requant = DType::QI4_G128;
+  auto bad = LoraTrainer::create(*model_, LoraConfig{}, bad_base, Precision::F32, pool);
   ASSERT_FALSE(bad.is_ok());
   EXPECT_NE(bad.status().message().find("blk.0.attn_q.weight"), std::string::npos) << bad.status().message();
 }
@@ -122,6 +128,7 @@ TEST_F(TrainQLora, QLoraOnNf4LearnsTheFormat) {
   auto ft = Finetuner::create(*model_, c, train_, eval_);
   ASSERT_TRUE(ft.is_ok()) << ft.status().message();
   EXPECT_LT((*ft)->base_bytes(), 90u << 20);  // 4.5 bits a weight and the Q8_0 embedding
+  EXPECT_FALSE((*ft)->uses_model_weights());  // requantized: its own copy
   const float before = (*ft)->evaluate();
   ASSERT_TRUE((*ft)->run(nullptr).is_ok());
   const float after = (*ft)->evaluate();
@@ -153,14 +160,26 @@ TEST_F(TrainQLora, SixteenBitLossCurvesTrackFp32) {
   ASSERT_EQ(f32.size(), 8u);
   ASSERT_EQ(bf16.size(), 8u);
   ASSERT_EQ(f16.size(), 8u);
+  // BF16 keeps 8 mantissa bits, so its curve is a noisy copy of FP32's whose per-step error is
+  // a random variable: the unit below is 5% of the FP32 loss + 0.05 (the curve falls from ~5
+  // to ~0.3 over these steps). Measured over seeds 1-8 with this test's job (2026-12-08), the
+  // worst step of a seed reached 1.02 units with the LoRA trainer of the time (seed 4) and
+  // 1.25 with the Decoder's (seed 5), and no seed's mean over its steps exceeded 0.32 in
+  // either; scripts/precision_sweep.sh measures the same for `qilin finetune`'s version of the
+  // job (worst 0.70 and 0.75 there). So: every step within 2 units, the mean
+  // within 0.5 (a lost master copy or a missed rounding moves both far past that). FP16 keeps
+  // 11 bits: every step within 0.4 units (2% of the loss + 0.02), as before.
+  double bf16_sum = 0;
   for (size_t i = 0; i < f32.size(); ++i) {
     std::printf("  step %zu: fp32 %.4f  bf16 %.4f  fp16 %.4f (scale %g%s)\n", i + 1, f32[i], bf16[i], f16[i],
                 logs[i].loss_scale, logs[i].skipped ? ", skipped" : "");
     EXPECT_FALSE(logs[i].skipped);
-    // Tolerance: 5% of the loss + 0.05 (the curve falls from ~4.7 to ~1 over these steps).
-    EXPECT_NEAR(bf16[i], f32[i], 0.05 * f32[i] + 0.05) << "step " << i + 1;
+    const double unit = 0.05 * f32[i] + 0.05;
+    bf16_sum += std::fabs(bf16[i] - f32[i]) / unit;
+    EXPECT_NEAR(bf16[i], f32[i], 2 * unit) << "step " << i + 1;
     EXPECT_NEAR(f16[i], f32[i], 0.02 * f32[i] + 0.02) << "step " << i + 1;
   }
+  EXPECT_LT(bf16_sum / static_cast<double>(f32.size()), 0.5);
   EXPECT_LT(f32.back(), 0.6f * f32.front());  // the curve moves: tracking it means something
 }
 
@@ -225,7 +244,7 @@ TEST_F(TrainQLora, CheckpointedActivationsGiveIdenticalGradients) {
       c.checkpoint_activations = ck == 1;
       auto ft = Finetuner::create(*model_, c, train_, eval_);
       ASSERT_TRUE(ft.is_ok());
-      LoraLlama<float>& m = (*ft)->model();
+      LoraTrainer& m = (*ft)->model();
       for (auto& l : m.lora()) {  // B nonzero, so every path of the gradient carries signal
         for (auto& b : l.B) {
           for (size_t i = 0; i < b.size(); ++i) b[i] = 0.01f * static_cast<float>((i * 7919) % 13) - 0.06f;

@@ -1,12 +1,10 @@
-// A Llama with LoRA adapters for training: the frozen base (dense T weights, or a FloatLinear
-// backend that may keep it quantized), one (A, B) pair per adapted linear layer, and
-// forward/backward over one sequence written out block by block. Forward saves per block what
-// backward reads (16-bit in BF16/FP16 compute; only the block's input with activation
-// checkpointing, the block then recomputed in backward). Generic in the scalar type so that a
-// tiny random model's LoRA gradients can be checked against finite differences in double;
-// training runs it in float.
-// NOTE: the base is frozen; backward produces gradients for the adapters only (and the
-// input gradients that carry them), never for base weights.
+// The tests' reference for LoRA training (not built into the library): a Llama with LoRA
+// adapters written out block by block over dense weights of a scalar type T, forward and
+// backward in plain loops (ops/train_ops.h). In double, its adapter gradients are checked
+// against finite differences (test_train_layers.cc); the library's trainer, which runs the
+// model's own Decoder (train/lora_trainer.h), is checked against it (test_train_model.cc).
+// This was the training graph before training moved onto the Decoder (issue 16).
+// NOTE: the base is frozen; backward produces gradients for the adapters only.
 #pragma once
 
 #include <array>
@@ -19,7 +17,8 @@
 #include "core/assert.h"
 #include "core/thread_pool.h"
 #include "cpu/train_attention.h"
-#include "train/layers.h"
+#include "ops/train_ops.h"
+#include "train/lora.h"
 #include "train/precision.h"
 
 namespace qilin::train {
@@ -32,29 +31,6 @@ struct LlamaShape {
   bool tied_output = true;  // the output head is the embedding table
 };
 
-// The seven adaptable linear layers of a block, in this order everywhere.
-enum Proj { kQ, kK, kV, kO, kGate, kUp, kDown, kNumProj };
-
-struct LoraConfig {
-  int32_t rank = 8;
-  float alpha = 16;                                  // scale = alpha / rank
-  std::array<bool, kNumProj> targets = {true, true, true, true, true, true, true};
-};
-
-// The frozen base's products (and embedding rows) from a backend when one is set: the tiled F32
-// gemm over dense weights (train/gemm_linear.h) or the quantized gemm over weights kept
-// quantized (train/quant_linear.h, QLoRA); else the dense T weights below with plain loops.
-// p = kNumProj names the output head.
-struct FloatLinear {
-  virtual ~FloatLinear() = default;
-  // y[n, out] = x[n, in] W^T
-  virtual void forward(int32_t layer, int p, const float* x, int64_t n, float* y) = 0;
-  // dx[n, in] += dy[n, out] W
-  virtual void backward_input(int32_t layer, int p, const float* dy, int64_t n, float* dx) = 0;
-  // x[n, E] = the embedding rows of tokens
-  virtual void embed(const int32_t* tokens, int64_t n, float* x) = 0;
-};
-
 template <typename T>
 struct BaseLayer {
   std::vector<T> attn_norm, ffn_norm;  // [E]
@@ -62,27 +38,9 @@ struct BaseLayer {
 };
 
 template <typename T>
-struct LoraLayer {
-  std::array<std::vector<T>, kNumProj> A, B;  // A [r, in], B [out, r]; empty when not adapted
-};
-
-// Where the LoRA weights and gradients live when not in lora() and grad(): data-parallel
-// training (train/zero.h) keeps them in flat, possibly sharded buffers. The model runs one layer
-// at a time: it asks for the layer's weights before the layer's forward and again before its
-// backward (a reference valid until the next call), for a zeroed gradient buffer of the layer
-// before its backward, and hands that back after.
-template <typename T>
-struct LoraStore {
-  virtual ~LoraStore() = default;
-  virtual const LoraLayer<T>& layer_weights(int32_t il) = 0;
-  virtual LoraLayer<T>& layer_grads(int32_t il) = 0;
-  virtual void layer_grads_done(int32_t il) = 0;
-};
-
-template <typename T>
-class LoraLlama {
+class LoraLlamaRef {
  public:
-  LoraLlama(const LlamaShape& s, const LoraConfig& lc) : s_(s), lc_(lc) {
+  LoraLlamaRef(const LlamaShape& s, const LoraConfig& lc) : s_(s), lc_(lc) {
     base_.resize(s.n_layer);
     lora_.resize(s.n_layer);
     grad_.resize(s.n_layer);
@@ -110,11 +68,6 @@ class LoraLlama {
   // When set, the LoRA weights and gradients come from and go to the store (one layer at a
   // time) instead of lora() and grad(); not owned.
   void set_lora_store(LoraStore<T>* st) { store_ = st; }
-  // Optional faster base products (float only); not owned.
-  void set_fast_linear(FloatLinear* f) {
-    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
-    fast_ = f;
-  }
 
   // Random base (for tests) with the given standard deviation.
   void init_random_base(uint32_t seed, T sd) {
@@ -177,7 +130,7 @@ class LoraLlama {
   // The loss's gradient is multiplied by this (FP16's dynamic loss scaling); the caller unscales.
   void set_loss_scale(T s) { loss_scale_ = s; }
   // The attention kernels (float): the CPU's best by default; null runs the reference loops of
-  // train/layers.h (what double always runs).
+  // ops/train_ops.h (what double always runs).
   void set_attention_kernels(const TrainAttnKernels* k) { attn_ = k; }
 
   // Mean cross-entropy of targets (target < 0: not scored) given tokens. With need_grad, saves
@@ -536,9 +489,6 @@ class LoraLlama {
   }
 
   void embed(const int32_t* tokens, int64_t n, T* x) {
-    if constexpr (std::is_same_v<T, float>) {
-      if (fast_) return fast_->embed(tokens, n, x);
-    }
     embedding_forward(tok_embd.data(), tokens, n, s_.n_embd, x);
   }
   const std::vector<T>& head_w() const { return s_.tied_output ? tok_embd : output; }
@@ -586,19 +536,12 @@ class LoraLlama {
 
   const std::vector<T>& base_w(int32_t il, int p) const { return p == kNumProj ? head_w() : base_[il].w[p]; }
   void base_forward(int32_t il, int p, const T* x, int64_t n, int64_t in, int64_t out, T* y) {
-    if constexpr (std::is_same_v<T, float>) {
-      if (fast_) return fast_->forward(il, p, x, n, y);
-    }
     linear_forward(x, base_w(il, p).data(), n, in, out, y);
   }
   void base_backward_input(int32_t il, int p, const T* dy, const T* x, int64_t n, int64_t in, int64_t out, T* dx) {
-    if constexpr (std::is_same_v<T, float>) {
-      if (fast_) return fast_->backward_input(il, p, dy, n, dx);
-    }
     linear_backward(dy, x, base_w(il, p).data(), n, in, out, dx, static_cast<T*>(nullptr));
   }
 
-  FloatLinear* fast_ = nullptr;
   ThreadPool* pool_ = nullptr;
   LoraStore<T>* store_ = nullptr;
   const LoraLayer<T>* store_w_ = nullptr;  // the store's weights and gradients of the layer run

@@ -1,4 +1,4 @@
-// The Llama block's operators for training: each X_forward beside its X_backward, in plain
+// The decoder block's operators for training: each X_forward beside its X_backward, in plain
 // loops over a scalar type T (float for training, double for the finite-difference tests).
 // Conventions (llm.c's): backward functions ACCUMULATE into every gradient they write (+=),
 // so gradients flowing into one tensor from several uses simply add; callers zero them first.
@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <vector>
 
-namespace qilin::train {
+namespace qilin {
 
 // a . b with 8 independent partial sums (the compiler may keep them in vector lanes; one
 // running sum is a chain of dependent adds it must not reorder).
@@ -330,4 +330,4 @@ T cross_entropy_forward_backward(const T* logits /*[n, V]*/, const int32_t* targ
   return count ? loss / count : T(0);
 }
 
-}  // namespace qilin::train
+}  // namespace qilin
