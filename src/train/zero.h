@@ -147,7 +147,7 @@ class ZeroOptimizer : public LoraStore<float> {
   std::vector<size_t> full_off_, piece_off_;
   TypedBuffer params_, grads_;
   std::unique_ptr<Optimizer> opt_;
-  LoraLayer<float> w_, g_;        // the layer being run, as LoraLlama reads and writes it
+  LoraLayer<float> w_, g_;        // the layer being run, as the trainer reads and writes it
   std::vector<float> bucket_;     // [largest padded layer] gathers and reductions
   std::vector<float> piece_buf_;  // [largest piece]
   CommStats start_, step_comm_;
