@@ -14,6 +14,7 @@
 #include "core/fp16.h"
 #include "cpu/quants_impl.h"
 #include "cpu/quants_int4.h"
+#include "cpu/quants_k.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #define QILIN_X86 1
@@ -37,9 +38,10 @@ float inverse_scale(float d) {
   return std::isinf(id) ? 0.0f : id;
 }
 
-// Q4_0: the scale carries the sign of the element with the largest magnitude so that element
-// maps to exactly -8 (the code that has no positive twin); others round by +8.5 and truncation.
-void quantize_block_q4_0(const float* x, BlockQ4_0* y) {
+// Q4_0 / Q5_0 codes (half = 8 / 16): the scale carries the sign of the element with the largest
+// magnitude so that element maps to exactly -half (the code that has no positive twin); others
+// round by +half+0.5 and truncation. Returns the f32 scale.
+float absmax_codes(const float* x, int half, uint8_t* q) {
   float amax = 0.0f;
   float max = 0.0f;
   for (int j = 0; j < kQK; ++j) {
@@ -48,32 +50,63 @@ void quantize_block_q4_0(const float* x, BlockQ4_0* y) {
       max = x[j];
     }
   }
-  const float d = max / -8.0f;
+  const float d = max / static_cast<float>(-half);
   const float id = inverse_scale(d);
-  y->d = fp32_to_fp16(d);
-  for (int j = 0; j < kQK / 2; ++j) {
-    const int q0 = std::min(15, static_cast<int>(x[j] * id + 8.5f));  // truncation, as C's cast
-    const int q1 = std::min(15, static_cast<int>(x[j + kQK / 2] * id + 8.5f));
-    y->qs[j] = static_cast<uint8_t>(q0 | q1 << 4);
+  const float bias = static_cast<float>(half) + 0.5f;
+  for (int j = 0; j < kQK; ++j) {
+    q[j] = static_cast<uint8_t>(std::min(2 * half - 1, static_cast<int>(x[j] * id + bias)));
   }
+  return d;
 }
 
-void quantize_block_q4_1(const float* x, BlockQ4_1* y) {
+// Q4_1 / Q5_1 codes (nmax = 15 / 31) over [min, max]; returns the f32 scale and *min.
+float minmax_codes(const float* x, int nmax, uint8_t* q, float* min_out) {
   float min = FLT_MAX;
   float max = -FLT_MAX;
   for (int j = 0; j < kQK; ++j) {
     min = x[j] < min ? x[j] : min;
     max = x[j] > max ? x[j] : max;
   }
-  const float d = (max - min) / 15.0f;
+  const float d = (max - min) / static_cast<float>(nmax);
   const float id = inverse_scale(d);
-  y->d = fp32_to_fp16(d);
-  y->m = fp32_to_fp16(min);
-  for (int j = 0; j < kQK / 2; ++j) {
-    const int q0 = std::min(15, static_cast<int>((x[j] - min) * id + 0.5f));
-    const int q1 = std::min(15, static_cast<int>((x[j + kQK / 2] - min) * id + 0.5f));
-    y->qs[j] = static_cast<uint8_t>(q0 | q1 << 4);
+  for (int j = 0; j < kQK; ++j) {
+    q[j] = static_cast<uint8_t>(std::min(nmax, static_cast<int>((x[j] - min) * id + 0.5f)));
   }
+  *min_out = min;
+  return d;
+}
+
+// Low nibbles: element j in qs[j] & 15, element j+16 in qs[j] >> 4.
+void pack_nibbles(const uint8_t* q, uint8_t* qs) {
+  for (int j = 0; j < kQK / 2; ++j) {
+    qs[j] = static_cast<uint8_t>((q[j] & 15) | (q[j + kQK / 2] & 15) << 4);
+  }
+}
+
+// Q5's fifth bits: bit j of the little-endian word qh is bit 4 of element j.
+void pack_high_bits(const uint8_t* q, uint8_t* qh) {
+  std::memset(qh, 0, 4);
+  for (int j = 0; j < kQK; ++j) {
+    qh[j / 8] = static_cast<uint8_t>(qh[j / 8] | (q[j] >> 4) << (j % 8));
+  }
+}
+
+template <typename Block>
+void quantize_block_sym(const float* x, int half, Block* y) {
+  uint8_t q[kQK];
+  y->d = fp32_to_fp16(absmax_codes(x, half, q));
+  pack_nibbles(q, y->qs);
+  if constexpr (requires { y->qh; }) pack_high_bits(q, y->qh);
+}
+
+template <typename Block>
+void quantize_block_min(const float* x, int nmax, Block* y) {
+  uint8_t q[kQK];
+  float min = 0.0f;
+  y->d = fp32_to_fp16(minmax_codes(x, nmax, q, &min));
+  y->m = fp32_to_fp16(min);
+  pack_nibbles(q, y->qs);
+  if constexpr (requires { y->qh; }) pack_high_bits(q, y->qh);
 }
 
 // Shared by Q8_0 and Q8_1: returns the sum of the codes and the f32 scale in *d_f32.
@@ -162,6 +195,7 @@ void dequantize_row_ref(DType type, const void* src, float* dst, int64_t n) {
       return;
     }
     default:
+      if (is_k_type(type)) return dequantize_row_k(type, src, dst, n);
       QILIN_ASSERT(is_int4_type(type) && "dequantize_row_ref: unsupported type");
       dequantize_row_int4(type, src, dst, n);
   }
@@ -186,11 +220,19 @@ void quantize_row_ref(DType type, const float* src, void* dst, int64_t n) {
     }
     case DType::Q4_0:
       for (int64_t i = 0; i < nb; ++i)
-        quantize_block_q4_0(src + i * kQK, static_cast<BlockQ4_0*>(dst) + i);
+        quantize_block_sym(src + i * kQK, 8, static_cast<BlockQ4_0*>(dst) + i);
       return;
     case DType::Q4_1:
       for (int64_t i = 0; i < nb; ++i)
-        quantize_block_q4_1(src + i * kQK, static_cast<BlockQ4_1*>(dst) + i);
+        quantize_block_min(src + i * kQK, 15, static_cast<BlockQ4_1*>(dst) + i);
+      return;
+    case DType::Q5_0:
+      for (int64_t i = 0; i < nb; ++i)
+        quantize_block_sym(src + i * kQK, 16, static_cast<BlockQ5_0*>(dst) + i);
+      return;
+    case DType::Q5_1:
+      for (int64_t i = 0; i < nb; ++i)
+        quantize_block_min(src + i * kQK, 31, static_cast<BlockQ5_1*>(dst) + i);
       return;
     case DType::Q8_0:
       for (int64_t i = 0; i < nb; ++i) {
@@ -204,6 +246,7 @@ void quantize_row_ref(DType type, const float* src, void* dst, int64_t n) {
         quantize_block_q8_1(src + i * kQK, static_cast<BlockQ8_1*>(dst) + i);
       return;
     default:
+      if (has_quantize_k(type)) return quantize_row_k(type, src, dst, n);
       QILIN_ASSERT(is_int4_type(type) && "quantize_row_ref: unsupported type");
       quantize_row_int4(type, src, dst, n);
   }

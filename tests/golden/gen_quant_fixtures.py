@@ -1,18 +1,25 @@
 #!/usr/bin/env python3
 """Writes the golden fixtures for tests/unit/test_quants.cc under tests/golden/quants/.
 
-Independent references: the `gguf` package's numpy quantizers (gguf.quants, tested with 0.19.0)
-and, when llama-cpp-python is installed, ggml's own C reference functions (quantize_row_*_ref,
-dequantize_row_*) called through ctypes from its libggml-base. Where both exist they must agree
-bit for bit, else this script stops. gguf-py has no Q8_1, so Q8_1 comes from ggml only.
+Independent references: the `gguf` package's numpy quantizers (gguf.quants, tested with 0.19.0
+and numpy 2.4.6) and, when llama-cpp-python is installed, ggml's own C reference functions
+(quantize_row_*_ref, dequantize_row_*) called through ctypes from its libggml-base. Where both
+exist they must agree bit for bit, else this script stops. gguf-py has no Q8_1 and no Q8_K, and
+quantizes none of IQ4_NL and the K-quants, so those quantized rows come from ggml only.
+The fixtures in git were made with gguf 0.19.0 and the ggml of llama-cpp-python 0.3.36's
+vendored llama.cpp (ggml 0.25.3): ggml.c and ggml-quants.c built without FMA into a
+libggml-base.so (the backend functions they name stubbed out with abort()).
 
 Usage: python tests/golden/gen_quant_fixtures.py [--ggml-lib path/to/libggml-base.so]
 
 Output (all little-endian):
   manifest.json        n_rows, n (elements per row), the per-type files and their sources
   input.f32            [n_rows, n] float32 rows to quantize
-  <TYPE>.q             [n_rows, row_bytes] the quantized rows
-  <TYPE>.deq.f32       [n_rows, n] dequantize(<TYPE>.q)
+  <TYPE>.q             [n_rows, row_bytes] the quantized rows ("types")
+  <TYPE>.deq.f32       [n_rows, n] dequantize(<TYPE>.q), where "dequant" is listed
+  <TYPE>.blocks        [n_block_rows, row_bytes] pseudo-random valid blocks ("blocks": every
+                       bit pattern of codes and sub-block scales, f16/f32 scales finite)
+  <TYPE>.blocks.f32    [n_block_rows, n] their dequantization by gguf-py (ggml for Q8_K)
 """
 import argparse
 import ctypes
@@ -26,6 +33,24 @@ import gguf
 from gguf import GGMLQuantizationType as T
 
 N = 256  # 8 blocks per row: small files, and every block position is exercised
+N_BLOCK_ROWS = 4  # rows of random blocks per type (4 K-quant super-blocks, 32 small blocks)
+
+# Types quantized from input.f32 by ggml's C reference (and gguf-py where it can), checked
+# against Qilin's quantize_row_ref; their dequantization is checked through "blocks".
+QUANTIZED_NEW = ["Q5_0", "Q5_1", "Q8_K", "IQ4_NL"]
+# name -> (block elements, block bytes, byte offsets of f16 scales, byte offsets of f32 scales)
+BLOCK_TYPES = {
+    "Q5_0": (32, 22, [0], []),
+    "Q5_1": (32, 24, [0, 2], []),
+    "IQ4_NL": (32, 18, [0], []),
+    "Q2_K": (256, 84, [80, 82], []),
+    "Q3_K": (256, 110, [108], []),
+    "Q4_K": (256, 144, [0, 2], []),
+    "Q5_K": (256, 176, [0, 2], []),
+    "Q6_K": (256, 210, [208], []),
+    "Q8_K": (256, 292, [], [0]),
+    "IQ4_XS": (256, 136, [0], []),
+}
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quants")
 
 
@@ -64,6 +89,24 @@ def make_rows() -> np.ndarray:
     return np.stack(rows)
 
 
+def cname(name):
+    """ggml's spelling of a type in function names: q5_0, iq4_nl, q4_K."""
+    return name.lower().replace("_k", "_K")
+
+
+def random_blocks(name, rng):
+    """Random bytes (every code and sub-block scale bit pattern) with each scale field set to
+    a finite value of either sign between 1e-3 and 2, rounded to its storage type."""
+    qk, size, f16_at, f32_at = BLOCK_TYPES[name]
+    n_blocks = N_BLOCK_ROWS * N // qk
+    b = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
+    for at, dt in [(o, np.float16) for o in f16_at] + [(o, np.float32) for o in f32_at]:
+        v = rng.choice([-1.0, 1.0], n_blocks) * 10.0 ** rng.uniform(-3, 0.3, n_blocks)
+        w = np.dtype(dt).itemsize
+        b[:, at:at + w] = v.astype(dt).reshape(-1, 1).view(np.uint8)
+    return b.reshape(N_BLOCK_ROWS, -1)
+
+
 def load_ggml(path):
     if path is None:
         try:
@@ -77,9 +120,11 @@ def load_ggml(path):
     lib = ctypes.CDLL(path)
     f32p, vp, i64 = ctypes.POINTER(ctypes.c_float), ctypes.c_void_p, ctypes.c_int64
     for name in ["quantize_row_q4_0_ref", "quantize_row_q4_1_ref", "quantize_row_q8_0_ref",
-                 "quantize_row_q8_1_ref", "ggml_fp32_to_bf16_row_ref"]:
+                 "quantize_row_q8_1_ref", "ggml_fp32_to_bf16_row_ref"] + \
+            [f"quantize_row_{cname(t)}_ref" for t in QUANTIZED_NEW]:
         getattr(lib, name).argtypes = [f32p, vp, i64]
-    for name in ["dequantize_row_q4_0", "dequantize_row_q4_1", "dequantize_row_q8_0"]:
+    for name in ["dequantize_row_q4_0", "dequantize_row_q4_1", "dequantize_row_q8_0"] + \
+            [f"dequantize_row_{cname(t)}" for t in BLOCK_TYPES]:
         getattr(lib, name).argtypes = [vp, f32p, i64]
     return lib
 
@@ -170,10 +215,64 @@ def main():
     else:
         print("warning: no libggml-base; Q8_1 fixture not written", file=sys.stderr)
 
+    # Newer formats: quantized rows (no dequant file: "blocks" checks their dequantization).
+    for name in QUANTIZED_NEW:
+        qk, size = BLOCK_TYPES[name][:2]
+        rb = N // qk * size
+        fn = f"quantize_row_{cname(name)}_ref"
+        if not lib:
+            print(f"warning: no libggml-base; {name} quantized rows not written", file=sys.stderr)
+            continue
+        q = ggml_quantize(lib, fn, rows, rb)
+        src = f"ggml {fn}"
+        if name == "IQ4_NL":
+            # ggml leaves the codes of a block with max |x| < 1e-15 (scale 0) unwritten: stack
+            # garbage. Qilin writes code 0 there; the block dequantizes to 0 either way.
+            blocks = q.reshape(-1, size)
+            flat = rows.reshape(-1, qk)
+            blocks[np.abs(flat).max(axis=1) < 1e-15, 2:] = 0
+            src += " (codes of all-zero blocks set to 0)"
+        qt = getattr(T, name)
+        try:
+            same(q, gguf.quants.quantize(rows, qt), f"{name} quantize")
+            src += f" == gguf.quants {name}"
+        except NotImplementedError:
+            pass
+        q = np.ascontiguousarray(q).view(np.uint8).reshape(rows.shape[0], -1)
+        q.tofile(os.path.join(OUT, f"{name}.q"))
+        manifest["types"][name] = {"quant": f"{name}.q", "row_bytes": int(q.shape[1]),
+                                   "source": src}
+
+    # Random valid blocks of every newer format and their dequantization.
+    manifest["n_block_rows"] = N_BLOCK_ROWS
+    manifest["blocks"] = {}
+    rng = np.random.default_rng(20261208)
+    for name in BLOCK_TYPES:
+        b = random_blocks(name, rng)
+        qt = getattr(T, name)
+        dfn = f"dequantize_row_{cname(name)}"
+        if name == "Q8_K":  # gguf-py has no Q8_K
+            if not lib:
+                print("warning: no libggml-base; Q8_K blocks not written", file=sys.stderr)
+                continue
+            deq = ggml_dequantize(lib, dfn, b)
+            src = f"ggml {dfn} (gguf-py has no Q8_K)"
+        else:
+            deq = gguf.quants.dequantize(b, qt).astype(np.float32).reshape(N_BLOCK_ROWS, N)
+            src = f"gguf.quants {name}"
+            if lib:
+                same(deq, ggml_dequantize(lib, dfn, b), f"{name} dequantize")
+                src += f" == {dfn}"
+        assert np.all(np.isfinite(deq)), name
+        b.tofile(os.path.join(OUT, f"{name}.blocks"))
+        deq.tofile(os.path.join(OUT, f"{name}.blocks.f32"))
+        manifest["blocks"][name] = {"quant": f"{name}.blocks", "dequant": f"{name}.blocks.f32",
+                                    "row_bytes": int(b.shape[1]), "source": src}
+
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")
-    for k, v in manifest["types"].items():
+    for k, v in list(manifest["types"].items()) + list(manifest["blocks"].items()):
         print(k, v["source"])
 
 
