@@ -42,7 +42,7 @@ static_assert(sizeof(BlockQ8_1) == 36);
 // IQ4_NL, Q2_K..Q6_K, Q8_K, IQ4_XS) and the 4-bit types of quants_int4.h.
 void dequantize_row_ref(DType type, const void* src, float* dst, int64_t n);
 // quantize from F32 with llama.cpp's reference rounding: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1,
-// Q8_0, Q8_1, Q8_K, IQ4_NL (no importance matrix).
+// Q8_0, Q8_1, Q8_K, IQ4_NL, Q4_K, Q5_K, Q6_K (no importance matrix).
 // (and the quants_int4.h types with their own references).
 void quantize_row_ref(DType type, const float* src, void* dst, int64_t n);
 

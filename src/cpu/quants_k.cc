@@ -223,10 +223,232 @@ void quantize_block_iq4_nl(const float* x, BlockIQ4_NL* y) {
   for (int j = 0; j < 16; ++j) y->qs[j] = static_cast<uint8_t>(q[j] | q[j + 16] << 4);
 }
 
+// ggml's nearest_int: round half to even (exact below 2^22 in magnitude, all it is used for).
+// NOTE: NaN or a huge value (non-finite input) would be undefined as an integer: 0 instead.
+int nearest(float v) {
+  return std::fabs(v) <= 4194303.0f ? static_cast<int>(std::nearbyint(v)) : 0;
+}
+
+// Inverse of unpack_nibbles.
+void pack_nibbles(const uint8_t* q, int g, int n, uint8_t* qs) {
+  for (int c = 0; c < n / (2 * g); ++c, qs += g, q += 2 * g) {
+    for (int p = 0; p < g; ++p) qs[p] = static_cast<uint8_t>((q[p] & 15) | (q[p + g] & 15) << 4);
+  }
+}
+
+// Weighted min-and-scale fit of one sub-block to codes 0..nmax (ggml's make_qkx2_quants, with
+// use_mad false): first the codes of [min(x, 0), max(x)], then nstep + 1 scales around it, each
+// refit by weighted least squares; the smallest weighted squared error wins. Returns the scale;
+// *neg_min = -min (>= 0).
+float fit_scale_min(const float* x, const float* w, int n, int nmax, float rmin, float rdelta,
+                    int nstep, uint8_t* q, float* neg_min) {
+  float min = x[0], max = x[0], sum_w = w[0], sum_x = w[0] * x[0];
+  for (int i = 1; i < n; ++i) {
+    min = std::min(min, x[i]);
+    max = std::max(max, x[i]);
+    sum_w += w[i];
+    sum_x += w[i] * x[i];
+  }
+  min = std::min(min, 0.0f);
+  if (max == min) {
+    std::memset(q, 0, static_cast<size_t>(n));
+    *neg_min = -min;
+    return 0.0f;
+  }
+  auto codes = [&](float iscale, float lo, uint8_t* out) {
+    for (int i = 0; i < n; ++i) {
+      out[i] = static_cast<uint8_t>(std::clamp(nearest(iscale * (x[i] - lo)), 0, nmax));
+    }
+  };
+  auto error = [&](const uint8_t* l, float scale, float lo) {
+    float e = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const float diff = scale * static_cast<float>(l[i]) + lo - x[i];
+      e += w[i] * (diff * diff);
+    }
+    return e;
+  };
+  float scale = 1.0f / (static_cast<float>(nmax) / (max - min));
+  codes(static_cast<float>(nmax) / (max - min), min, q);
+  float best = error(q, scale, min);
+  uint8_t aux[32];
+  for (int is = 0; is <= nstep; ++is) {
+    codes((rmin + rdelta * static_cast<float>(is) + static_cast<float>(nmax)) / (max - min), min,
+          aux);
+    float sum_l = 0.0f, sum_l2 = 0.0f, sum_xl = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const float l = aux[i];
+      sum_l += w[i] * l;
+      sum_l2 += w[i] * l * l;
+      sum_xl += w[i] * l * x[i];
+    }
+    const float det = sum_w * sum_l2 - sum_l * sum_l;
+    if (!(det > 0.0f)) continue;
+    float this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+    float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+    if (this_min > 0.0f) {
+      this_min = 0.0f;
+      this_scale = sum_xl / sum_l2;
+    }
+    const float e = error(aux, this_scale, this_min);
+    if (e < best) {
+      std::memcpy(q, aux, static_cast<size_t>(n));
+      best = e;
+      scale = this_scale;
+      min = this_min;
+    }
+  }
+  *neg_min = -min;
+  return scale;
+}
+
+// Q4_K / Q5_K (nmax 15 / 31): per sub-block of 32 a scale and min fitted with weights
+// rms(x) + |x|, both quantized to six bits against the block's largest, then the codes redone
+// against the stored scales. Writes d, dmin and scales; q gets 256 codes.
+void quantize_q45_k(const float* x, int nmax, float rmin, int nstep, uint16_t* d16,
+                    uint16_t* dmin16, uint8_t* sc6, uint8_t* q) {
+  float scales[8], mins[8], w[32];
+  float max_scale = 0.0f, max_min = 0.0f;
+  for (int j = 0; j < 8; ++j) {
+    const float* xb = x + 32 * j;
+    float sum_x2 = 0.0f;
+    for (int l = 0; l < 32; ++l) sum_x2 += xb[l] * xb[l];
+    const float av_x = std::sqrt(sum_x2 / 32.0f);
+    for (int l = 0; l < 32; ++l) w[l] = av_x + std::fabs(xb[l]);
+    scales[j] = fit_scale_min(xb, w, 32, nmax, rmin, 0.1f, nstep, q + 32 * j, &mins[j]);
+    max_scale = std::max(max_scale, scales[j]);
+    max_min = std::max(max_min, mins[j]);
+  }
+  const float inv_scale = max_scale > 0.0f ? 63.0f / max_scale : 0.0f;
+  const float inv_min = max_min > 0.0f ? 63.0f / max_min : 0.0f;
+  for (int j = 0; j < 8; ++j) {
+    // NOTE: through uint8_t as ggml does (a negative fit wraps, then clamps to 63)
+    const int ls = std::min<int>(63, static_cast<uint8_t>(nearest(inv_scale * scales[j])));
+    const int lm = std::min<int>(63, static_cast<uint8_t>(nearest(inv_min * mins[j])));
+    if (j < 4) {
+      sc6[j] = static_cast<uint8_t>(ls);
+      sc6[j + 4] = static_cast<uint8_t>(lm);
+    } else {
+      sc6[j + 4] = static_cast<uint8_t>((ls & 15) | (lm & 15) << 4);
+      sc6[j - 4] = static_cast<uint8_t>(sc6[j - 4] | (ls >> 4) << 6);
+      sc6[j] = static_cast<uint8_t>(sc6[j] | (lm >> 4) << 6);
+    }
+  }
+  *d16 = fp32_to_fp16(max_scale / 63.0f);
+  *dmin16 = fp32_to_fp16(max_min / 63.0f);
+  for (int j = 0; j < 8; ++j) {
+    int sc = 0, m = 0;
+    k4_scale_min(sc6, j, &sc, &m);
+    const float d = fp16_to_fp32(*d16) * static_cast<float>(sc);
+    if (d == 0.0f) continue;  // keeps the fit's codes
+    const float dm = fp16_to_fp32(*dmin16) * static_cast<float>(m);
+    for (int l = 0; l < 32; ++l) {
+      q[32 * j + l] = static_cast<uint8_t>(std::clamp(nearest((x[32 * j + l] + dm) / d), 0, nmax));
+    }
+  }
+}
+
+void quantize_block_q4_k(const float* x, BlockQ4_K* y) {
+  uint8_t q[kQKK];
+  quantize_q45_k(x, 15, -1.0f, 20, &y->d, &y->dmin, y->scales, q);
+  pack_nibbles(q, 32, kQKK, y->qs);
+}
+
+void quantize_block_q5_k(const float* x, BlockQ5_K* y) {
+  uint8_t q[kQKK];
+  quantize_q45_k(x, 31, -0.5f, 15, &y->d, &y->dmin, y->scales, q);
+  pack_nibbles(q, 32, kQKK, y->qs);
+  std::memset(y->qh, 0, sizeof(y->qh));
+  for (int e = 0; e < kQKK; ++e)
+    y->qh[e % 32] = static_cast<uint8_t>(y->qh[e % 32] | (q[e] >> 4) << (e / 32));
+}
+
+// Symmetric fit of one sub-block to codes -nmax..nmax-1 with weights x^2 (ggml's make_qx_quants,
+// rmse_type 1): the codes of the largest magnitude at -nmax, then 18 nearby scales, keeping
+// the best weighted least-squares one. q gets codes + nmax. Returns the scale.
+float fit_scale_sym(const float* x, int n, int nmax, uint8_t* q) {
+  const float max = signed_absmax(x, n);
+  if (std::fabs(max) < 1e-15f) {
+    std::memset(q, 0, static_cast<size_t>(n));
+    return 0.0f;
+  }
+  auto code = [&](float iscale, int i) {
+    return std::clamp(nearest(iscale * x[i]), -nmax, nmax - 1);
+  };
+  auto sums = [&](float iscale, float* sumlx, float* suml2) {
+    *sumlx = *suml2 = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const float l = static_cast<float>(code(iscale, i)), w = x[i] * x[i];
+      *sumlx += w * x[i] * l;
+      *suml2 += w * l * l;
+    }
+  };
+  float iscale = static_cast<float>(-nmax) / max;
+  float sumlx = 0.0f, suml2 = 0.0f;
+  for (int i = 0; i < n; ++i) q[i] = static_cast<uint8_t>(code(iscale, i) + nmax);
+  sums(iscale, &sumlx, &suml2);
+  float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f;
+  float best = scale * sumlx;
+  for (int is = -9; is <= 9; ++is) {
+    if (is == 0) continue;
+    iscale = -(static_cast<float>(nmax) + 0.1f * static_cast<float>(is)) / max;
+    sums(iscale, &sumlx, &suml2);
+    if (suml2 > 0.0f && sumlx * sumlx > best * suml2) {
+      for (int i = 0; i < n; ++i) q[i] = static_cast<uint8_t>(code(iscale, i) + nmax);
+      scale = sumlx / suml2;
+      best = scale * sumlx;
+    }
+  }
+  return scale;
+}
+
+// Q6_K: per sub-block of 16 a symmetric fit, the 16 scales to int8 against the largest (which
+// maps to -128), then the codes redone against the stored scales.
+void quantize_block_q6_k(const float* x, BlockQ6_K* y) {
+  std::memset(y, 0, sizeof(*y));
+  uint8_t q[kQKK];
+  float scales[16];
+  float max_scale = 0.0f, max_abs = 0.0f;
+  for (int i = 0; i < 16; ++i) {
+    scales[i] = fit_scale_sym(x + 16 * i, 16, 32, q + 16 * i);
+    if (std::fabs(scales[i]) > max_abs) {
+      max_abs = std::fabs(scales[i]);
+      max_scale = scales[i];
+    }
+  }
+  if (max_abs < 1e-15f) return;
+  const float iscale = -128.0f / max_scale;
+  y->d = fp32_to_fp16(1.0f / iscale);
+  for (int i = 0; i < 16; ++i) {
+    y->scales[i] = static_cast<int8_t>(std::min(127, nearest(iscale * scales[i])));
+  }
+  for (int i = 0; i < 16; ++i) {
+    const float d = fp16_to_fp32(y->d) * static_cast<float>(y->scales[i]);
+    if (d == 0.0f) continue;
+    for (int l = 0; l < 16; ++l) {
+      q[16 * i + l] = static_cast<uint8_t>(std::clamp(nearest(x[16 * i + l] / d), -32, 31) + 32);
+    }
+  }
+  pack_nibbles(q, 64, kQKK, y->ql);
+  for (int h = 0; h < 2; ++h) {  // inverse of unpack_crumbs on the top two bits
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t* e = q + 128 * h + l;
+      y->qh[32 * h + l] = static_cast<uint8_t>(e[0] >> 4 | (e[32] >> 4) << 2 | (e[64] >> 4) << 4 |
+                                               (e[96] >> 4) << 6);
+    }
+  }
+}
+
 template <typename Block, typename Fn>
 void dequant_blocks(const void* src, float* dst, int64_t n, int64_t block_size, Fn fn) {
   const Block* b = static_cast<const Block*>(src);
   for (int64_t i = 0; i < n / block_size; ++i) fn(b[i], dst + i * block_size);
+}
+
+template <typename Block, typename Fn>
+void quant_blocks(const float* src, void* dst, int64_t n, int64_t block_size, Fn fn) {
+  Block* b = static_cast<Block*>(dst);
+  for (int64_t i = 0; i < n / block_size; ++i) fn(src + i * block_size, b + i);
 }
 
 }  // namespace
@@ -282,18 +504,24 @@ void dequantize_row_k(DType t, const void* src, float* dst, int64_t n) {
   }
 }
 
-bool has_quantize_k(DType t) { return t == DType::Q8_K || t == DType::IQ4_NL; }
+bool has_quantize_k(DType t) {
+  return t == DType::Q8_K || t == DType::IQ4_NL || t == DType::Q4_K || t == DType::Q5_K ||
+         t == DType::Q6_K;
+}
 
 void quantize_row_k(DType t, const float* src, void* dst, int64_t n) {
   QILIN_ASSERT(has_quantize_k(t) && n % dtype_info(t).block_size == 0);
-  if (t == DType::Q8_K) {
-    for (int64_t i = 0; i < n / kQKK; ++i) {
-      quantize_block_q8_k(src + i * kQKK, static_cast<BlockQ8_K*>(dst) + i);
-    }
-  } else {
-    for (int64_t i = 0; i < n / 32; ++i) {
-      quantize_block_iq4_nl(src + i * 32, static_cast<BlockIQ4_NL*>(dst) + i);
-    }
+  switch (t) {
+    case DType::Q8_K:
+      return quant_blocks<BlockQ8_K>(src, dst, n, kQKK, quantize_block_q8_k);
+    case DType::IQ4_NL:
+      return quant_blocks<BlockIQ4_NL>(src, dst, n, 32, quantize_block_iq4_nl);
+    case DType::Q4_K:
+      return quant_blocks<BlockQ4_K>(src, dst, n, kQKK, quantize_block_q4_k);
+    case DType::Q5_K:
+      return quant_blocks<BlockQ5_K>(src, dst, n, kQKK, quantize_block_q5_k);
+    default:
+      return quant_blocks<BlockQ6_K>(src, dst, n, kQKK, quantize_block_q6_k);
   }
 }
 

@@ -95,7 +95,8 @@ inline constexpr int8_t kIq4NlValues[16] = {-127, -104, -83, -65, -49, -35, -22,
 bool is_k_type(DType t);
 // n a multiple of the type's block size.
 void dequantize_row_k(DType t, const void* src, float* dst, int64_t n);
-// The types with a reference quantizer here: Q5_0, Q5_1, Q8_K, IQ4_NL (false for the others).
+// The types with a reference quantizer here: Q8_K, IQ4_NL, Q4_K, Q5_K, Q6_K (ggml's
+// quantize_row_*_ref, no importance matrix). Q5_0 and Q5_1 are quantized in quants.cc.
 bool has_quantize_k(DType t);
 void quantize_row_k(DType t, const float* src, void* dst, int64_t n);
 

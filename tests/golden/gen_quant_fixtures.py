@@ -37,7 +37,7 @@ N_BLOCK_ROWS = 4  # rows of random blocks per type (4 K-quant super-blocks, 32 s
 
 # Types quantized from input.f32 by ggml's C reference (and gguf-py where it can), checked
 # against Qilin's quantize_row_ref; their dequantization is checked through "blocks".
-QUANTIZED_NEW = ["Q5_0", "Q5_1", "Q8_K", "IQ4_NL"]
+QUANTIZED_NEW = ["Q5_0", "Q5_1", "Q8_K", "IQ4_NL", "Q4_K", "Q5_K", "Q6_K"]
 # name -> (block elements, block bytes, byte offsets of f16 scales, byte offsets of f32 scales)
 BLOCK_TYPES = {
     "Q5_0": (32, 22, [0], []),
