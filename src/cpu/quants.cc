@@ -348,6 +348,25 @@ void copy_row_f32(const float* src, void* dst, int64_t n) {
   std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
 }
 
+// The generic path for weight types without kernels of their own (quants_k.h): each block is
+// dequantized by the reference and dotted with the F32 activation, in element order, so the
+// result equals dequantize_row_ref followed by a sequential F32 dot. Correct, not fast.
+template <DType kType>
+float vec_dot_dequant_f32(int64_t n, const void* w, const void* a) {
+  const DTypeInfo& info = dtype_info(kType);
+  const auto* wb = static_cast<const uint8_t*>(w);
+  const float* y = static_cast<const float*>(a);
+  float block[kQKK];
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; i += info.block_size, wb += info.block_bytes) {
+    dequantize_row_ref(kType, wb, block, info.block_size);
+    for (int64_t j = 0; j < info.block_size; ++j) sum += block[j] * y[i + j];
+  }
+  return sum;
+}
+#define QILIN_DEQUANT_ENTRY(t) \
+  { DType::t, DType::F32, vec_dot_dequant_f32<DType::t>, copy_row_f32 }
+
 // Tables indexed by weight type; the order of entries does not matter.
 #define QILIN_KERNEL_TABLE(ns)                                                    \
   {                                                                               \
@@ -362,6 +381,10 @@ void copy_row_f32(const float* src, void* dst, int64_t n) {
         {DType::QI4_G128, DType::Q8_1, ns::vec_dot_qi4_g128_q8_1, ns::quantize_row_q8_1}, \
         {DType::NF4, DType::Q8_0, ns::vec_dot_nf4_q8_0, ns::quantize_row_q8_0},           \
         {DType::NF4_DQ, DType::Q8_0, ns::vec_dot_nf4dq_q8_0, ns::quantize_row_q8_0},      \
+        QILIN_DEQUANT_ENTRY(Q5_0), QILIN_DEQUANT_ENTRY(Q5_1), QILIN_DEQUANT_ENTRY(IQ4_NL),    \
+        QILIN_DEQUANT_ENTRY(Q2_K), QILIN_DEQUANT_ENTRY(Q3_K), QILIN_DEQUANT_ENTRY(Q4_K),      \
+        QILIN_DEQUANT_ENTRY(Q5_K), QILIN_DEQUANT_ENTRY(Q6_K), QILIN_DEQUANT_ENTRY(Q8_K),      \
+        QILIN_DEQUANT_ENTRY(IQ4_XS),                                                          \
   }
 
 const MatmulKernels kScalarKernels[] = QILIN_KERNEL_TABLE(scalar);
@@ -370,6 +393,7 @@ const MatmulKernels kAvx2Kernels[] = QILIN_KERNEL_TABLE(avx2);
 const MatmulKernels kAvx512Kernels[] = QILIN_KERNEL_TABLE(avx512);
 #endif
 #undef QILIN_KERNEL_TABLE
+#undef QILIN_DEQUANT_ENTRY
 
 template <size_t N>
 const MatmulKernels* find_kernels(const MatmulKernels (&table)[N], DType weight) {

@@ -54,7 +54,8 @@ using QuantizeRowFn = void (*)(const float* src, void* dst, int64_t n);
 
 struct MatmulKernels {
   DType weight;
-  DType vec_dot_type;  // Q4_0->Q8_0, Q4_1->Q8_1, Q8_0->Q8_0, F16->F16, BF16->BF16, F32->F32
+  DType vec_dot_type;  // Q4_0->Q8_0, Q4_1->Q8_1, Q8_0->Q8_0, F16->F16, BF16->BF16, F32->F32;
+                       // quants_k.h's types -> F32 (a generic dequantizing dot, no SIMD yet)
   VecDotFn vec_dot;
   QuantizeRowFn quantize_act;
 };

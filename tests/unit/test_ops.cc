@@ -5,11 +5,15 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstddef>
+#include <cstring>
 #include <numeric>
 #include <random>
 
+#include "core/fp16.h"
 #include "core/thread_pool.h"
 #include "cpu/quants.h"
+#include "cpu/quants_k.h"
 #include "kv/block_allocator.h"
 #include "ops/ops.h"
 
@@ -104,6 +108,78 @@ TEST(Ops, MatmulMatchesDequantizedReference) {
           // to f16/bf16 for those: bound the error by a fraction of sum |w x|.
           const double rel = (t == DType::F32) ? 1e-5 : (t == DType::F16) ? 2e-3 : 1e-2;
           ASSERT_NEAR(y[k * n_out + r], ref, rel * mag + 1e-4) << "row " << r << " token " << k;
+        }
+      }
+    }
+  }
+}
+
+// Random blocks of type t with finite scales: random bytes (every code and sub-block scale
+// pattern), then each f16 (Q8_K: f32) super-block scale field set to a moderate value.
+std::vector<uint8_t> random_blocks(DType t, int64_t n_blocks, uint32_t seed) {
+  const DTypeInfo& info = dtype_info(t);
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> b(static_cast<size_t>(n_blocks * info.block_bytes));
+  for (uint8_t& v : b) v = static_cast<uint8_t>(rng());
+  std::vector<size_t> f16_at;
+  switch (t) {
+    case DType::Q5_1: f16_at = {offsetof(BlockQ5_1, d), offsetof(BlockQ5_1, m)}; break;
+    case DType::Q2_K: f16_at = {offsetof(BlockQ2_K, d), offsetof(BlockQ2_K, dmin)}; break;
+    case DType::Q3_K: f16_at = {offsetof(BlockQ3_K, d)}; break;
+    case DType::Q4_K: f16_at = {offsetof(BlockQ4_K, d), offsetof(BlockQ4_K, dmin)}; break;
+    case DType::Q5_K: f16_at = {offsetof(BlockQ5_K, d), offsetof(BlockQ5_K, dmin)}; break;
+    case DType::Q6_K: f16_at = {offsetof(BlockQ6_K, d)}; break;
+    case DType::Q8_K: break;
+    default: f16_at = {0};  // Q5_0, IQ4_NL, IQ4_XS: d first
+  }
+  std::uniform_real_distribution<float> scale(-0.05f, 0.05f);
+  for (int64_t i = 0; i < n_blocks; ++i) {
+    uint8_t* blk = b.data() + i * info.block_bytes;
+    for (size_t at : f16_at) {
+      const uint16_t h = fp32_to_fp16(scale(rng));
+      std::memcpy(blk + at, &h, 2);
+    }
+    if (t == DType::Q8_K) {
+      const float d = scale(rng);
+      std::memcpy(blk + offsetof(BlockQ8_K, d), &d, 4);
+    }
+  }
+  return b;
+}
+
+// The formats without kernels of their own (quants_k.h) go through the generic dequantizing
+// dot: every output equals dequantize_row_ref's row dotted with the token in element order.
+// Awkward shapes: 1, 3 and 5 super-blocks (7 small blocks), 37 rows, 1 token (gemv path) and 5.
+TEST(Ops, MatmulGenericTypesEqualDequantizedDot) {
+  ThreadPool pool(2);
+  for (DType t : {DType::Q5_0, DType::Q5_1, DType::IQ4_NL, DType::Q2_K, DType::Q3_K, DType::Q4_K,
+                  DType::Q5_K, DType::Q6_K, DType::Q8_K, DType::IQ4_XS}) {
+    SCOPED_TRACE(dtype_name(t));
+    const int64_t bs = dtype_info(t).block_size;
+    for (int64_t n_in : {bs, 3 * bs, 5 * bs, int64_t{7 * 32}}) {
+      if (n_in % bs != 0) continue;
+      const int64_t n_out = 37;
+      WeightView w;
+      w.type = t;
+      w.n_in = n_in;
+      w.n_out = n_out;
+      w.row_bytes = row_bytes(t, n_in);
+      const std::vector<uint8_t> wq = random_blocks(t, n_out * n_in / bs, 7 + n_in);
+      w.data = wq.data();
+      for (int64_t n_tok : {1, 5}) {
+        auto x = randn(n_in * n_tok, 8 + n_tok);
+        std::vector<float> y(n_out * n_tok);
+        std::vector<uint8_t> scratch(matmul_scratch_bytes(t, n_in, n_tok));
+        matmul(pool, w, x.data(), n_tok, y.data(), scratch.data());
+        std::vector<float> wd(n_in);
+        for (int64_t r = 0; r < n_out; ++r) {
+          dequantize_row_ref(t, wq.data() + r * w.row_bytes, wd.data(), n_in);
+          for (int64_t k = 0; k < n_tok; ++k) {
+            float ref = 0.0f;
+            for (int64_t i = 0; i < n_in; ++i) ref += wd[i] * x[k * n_in + i];
+            ASSERT_TRUE(std::isfinite(ref));
+            ASSERT_EQ(y[k * n_out + r], ref) << "n_in " << n_in << " row " << r << " token " << k;
+          }
         }
       }
     }

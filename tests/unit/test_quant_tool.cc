@@ -172,18 +172,18 @@ TEST_F(QuantTool, QilinTypesLoadAndRunCloseToF32) {
 }
 
 TEST_F(QuantTool, BadInputNamesFileTensorAndTypeAndWritesNothing) {
-  // A GGUF whose weight is Q5_K, which Qilin cannot read.
+  // A GGUF whose weight is IQ2_XXS, which Qilin cannot read.
   GgufWriter w;
   w.set("general.architecture", GgufValue::of_string("llama"));
-  std::vector<uint8_t> q5k(2 * 176, 0);
-  w.add_tensor("blk.0.ffn_up.weight", DType::Q5_K, {256, 2}, q5k.data(), q5k.size());
+  std::vector<uint8_t> iq2(2 * 66, 0);
+  w.add_tensor("blk.0.ffn_up.weight", DType::IQ2_XXS, {256, 2}, iq2.data(), iq2.size());
   const std::string in = dir_ + "/bad.gguf", out = dir_ + "/out.gguf";
   ASSERT_TRUE(w.write(in).is_ok());
   CliResult r = run_cli("quantize " + in + " " + out + " --type q4_0");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find(in), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("blk.0.ffn_up.weight"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("Q5_K"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("IQ2_XXS"), std::string::npos) << r.out;
   EXPECT_FALSE(exists(out));
   r = run_cli("quantize " + in + " " + out + " --type q3_k");
   EXPECT_EQ(r.code, 1);

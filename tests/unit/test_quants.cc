@@ -535,7 +535,15 @@ TEST(QuantKernels, DispatchTable) {
       EXPECT_NE(k->vec_dot, nullptr);
       EXPECT_NE(k->quantize_act, nullptr);
     }
-    EXPECT_EQ(matmul_kernels(DType::Q4_K, isa), nullptr);
+    // The formats of quants_k.h: the generic dequantizing dot against F32 activations.
+    for (DType w : {DType::Q5_0, DType::Q5_1, DType::IQ4_NL, DType::Q2_K, DType::Q3_K, DType::Q4_K,
+                    DType::Q5_K, DType::Q6_K, DType::Q8_K, DType::IQ4_XS}) {
+      const MatmulKernels* k = matmul_kernels(w, isa);
+      ASSERT_NE(k, nullptr) << isa_name(isa) << " " << dtype_name(w);
+      EXPECT_EQ(k->weight, w);
+      EXPECT_EQ(k->vec_dot_type, DType::F32);
+    }
+    EXPECT_EQ(matmul_kernels(DType::IQ2_XXS, isa), nullptr);
   }
   EXPECT_EQ(matmul_kernels(DType::Q8_0), matmul_kernels(DType::Q8_0, cpu_best_isa()));
 }
