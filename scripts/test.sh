@@ -6,6 +6,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 scripts/install_deps.sh
 scripts/fetch_model.sh
+scripts/fetch_model.sh gemma3  # Gemma 3 270M: its SentencePiece vocabulary against llama.cpp
 jobs=$(nproc)
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$jobs"

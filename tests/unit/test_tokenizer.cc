@@ -45,6 +45,16 @@ const GgufFile* smollm_file() {
   return file.get();
 }
 
+// Gemma 3 270M (scripts/fetch_model.sh gemma3): a 262k SentencePiece vocabulary.
+const GgufFile* gemma3_file() {
+  static std::unique_ptr<GgufFile> file = [] {
+    const char* dir = std::getenv("QILIN_MODELS");
+    auto f = GgufFile::open(std::string(dir && *dir ? dir : QILIN_MODEL_DIR) + "/gemma-3-270m-q4_k_m.gguf");
+    return f ? std::move(*f) : nullptr;
+  }();
+  return file.get();
+}
+
 const GgufFile* spm_file() {
   static std::unique_ptr<GgufFile> file = [] {
     auto f = GgufFile::open(fixture_path("spm_vocab.gguf"));
@@ -53,16 +63,18 @@ const GgufFile* spm_file() {
   return file.get();
 }
 
-// The tokenizer for a fixture name: the SmolLM2 vocab with that pre-tokenizer, or the SPM one.
+// The tokenizer for a fixture name: the SmolLM2 vocab with that pre-tokenizer, the SPM fixture
+// vocab, or Gemma 3's.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& name) {
-  const GgufFile* file = name == "spm" ? spm_file() : smollm_file();
+  const GgufFile* file = name == "spm" ? spm_file() : name == "gemma3" ? gemma3_file() : smollm_file();
   if (!file) {
     ADD_FAILURE() << "cannot open "
-                  << (name == "spm" ? fixture_path("spm_vocab.gguf") : model_path())
-                  << (name == "spm" ? "" : ": run scripts/fetch_model.sh to download the model");
+                  << (name == "spm"      ? fixture_path("spm_vocab.gguf")
+                      : name == "gemma3" ? std::string("the Gemma 3 file: run scripts/fetch_model.sh gemma3")
+                                         : model_path() + ": run scripts/fetch_model.sh to download the model");
     return nullptr;
   }
-  auto tok = Tokenizer::from_gguf(*file, name == "smollm" || name == "spm" ? "" : name);
+  auto tok = Tokenizer::from_gguf(*file, name == "smollm" || name == "spm" || name == "gemma3" ? "" : name);
   if (!tok) {
     ADD_FAILURE() << "from_gguf(" << name << "): " << tok.status().message();
     return nullptr;
@@ -177,7 +189,7 @@ TEST_P(TokenizerGolden, SpecialIdsMatchLlamaCpp) {
 }
 
 INSTANTIATE_TEST_SUITE_P(TokenizerVocabs, TokenizerGolden,
-                         ::testing::Values("smollm", "llama-bpe", "gpt-2", "default", "spm"),
+                         ::testing::Values("smollm", "llama-bpe", "gpt-2", "default", "spm", "gemma3"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& c : s) {
